@@ -1,0 +1,1 @@
+"""The ``cddfuse`` command line (thin: parses arguments, calls the library, prints results)."""

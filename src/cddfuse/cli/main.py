@@ -1,0 +1,65 @@
+"""Entry point of the ``cddfuse`` command.
+
+Each subcommand lives in its own module ``cddfuse.cli.<name>`` exposing
+``register(subparsers) -> argparse.ArgumentParser`` whose parser sets ``func(args) -> int``.
+Errors derived from :class:`cddfuse.errors.CDDFuseError` are printed as one line
+(``cddfuse: error: ...``) with their exit code (2 usage, 1 failure), never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+from .. import __version__
+from ..errors import CDDFuseError
+
+SUBCOMMANDS = ("fuse", "eval", "bench", "prepare", "train")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="cddfuse",
+        description=(
+            "CDDFuse multi-modality image fusion (Zhao et al., CVPR 2023): fuse infrared with visible "
+            "images, or CT/PET/SPECT with MRI; evaluate fusion metrics; train your own model."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"cddfuse {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in SUBCOMMANDS:
+        try:
+            mod = importlib.import_module(f"{__package__}.{name}")
+        except ModuleNotFoundError as e:  # a subcommand module not written yet
+            if e.name == f"{__package__}.{name}":
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CDDFuseError as e:
+        print(f"cddfuse {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"cddfuse {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

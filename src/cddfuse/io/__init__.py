@@ -1,0 +1,1 @@
+"""Image files, colour handling and folder pairing (numpy in, numpy out)."""

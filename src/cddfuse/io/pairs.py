@@ -1,0 +1,50 @@
+"""Pairing of two folders of images by file stem."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+__all__ = ["IMAGE_EXTENSIONS", "PairListing", "list_images", "match_pairs"]
+
+IMAGE_EXTENSIONS: Tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+@dataclass
+class PairListing:
+    """Result of :func:`match_pairs`: matched ``(stem, path_a, path_b)`` and the unmatched stems."""
+
+    pairs: List[Tuple[str, Path, Path]] = field(default_factory=list)
+    only_a: List[str] = field(default_factory=list)
+    only_b: List[str] = field(default_factory=list)
+
+
+def list_images(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> Dict[str, Path]:
+    """Map file stem -> path for the image files directly inside ``folder`` (hidden files skipped).
+
+    Raises ValueError when two files share a stem (``a.png`` and ``a.jpg``): the pairing
+    would be ambiguous.
+    """
+    out: Dict[str, Path] = {}
+    for p in sorted(Path(folder).iterdir()):
+        if p.name.startswith(".") or not p.is_file() or p.suffix.lower() not in extensions:
+            continue
+        if p.stem in out:
+            raise ValueError(f"two files with stem {p.stem!r} in {folder}: {out[p.stem].name} and {p.name}; rename one")
+        out[p.stem] = p
+    return out
+
+
+def match_pairs(folder_a: Path, folder_b: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> PairListing:
+    """Pair the images of two folders by file stem (``01.png`` in A with ``01.jpg`` in B), sorted by stem."""
+    a = list_images(Path(folder_a), extensions)
+    b = list_images(Path(folder_b), extensions)
+    res = PairListing()
+    for stem in sorted(set(a) | set(b)):
+        if stem in a and stem in b:
+            res.pairs.append((stem, a[stem], b[stem]))
+        elif stem in a:
+            res.only_a.append(stem)
+        else:
+            res.only_b.append(stem)
+    return res

@@ -1,0 +1,22 @@
+"""The CDDFuse network and its weights (no file I/O beyond checkpoints, no image handling)."""
+from .cddfuse import (
+    RESIDUAL_MODES,
+    CDDFuse,
+    CDDFuseConfig,
+    CDDFuseDecoder,
+    CDDFuseEncoder,
+    count_parameters,
+    cddfuse,
+    residual_image,
+)
+
+__all__ = [
+    "RESIDUAL_MODES",
+    "CDDFuse",
+    "CDDFuseConfig",
+    "CDDFuseDecoder",
+    "CDDFuseEncoder",
+    "count_parameters",
+    "cddfuse",
+    "residual_image",
+]
