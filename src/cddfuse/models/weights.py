@@ -1,0 +1,318 @@
+"""Reading and writing CDDFuse weights.
+
+Two formats are understood:
+
+* **cddfuse safetensors** (the project's own): a flat state dict of :class:`CDDFuse` plus string
+  metadata ``format = "cddfuse"``, ``format_version``, ``task``, ``residual``, ``normalize``,
+  ``config`` (JSON of :class:`CDDFuseConfig`) and ``provenance`` (JSON: data, recipe, steps...).
+  Round trip is bit-exact.
+* **the authors' checkpoints** (``CDDFuse_IVF.pth``, ``CDDFuse_MIF.pth`` and anything saved by their
+  ``train.py``): a dict with ``DIDF_Encoder``, ``DIDF_Decoder``, ``BaseFuseLayer``, ``DetailFuseLayer``,
+  each a state dict, usually with the ``module.`` prefix of ``nn.DataParallel``. They are read with
+  ``torch.load(..., weights_only=True)``, which refuses pickled code.
+
+Every mismatch (missing or unexpected keys, wrong shapes) is reported by name; nothing is ever
+silently left at random initialisation.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .._fileutil import atomic_path
+from ..errors import CheckpointError
+from .cddfuse import RESIDUAL_MODES, CDDFuse, CDDFuseConfig
+
+__all__ = [
+    "WeightsInfo",
+    "OFFICIAL_PARTS",
+    "load_weights",
+    "save_weights",
+    "read_official_checkpoint",
+    "official_to_state_dict",
+    "state_dict_to_official",
+    "check_state_dict",
+]
+
+FORMAT_NAME = "cddfuse"
+FORMAT_VERSION = "1"
+TASKS = ("ivf", "mif")
+NORMALIZE_MODES = ("minmax", "none")
+
+#: The authors' checkpoint parts and the prefix of each in :class:`CDDFuse`'s state dict.
+OFFICIAL_PARTS: Dict[str, str] = {
+    "DIDF_Encoder": "encoder.",
+    "DIDF_Decoder": "decoder.",
+    "BaseFuseLayer": "base_fuse.",
+    "DetailFuseLayer": "detail_fuse.",
+}
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass
+class WeightsInfo:
+    """What a weights file says about itself.
+
+    Attributes:
+        task: ``"ivf"`` (infrared-visible) or ``"mif"`` (medical), or ``None`` when unknown.
+        residual: residual mode the weights were trained for (``"vis"``, ``"sum"``, ``"none"``),
+            or ``None`` when the file does not say.
+        normalize: output normalisation the weights are meant to be used with.
+        config: network sizes.
+        source_format: ``"cddfuse"`` (safetensors) or ``"official"`` (the authors' .pth).
+        provenance: free-form facts (data, recipe, steps, wall time, hardware...).
+        path: where the weights came from.
+    """
+
+    task: Optional[str]
+    residual: Optional[str]
+    normalize: str
+    config: CDDFuseConfig
+    source_format: str
+    provenance: Dict[str, Any] = field(default_factory=dict)
+    path: Optional[str] = None
+
+
+def _fail(path: PathLike, what: str) -> CheckpointError:
+    return CheckpointError(f"{path}: {what}")
+
+
+def official_to_state_dict(ckpt: Mapping[str, Any], path: PathLike = "<checkpoint>") -> Dict[str, Tensor]:
+    """Map the authors' four-part checkpoint to a flat :class:`CDDFuse` state dict."""
+    missing = [k for k in OFFICIAL_PARTS if k not in ckpt]
+    if missing:
+        raise _fail(path, f"not a CDDFuse checkpoint: missing part(s) {missing} (found {sorted(ckpt)[:8]})")
+    out: Dict[str, Tensor] = {}
+    for part, prefix in OFFICIAL_PARTS.items():
+        sd = ckpt[part]
+        if not isinstance(sd, Mapping):
+            raise _fail(path, f"part {part!r} is a {type(sd).__name__}, expected a state dict")
+        for k, v in sd.items():
+            if not isinstance(v, Tensor):
+                raise _fail(path, f"entry {part}/{k} is a {type(v).__name__}, expected a tensor")
+            out[prefix + (k[len("module."):] if k.startswith("module.") else k)] = v
+    return out
+
+
+def state_dict_to_official(state_dict: Mapping[str, Tensor], data_parallel: bool = True) -> Dict[str, Dict[str, Tensor]]:
+    """Inverse of :func:`official_to_state_dict` (for the authors' test scripts)."""
+    out: Dict[str, Dict[str, Tensor]] = {part: {} for part in OFFICIAL_PARTS}
+    for k, v in state_dict.items():
+        for part, prefix in OFFICIAL_PARTS.items():
+            if k.startswith(prefix):
+                out[part][("module." if data_parallel else "") + k[len(prefix):]] = v
+                break
+        else:
+            raise KeyError(f"key {k!r} belongs to no part of the authors' format")
+    return out
+
+
+def infer_config(state_dict: Mapping[str, Tensor]) -> CDDFuseConfig:
+    """Read the network sizes off a state dict (for the authors' files, which store none)."""
+    try:
+        dim = state_dict["encoder.patch_embed.proj.weight"].shape[0]
+        in_ch = state_dict["encoder.patch_embed.proj.weight"].shape[1]
+        heads = state_dict["encoder.baseFeature.attn.scale"].shape[0]
+        out_ch = state_dict["decoder.output.2.weight"].shape[0]
+    except KeyError as e:
+        raise CheckpointError(f"cannot tell the network size: key {e.args[0]!r} is missing") from None
+
+    def count(prefix: str) -> int:
+        idx = {int(k[len(prefix):].split(".")[0]) for k in state_dict if k.startswith(prefix)}
+        return max(idx) + 1 if idx else 0
+
+    ffn_hidden = state_dict.get("encoder.encoder_level1.0.ffn.project_out.weight")
+    base_hidden = state_dict["encoder.baseFeature.mlp.project_out.weight"].shape[1]
+    inn_hidden = state_dict.get("encoder.detailFeature.net.0.theta_phi.bottleneckBlock.0.weight")
+    return CDDFuseConfig(
+        dim=dim,
+        num_heads=heads,
+        encoder_blocks=count("encoder.encoder_level1."),
+        decoder_blocks=count("decoder.encoder_level2."),
+        ffn_expansion=(ffn_hidden.shape[1] / dim) if ffn_hidden is not None else 2.0,
+        base_ffn_expansion=base_hidden / dim,
+        encoder_inn_layers=count("encoder.detailFeature.net."),
+        fuse_inn_layers=count("detail_fuse.net."),
+        inn_expansion=(inn_hidden.shape[0] / (dim // 2)) if inn_hidden is not None else 2.0,
+        in_channels=in_ch,
+        out_channels=out_ch,
+    )
+
+
+def check_state_dict(model: CDDFuse, state_dict: Mapping[str, Tensor], path: PathLike = "<weights>") -> None:
+    """Raise :class:`CheckpointError` naming every missing/unexpected key and shape mismatch."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    shapes = sorted(
+        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(expected) & set(state_dict)
+        if tuple(state_dict[k].shape) != tuple(expected[k].shape)
+    )
+    problems: List[str] = []
+
+    def listing(label: str, items: List[str]) -> None:
+        if items:
+            shown = ", ".join(items[:6]) + (f" ... (+{len(items) - 6} more)" if len(items) > 6 else "")
+            problems.append(f"{len(items)} {label}: {shown}")
+
+    listing("missing key(s)", missing)
+    listing("unexpected key(s)", unexpected)
+    listing("shape mismatch(es)", shapes)
+    if problems:
+        raise _fail(path, "weights do not fit the CDDFuse network; " + "; ".join(problems))
+
+
+def read_official_checkpoint(path: PathLike) -> Dict[str, Tensor]:
+    """Load an authors'-format ``.pth`` safely (``weights_only=True``) as a flat state dict."""
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise _fail(path, "no such file") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise _fail(path, f"cannot read as a PyTorch checkpoint (truncated or not a checkpoint?): {msg}") from None
+    except Exception as e:  # pickle.UnpicklingError for files holding code or foreign objects
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise _fail(
+            path, f"refused to load: the file contains more than tensors (only weights are loaded, never code): {msg}"
+        ) from None
+    if not isinstance(ckpt, Mapping):
+        raise _fail(path, f"not a CDDFuse checkpoint: holds a {type(ckpt).__name__}, expected a dict")
+    if "model" in ckpt and isinstance(ckpt["model"], Mapping) and "DIDF_Encoder" not in ckpt:
+        ckpt = ckpt["model"]
+    if all(isinstance(v, Tensor) for v in ckpt.values()) and any(k.startswith("encoder.") for k in ckpt):
+        return dict(ckpt)  # already a flat cddfuse state dict saved with torch.save
+    return official_to_state_dict(ckpt, path)
+
+
+def _official_defaults(path: Path) -> Tuple[Optional[str], Optional[str]]:
+    """(task, residual) for an authors' checkpoint, from its file name.
+
+    Their two released files are ``CDDFuse_IVF.pth`` (trained with the visible image as residual)
+    and ``CDDFuse_MIF.pth`` (decoded without residual by their ``test_MIF.py``). The files carry no
+    metadata, so the name is all there is; an unknown name is treated as IVF weights.
+    """
+    name = path.name.lower()
+    if "mif" in name or "medical" in name:
+        return "mif", "none"
+    return "ivf", "vis"
+
+
+def _is_safetensors(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    if len(head) < 9:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return head[8:9] == b"{" and 0 < n < 100_000_000
+
+
+def load_weights(path: PathLike, *, device: Union[str, torch.device] = "cpu") -> Tuple[CDDFuse, WeightsInfo]:
+    """Build a :class:`CDDFuse` in eval mode from a weights file of either format.
+
+    Args:
+        path: a ``.safetensors`` file written by :func:`save_weights`, or an authors' ``.pth``.
+        device: where to put the model.
+
+    Returns:
+        ``(model, info)``.
+
+    Raises:
+        CheckpointError: missing, truncated or foreign file, or weights that do not fit (names given).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise _fail(p, "no such weights file")
+    if p.is_dir():
+        raise _fail(p, "is a folder, expected a weights file (.safetensors or .pth)")
+    if _is_safetensors(p) or p.suffix == ".safetensors":
+        state, info = _read_safetensors(p)
+    else:
+        state = read_official_checkpoint(p)
+        task, residual = _official_defaults(p)
+        info = WeightsInfo(task=task, residual=residual, normalize="minmax", config=infer_config(state),
+                           source_format="official", path=str(p))
+    model = CDDFuse(info.config)
+    check_state_dict(model, state, p)
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval(), info
+
+
+def _read_safetensors(p: Path) -> Tuple[Dict[str, Tensor], WeightsInfo]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise _fail(p, f"cannot read as safetensors (truncated or corrupted?): {e}") from None
+    if meta.get("format") != FORMAT_NAME:
+        raise _fail(p, f"safetensors file without cddfuse metadata (format={meta.get('format')!r}); "
+                       "write weights with cddfuse.models.weights.save_weights")
+    try:
+        config = CDDFuseConfig.from_dict(json.loads(meta["config"]))
+        provenance = json.loads(meta.get("provenance", "{}"))
+    except (KeyError, ValueError, TypeError) as e:
+        raise _fail(p, f"bad cddfuse metadata: {e}") from None
+    residual = meta.get("residual") or None
+    if residual is not None and residual not in RESIDUAL_MODES:
+        raise _fail(p, f"bad residual mode {residual!r} in metadata")
+    info = WeightsInfo(task=meta.get("task") or None, residual=residual, normalize=meta.get("normalize", "minmax"),
+                       config=config, source_format="cddfuse", provenance=provenance, path=str(p))
+    return state, info
+
+
+def save_weights(
+    model: CDDFuse,
+    path: PathLike,
+    *,
+    task: str,
+    residual: str,
+    normalize: str = "minmax",
+    provenance: Optional[Mapping[str, Any]] = None,
+) -> Path:
+    """Write ``model`` as cddfuse safetensors with metadata, atomically (temp file + rename).
+
+    Args:
+        model: the network (any device; saved as contiguous CPU tensors).
+        path: destination, conventionally ``*.safetensors``.
+        task: ``"ivf"`` or ``"mif"``.
+        residual: residual mode for inference (``"vis"``, ``"sum"``, ``"none"``).
+        normalize: output normalisation for inference (``"minmax"`` or ``"none"``).
+        provenance: JSON-serialisable facts (data, recipe, steps, wall time, hardware...).
+    """
+    from safetensors.torch import save_file
+
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if residual not in RESIDUAL_MODES:
+        raise ValueError(f"residual must be one of {RESIDUAL_MODES}, got {residual!r}")
+    if normalize not in NORMALIZE_MODES:
+        raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "task": task,
+        "residual": residual,
+        "normalize": normalize,
+        "config": json.dumps(model.config.to_dict(), sort_keys=True),
+        "provenance": json.dumps(dict(provenance or {}), sort_keys=True, default=str),
+    }
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    dest = Path(path)
+    with atomic_path(dest) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+    return dest
