@@ -27,9 +27,9 @@ def atomic_path(dest: Union[str, "os.PathLike[str]"]) -> Iterator[Path]:
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # the writer may have recreated the file
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
