@@ -1,0 +1,59 @@
+"""Bundled (pretrained) weights: metadata kept apart from the architecture.
+
+Weights ship inside the package under ``cddfuse/weights/``. A task whose file is not shipped
+yet raises a clear error instead of ever falling back to random weights.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Tuple
+
+from ..errors import CDDFuseError
+from .cddfuse import CDDFuse
+from .weights import WeightsInfo, load_weights
+
+__all__ = ["PretrainedSpec", "PRETRAINED", "pretrained_path", "cddfuse_ivf", "cddfuse_mif"]
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+@dataclass(frozen=True)
+class PretrainedSpec:
+    task: str
+    filename: str
+    description: str
+
+
+PRETRAINED: Dict[str, PretrainedSpec] = {
+    "ivf": PretrainedSpec("ivf", "cddfuse_ivf.safetensors", "infrared-visible fusion, trained on RoadScene"),
+    "mif": PretrainedSpec("mif", "cddfuse_mif.safetensors", "medical fusion (CT/PET/SPECT with MRI), trained on Harvard"),
+}
+
+
+def pretrained_path(task: str) -> Path:
+    """Path of the bundled weights for ``task``; :class:`CDDFuseError` if none are shipped."""
+    if task not in PRETRAINED:
+        raise CDDFuseError(f"unknown task {task!r}; choose one of {sorted(PRETRAINED)}")
+    p = WEIGHTS_DIR / PRETRAINED[task].filename
+    if not p.is_file():
+        raise CDDFuseError(
+            f"no bundled weights for task {task!r} in this installation; pass --weights PATH "
+            "(for example the authors' CDDFuse_IVF.pth or CDDFuse_MIF.pth, or a model from 'cddfuse train'), "
+            "or use --method mean|max"
+        )
+    return p
+
+
+def _load(task: str, device: str) -> Tuple[CDDFuse, WeightsInfo]:
+    return load_weights(pretrained_path(task), device=device)
+
+
+def cddfuse_ivf(device: str = "cpu") -> CDDFuse:
+    """CDDFuse with the bundled infrared-visible weights (eval mode)."""
+    return _load("ivf", device)[0]
+
+
+def cddfuse_mif(device: str = "cpu") -> CDDFuse:
+    """CDDFuse with the bundled medical weights (eval mode)."""
+    return _load("mif", device)[0]
