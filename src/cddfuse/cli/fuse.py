@@ -130,6 +130,10 @@ def _run_folders(args: argparse.Namespace, ir: Path, vis: Path, out: Path) -> in
     if not listing.pairs:
         raise CDDFuseError(f"no pairs: no file stem appears in both {ir} and {vis}")
     out.mkdir(parents=True, exist_ok=True)
+    from .._fileutil import TMP_MARK
+
+    for stale in out.glob(f".*{TMP_MARK}"):  # left by a run that was killed (SIGKILL, power loss)
+        stale.unlink(missing_ok=True)
     todo: List[Tuple[str, Path, Path, Path]] = []
     skipped = 0
     for stem, pa, pb in listing.pairs:

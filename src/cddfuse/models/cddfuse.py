@@ -218,8 +218,18 @@ class LiteTransformerBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class ReflectPad1(nn.Module):
+    """One-pixel reflection padding (as ``nn.ReflectionPad2d(1)``); along an axis of length 1,
+    where reflection is undefined, the pixel is replicated instead, so every size works."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] >= 2 and x.shape[-2] >= 2:
+            return F.pad(x, (1, 1, 1, 1), mode="reflect")
+        return F.pad(x, (1, 1, 1, 1), mode="replicate")
+
+
 class InvertedResidual(nn.Module):
-    """MobileNetV2 inverted residual without skip: 1x1, ReLU6, reflect-pad + depthwise 3x3, ReLU6, 1x1."""
+    """MobileNetV2-style inverted residual without skip: 1x1, ReLU6, reflect-pad + depthwise 3x3, ReLU6, 1x1."""
 
     def __init__(self, inp: int, oup: int, expansion: float) -> None:
         super().__init__()
@@ -227,7 +237,7 @@ class InvertedResidual(nn.Module):
         self.bottleneckBlock = nn.Sequential(
             nn.Conv2d(inp, hidden, 1, bias=False),
             nn.ReLU6(inplace=True),
-            nn.ReflectionPad2d(1),
+            ReflectPad1(),
             nn.Conv2d(hidden, hidden, 3, groups=hidden, bias=False),
             nn.ReLU6(inplace=True),
             nn.Conv2d(hidden, oup, 1, bias=False),
