@@ -1,2 +1,32 @@
-"""cddfuse: CDDFuse multi-modality image fusion, exact to the paper, fast and practical."""
+"""cddfuse: CDDFuse multi-modality image fusion (Zhao et al., CVPR 2023), exact to the paper,
+fast and practical.
+
+Main entry points (imported lazily, so ``import cddfuse`` and the CLI start quickly):
+
+- :class:`cddfuse.fusion.Fuser` / :func:`cddfuse.fusion.fuse` — fuse files, arrays or PIL images;
+- :class:`cddfuse.models.CDDFuse`, :class:`cddfuse.models.CDDFuseConfig` — the torch module;
+- :func:`cddfuse.models.weights.load_weights` / :func:`~cddfuse.models.weights.save_weights`.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+__all__ = ["Fuser", "fuse", "CDDFuse", "CDDFuseConfig", "load_weights", "save_weights", "__version__"]
+
+_LAZY = {
+    "Fuser": "cddfuse.fusion",
+    "fuse": "cddfuse.fusion",
+    "CDDFuse": "cddfuse.models",
+    "CDDFuseConfig": "cddfuse.models",
+    "load_weights": "cddfuse.models.weights",
+    "save_weights": "cddfuse.models.weights",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'cddfuse' has no attribute {name!r}")
