@@ -28,9 +28,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 OUTPUT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy")
 _SIXTEEN_BIT_OK = (".png", ".tif", ".tiff")
 
-# never let OpenCV start its own thread pool just for decoding
-cv2.setNumThreads(1)
-
 
 def to_float01(arr: np.ndarray) -> np.ndarray:
     """Scale an integer image by its dtype's maximum (uint8 /255, uint16 /65535) to float32 [0, 1].

@@ -25,26 +25,44 @@ def _edges(img: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Sobel edge strength and orientation (float32, 'same' size, zero padding)."""
     sx = cv2.filter2D(img, -1, _SOBEL_X, borderType=cv2.BORDER_CONSTANT)
     sy = cv2.filter2D(img, -1, _SOBEL_Y, borderType=cv2.BORDER_CONSTANT)
-    strength = np.sqrt(sx * sx + sy * sy)
     flat = sx == 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        angle = np.arctan(sy / sx)
-    angle[flat] = _HALF_PI
+        angle = np.divide(sy, sx)
+    np.arctan(angle, out=angle)
+    np.copyto(angle, _HALF_PI, where=flat)
+    np.multiply(sx, sx, out=sx)
+    np.multiply(sy, sy, out=sy)
+    sx += sy
+    strength = np.sqrt(sx, out=sx)
     return strength, angle
 
 
 def _preservation(g_src: np.ndarray, a_src: np.ndarray, g_f: np.ndarray, a_f: np.ndarray) -> np.ndarray:
     """Edge preservation ``Q^XF`` per pixel (float32, the authors' conventions)."""
+    # relative strength: the smaller over the larger; where both are equal the authors' code takes
+    # the fused strength itself (0 on flat pixels, where the weight is 0 anyway)
+    g_rel = np.minimum(g_src, g_f)
     with np.errstate(divide="ignore", invalid="ignore"):
-        # relative strength: the smaller over the larger; where both are equal the authors' code
-        # takes the fused strength itself (0 on flat pixels, where the weight is 0 anyway)
-        g_rel = np.where(g_src > g_f, g_f / g_src, g_src / g_f)
-    equal = g_src == g_f
-    g_rel[equal] = g_f[equal]
-    a_rel = _F32(1) - np.abs(a_src - a_f) / _HALF_PI
-    q_g = _F32(TG) / (_F32(1) + np.exp(_F32(KG) * (g_rel - _F32(DG))))
-    q_a = _F32(TA) / (_F32(1) + np.exp(_F32(KA) * (a_rel - _F32(DA))))
-    return q_g * q_a
+        g_rel /= np.maximum(g_src, g_f)
+    np.copyto(g_rel, g_f, where=g_src == g_f)
+    # q_g = Tg / (1 + exp(kg (G - Dg)))
+    g_rel -= _F32(DG)
+    g_rel *= _F32(KG)
+    q_g = np.exp(g_rel, out=g_rel)
+    q_g += _F32(1)
+    np.divide(_F32(TG), q_g, out=q_g)
+    # relative orientation A = 1 - |a_src - a_f| / (pi/2); q_a = Ta / (1 + exp(ka (A - Da)))
+    a_rel = np.subtract(a_src, a_f)
+    np.abs(a_rel, out=a_rel)
+    a_rel /= _HALF_PI
+    np.subtract(_F32(1), a_rel, out=a_rel)
+    a_rel -= _F32(DA)
+    a_rel *= _F32(KA)
+    q_a = np.exp(a_rel, out=a_rel)
+    q_a += _F32(1)
+    np.divide(_F32(TA), q_a, out=q_a)
+    q_g *= q_a
+    return q_g
 
 
 def _qabf(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> float:
@@ -53,8 +71,11 @@ def _qabf(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> float:
     g_f, a_f = _edges(f.astype(_F32))
     q_af = _preservation(g_a, a_a, g_f, a_f)
     q_bf = _preservation(g_b, a_b, g_f, a_f)
-    num = np.sum(q_af * g_a + q_bf * g_b)
-    den = np.sum(g_a + g_b)
+    q_af *= g_a
+    q_bf *= g_b
+    q_af += q_bf
+    num = np.sum(q_af)
+    den = np.sum(np.add(g_a, g_b, out=q_bf))
     with np.errstate(divide="ignore", invalid="ignore"):
         return float(num / den)
 

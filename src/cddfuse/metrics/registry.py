@@ -1,7 +1,7 @@
 """Names of the metrics, their properties, and :func:`compute_metrics`."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -50,7 +50,7 @@ class MetricInfo:
     higher_is_better: bool
     value_range: str
     min_size: int = 1
-    _impl: Optional[Callable[..., float]] = None
+    _impl: Optional[Callable[..., float]] = field(default=None, repr=False, compare=False)
 
     @property
     def direction(self) -> str:

@@ -1,7 +1,7 @@
 """SSIM as the CDDFuse authors computed it (scikit-image ``structural_similarity`` on float32 input)."""
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import cv2
 import numpy as np
@@ -15,15 +15,17 @@ K1, K2 = 0.01, 0.03
 DATA_RANGE = 2.0  # scikit-image's dtype range of float images, [-1, 1]
 
 
-def _box(x: np.ndarray, size: int) -> np.ndarray:
+def _box(x: np.ndarray, size: int, out: Optional[np.ndarray] = None,
+         work: Optional[np.ndarray] = None) -> np.ndarray:
     """Mean over a ``size x size`` window, one axis after the other, rounding to ``x.dtype`` in between.
 
     Bit for bit what ``scipy.ndimage.uniform_filter`` (the filter scikit-image uses) gives: a
     running sum in double along axis 0, rounded to the array's dtype, then along axis 1.
     The border (reflected) is cropped away by the caller, so its convention does not matter.
+    ``out`` and ``work`` (like ``x``) are optional buffers for the result and the first pass.
     """
-    vertical = cv2.blur(x, (1, size), borderType=cv2.BORDER_REFLECT)
-    return cv2.blur(vertical, (size, 1), borderType=cv2.BORDER_REFLECT)
+    vertical = cv2.blur(x, (1, size), dst=work, borderType=cv2.BORDER_REFLECT)
+    return cv2.blur(vertical, (size, 1), dst=out, borderType=cv2.BORDER_REFLECT)
 
 
 def _ssim_sum(f: np.ndarray, sources: Iterable[np.ndarray], dtype: Any = np.float32,
@@ -36,26 +38,46 @@ def _ssim_sum(f: np.ndarray, sources: Iterable[np.ndarray], dtype: Any = np.floa
     c2 = dtype.type((K2 * data_range) ** 2)
     two = dtype.type(2)
     x = f.astype(dtype)
-    ux = _box(x, win_size)
-    uxx = _box(x * x, win_size)
+    # buffers reused for both sources (fewer fresh pages to fault in)
+    work, y, prod, uy, vy, vxy, uy_sq = (np.empty_like(x) for _ in range(7))
+    ux = _box(x, win_size, work=work)
     ux_sq = ux * ux
+    np.multiply(x, x, out=prod)
+    vx = _box(prod, win_size, work=work)
+    vx -= ux_sq
+    vx *= cov_norm
     pad = (win_size - 1) // 2
     total = 0.0
     for src in sources:
-        y = src.astype(dtype)
-        uy = _box(y, win_size)
-        uyy = _box(y * y, win_size)
-        uxy = _box(x * y, win_size)
-        # the operation order of scikit-image, so that float32 rounding is the same
-        vx = cov_norm * (uxx - ux_sq)
-        vy = cov_norm * (uyy - uy * uy)
-        vxy = cov_norm * (uxy - ux * uy)
-        a1 = two * ux * uy + c1
-        a2 = two * vxy + c2
-        b1 = ux_sq + uy * uy + c1
-        b2 = vx + vy + c2
-        s = (a1 * a2) / (b1 * b2)
-        total += float(s[pad:-pad, pad:-pad].mean(dtype=np.float64))
+        # scikit-image's expressions, in place; products by 2 and sums are exact or commutative,
+        # so the float32 rounding is the same as theirs
+        np.copyto(y, src, casting="unsafe")
+        _box(y, win_size, uy, work)
+        np.multiply(y, y, out=prod)
+        _box(prod, win_size, vy, work)
+        np.multiply(uy, uy, out=uy_sq)
+        vy -= uy_sq
+        vy *= cov_norm                      # vy = cov_norm * (uyy - uy * uy)
+        np.multiply(x, y, out=prod)
+        _box(prod, win_size, vxy, work)
+        a1 = np.multiply(ux, uy, out=uy)
+        vxy -= a1
+        vxy *= cov_norm                     # vxy = cov_norm * (uxy - ux * uy)
+        a1 *= two
+        a1 += c1                            # A1 = 2 * ux * uy + C1
+        a2 = vxy
+        a2 *= two
+        a2 += c2                            # A2 = 2 * vxy + C2
+        b1 = uy_sq
+        b1 += ux_sq
+        b1 += c1                            # B1 = ux**2 + uy**2 + C1
+        b2 = vy
+        b2 += vx
+        b2 += c2                            # B2 = vx + vy + C2
+        a1 *= a2
+        b1 *= b2
+        a1 /= b1                            # S = (A1 * A2) / (B1 * B2)
+        total += float(a1[pad:-pad, pad:-pad].mean(dtype=np.float64))
     return total
 
 

@@ -1,7 +1,7 @@
 """Pixel-domain visual information fidelity (VIF / VIFF column of the CDDFuse tables)."""
 from __future__ import annotations
 
-from typing import Any, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -43,10 +43,14 @@ def vif_window(scale: int) -> np.ndarray:
     return h / h.sum()
 
 
-def _valid(x: np.ndarray, taps: np.ndarray) -> np.ndarray:
-    """2-D 'valid' convolution with the separable window ``outer(taps, taps)`` (symmetric)."""
+def _valid(x: np.ndarray, taps: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """2-D 'valid' convolution with the separable window ``outer(taps, taps)`` (symmetric).
+
+    ``out`` (float64, the shape of ``x``) receives the full-size result; the valid part is returned
+    as a view of it.
+    """
     r = (taps.size - 1) // 2
-    full = cv2.sepFilter2D(x, cv2.CV_64F, taps, taps, borderType=cv2.BORDER_REFLECT_101)
+    full = cv2.sepFilter2D(x, cv2.CV_64F, taps, taps, dst=out, borderType=cv2.BORDER_REFLECT_101)
     return full[r:full.shape[0] - r, r:full.shape[1] - r]
 
 
@@ -61,32 +65,49 @@ def _vif_sums(refs: Sequence[np.ndarray], dist: np.ndarray) -> Tuple[np.ndarray,
         if scale > 1:  # smooth with this scale's window, then keep every second pixel
             refs = [np.ascontiguousarray(_valid(r, taps)[::2, ::2]) for r in refs]
             dist = np.ascontiguousarray(_valid(dist, taps)[::2, ::2])
+        # work buffers, reused for both references (fewer fresh pages to fault in)
+        prod, buf_mu1, buf_s1, buf_s12 = (np.empty_like(dist) for _ in range(4))
         mu2 = _valid(dist, taps)
-        sigma2_sq = _valid(dist * dist, taps) - mu2 * mu2
+        np.multiply(dist, dist, out=prod)
+        sigma2_sq = _valid(prod, taps)
+        tmp = np.multiply(mu2, mu2)
+        sigma2_sq -= tmp
         np.maximum(sigma2_sq, 0.0, out=sigma2_sq)
         dist_ok = sigma2_sq >= EPS
         for k, ref in enumerate(refs):
-            mu1 = _valid(ref, taps)
-            sigma1_sq = _valid(ref * ref, taps) - mu1 * mu1
+            mu1 = _valid(ref, taps, buf_mu1)
+            np.multiply(ref, ref, out=prod)
+            sigma1_sq = _valid(prod, taps, buf_s1)
+            np.multiply(mu1, mu1, out=tmp)
+            sigma1_sq -= tmp
             np.maximum(sigma1_sq, 0.0, out=sigma1_sq)
-            sigma12 = _valid(ref * dist, taps) - mu1 * mu2
-            g = sigma12 / (sigma1_sq + EPS)
-            sv_sq = sigma2_sq - g * sigma12
-            # where the reference is flat (sigma1 < eps) or the distorted image is flat, or the gain
-            # is negative, the gain is 0 and the pixel adds nothing to the numerator
+            np.multiply(ref, dist, out=prod)
+            sigma12 = _valid(prod, taps, buf_s12)
+            np.multiply(mu1, mu2, out=tmp)
+            sigma12 -= tmp
+            g = np.add(sigma1_sq, EPS, out=tmp)
+            np.divide(sigma12, g, out=g)  # gain
+            sv_sq = np.multiply(g, sigma12, out=mu1)
+            np.subtract(sigma2_sq, sv_sq, out=sv_sq)
+            # the gain is 0 (the pixel adds nothing to the numerator) where the reference or the
+            # distorted image is flat (variance < eps) or the gain is negative
             ref_ok = sigma1_sq >= EPS
-            g[~(ref_ok & dist_ok & (g > 0))] = 0.0
+            keep = ref_ok & dist_ok
+            keep &= g > 0
+            np.multiply(g, keep, out=g)
             np.maximum(sv_sq, EPS, out=sv_sq)
             sv_sq += SIGMA_NSQ
-            sigma1_sq[~ref_ok] = 0.0
-            t = g * g
-            t *= sigma1_sq
-            t /= sv_sq
-            t += 1.0
-            num[k] += np.sum(np.log10(t))
+            # numerator: log10(1 + g^2 sigma1^2 / (sv^2 + sigma_n^2))
+            np.multiply(g, g, out=g)
+            g *= sigma1_sq
+            g /= sv_sq
+            g += 1.0
+            num[k] += np.sum(np.log10(g, out=g))
+            # denominator: log10(1 + sigma1^2 / sigma_n^2), sigma1^2 < eps counted as 0
+            np.multiply(sigma1_sq, ref_ok, out=sigma1_sq)
             sigma1_sq /= SIGMA_NSQ
             sigma1_sq += 1.0
-            den[k] += np.sum(np.log10(sigma1_sq))
+            den[k] += np.sum(np.log10(sigma1_sq, out=sigma1_sq))
     return num, den
 
 

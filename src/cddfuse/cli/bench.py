@@ -1,0 +1,75 @@
+"""``cddfuse bench``: fuse a standard test set, evaluate it, compare with the paper (logic in :mod:`cddfuse.metrics.benchmark`)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .eval import FORMATS, _write
+
+_DESCRIPTION = """\
+Fuse a test set with the CDDFuse authors' protocol (gray sources, min-max normalised output,
+8-bit PNG), evaluate it with their metrics, and print the mean next to the paper's published
+CDDFuse row for that set and the mean/max fusion baselines.
+
+TESTSET_DIR is laid out like the authors' test_img/<set>: ir/ + vi/ (TNO, RoadScene; A = ir,
+B = vi) or MRI/ + CT/, PET/ or SPECT/ (MRI_CT, MRI_PET, MRI_SPECT; A = CT/PET/SPECT, B = MRI).
+"""
+
+_EPILOG = """\
+examples:
+  cddfuse bench test_img/TNO --weights CDDFuse_IVF.pth
+  cddfuse bench test_img/MRI_PET --weights CDDFuse_MIF.pth --format md
+  cddfuse bench test_img/MRI_CT --method max
+"""
+
+
+# as in cddfuse.metrics.benchmark; not imported so that the CLI starts without numpy/OpenCV
+METHODS = ("cddfuse", "mean", "max")
+TASKS = ("ivf", "mif")
+NORMALIZE = ("auto", "minmax", "none")
+
+
+def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "bench",
+        help="fuse a standard test set, evaluate it and compare with the paper's numbers",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("testset", metavar="TESTSET_DIR", help="test set folder (e.g. test_img/TNO)")
+    p.add_argument("--weights", metavar="PATH",
+                   help="CDDFuse checkpoint (.pth of the authors or .safetensors); default: bundled weights")
+    p.add_argument("--method", choices=METHODS, default="cddfuse",
+                   help="the network (default) or a baseline rule: mean = (A+B)/2, max = max(A, B)")
+    p.add_argument("--task", choices=TASKS, default=None,
+                   help="which weights these are (picks the paper row; MIF weights decode without residual); "
+                        "default: what the weights say, else the set's kind")
+    p.add_argument("--normalize", choices=NORMALIZE, default="auto",
+                   help="auto (default): min-max for the network, none for the rules (as the published "
+                        "baselines were made)")
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="output format (default: from the -o suffix .md/.csv/.json, else table)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the results to FILE instead of the screen")
+    p.add_argument("--out-dir", metavar="DIR", help="keep the fused 8-bit PNGs in DIR")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N pairs (by name)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..metrics._memory import tune_malloc
+    from ..metrics.benchmark import format_bench, run_bench
+    from ..metrics.report import choose_format
+
+    tune_malloc()
+
+    fmt = choose_format(args.format, args.output)
+    result = run_bench(args.testset, method=args.method, weights=args.weights, task=args.task,
+                       out_dir=args.out_dir, limit=args.limit, normalize=args.normalize)
+    _write(format_bench(result, fmt), args.output)
+    if args.output:
+        print(f"wrote {args.output}", file=sys.stderr)
+    if args.out_dir:
+        print(f"fused images in {args.out_dir}", file=sys.stderr)
+    return 0

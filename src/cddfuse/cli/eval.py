@@ -1,0 +1,84 @@
+"""``cddfuse eval``: fusion metrics of a folder of fused images (logic in :mod:`cddfuse.metrics.evaluate`)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+from ..errors import CDDFuseError, UsageError
+
+_DESCRIPTION = """\
+Compute fusion metrics of every fused image in FUSED_DIR against its two sources, exactly as the
+CDDFuse authors' evaluation code does (their gray conversion; MI in nats; VIF and SSIM summed over
+the two sources; SSIM with their data_range of 2). Images are paired by file stem (01.png with
+01.jpg). Prints a row per image and the mean.
+
+Metrics: EN SD SF AG MI SCD VIF Qabf SSIM CC PSNR MSE (MSE: lower is better, the rest: higher).
+"""
+
+_EPILOG = """\
+examples:
+  cddfuse eval test_img/TNO/ir test_img/TNO/vi results/TNO
+  cddfuse eval MRI_CT/CT MRI_CT/MRI fused/ --metrics paper --format md -o table.md
+"""
+
+
+# the same as cddfuse.metrics.report.FORMATS; not imported so that the CLI starts without numpy/OpenCV
+FORMATS = ("table", "md", "csv", "json")
+
+
+def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "eval",
+        help="compute fusion metrics (EN, SD, SF, MI, SCD, VIF, Qabf, SSIM...) of a folder of fused images",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("dir_a", metavar="A_DIR", help="first sources: infrared, CT, PET or SPECT images")
+    p.add_argument("dir_b", metavar="B_DIR", help="second sources: visible or MRI images")
+    p.add_argument("dir_fused", metavar="FUSED_DIR", help="fused images, named like the sources")
+    p.add_argument("--metrics", default="all", metavar="LIST",
+                   help="comma-separated metric names, 'paper' for the paper's eight columns "
+                        "(EN,SD,SF,MI,SCD,VIF,Qabf,SSIM) or 'all' (default)")
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="output format (default: from the -o suffix .md/.csv/.json, else table)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the results to FILE instead of the screen")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="evaluate N images at a time in separate processes (default 1)")
+    p.set_defaults(func=run)
+    return p
+
+
+def _write(text: str, output: Optional[str]) -> None:
+    if not output:
+        sys.stdout.write(text)
+        return
+    from .._fileutil import atomic_write_bytes
+
+    try:
+        atomic_write_bytes(output, text.encode("utf-8"))
+    except OSError as e:
+        raise CDDFuseError(f"cannot write {output}: {e.strerror or e}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..metrics._memory import tune_malloc
+    from ..metrics.evaluate import evaluate_folders, format_evaluation
+    from ..metrics.registry import resolve_metrics
+    from ..metrics.report import choose_format
+
+    tune_malloc()  # this process only evaluates: keep freed temporaries for reuse
+
+    names = resolve_metrics(args.metrics)
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    fmt = choose_format(args.format, args.output)
+    result = evaluate_folders(args.dir_a, args.dir_b, args.dir_fused, names, workers=args.workers)
+    if result.ignored:
+        shown = ", ".join(result.ignored[:10]) + (" ..." if len(result.ignored) > 10 else "")
+        print(f"note: {len(result.ignored)} fused image(s) without sources were skipped: {shown}", file=sys.stderr)
+    _write(format_evaluation(result, fmt), args.output)
+    if args.output:
+        print(f"wrote {args.output} ({len(result)} images)", file=sys.stderr)
+    return 0

@@ -1,0 +1,44 @@
+"""Keep freed memory for reuse (glibc): large temporaries stop costing page faults on every call."""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+__all__ = ["tune_malloc"]
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_done = False
+
+
+def tune_malloc(trim_threshold: int = 256 << 20, mmap_threshold: int = 32 << 20) -> bool:
+    """Ask glibc's ``malloc`` to keep freed memory in the process for reuse.
+
+    The metrics work on whole-image temporaries (3.5 MB each for a 768x576 float64 image). By
+    default glibc serves such blocks with ``mmap`` and gives them back to the system when they are
+    freed, so every call faults all their pages in again; on virtual machines that costs more than
+    the arithmetic (here up to half the time of :func:`~cddfuse.metrics.compute_metrics`). This
+    raises the mmap threshold to ``mmap_threshold`` and the trim threshold to ``trim_threshold``
+    (the same as the environment variables ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``),
+    so up to ``trim_threshold`` bytes of freed memory stay in the process.
+
+    It changes a process-wide setting, so the library never calls it on import: the ``cddfuse eval``
+    and ``cddfuse bench`` commands do, and a script evaluating many images may. Does nothing (and
+    returns False) where the C library is not glibc.
+    """
+    global _done
+    if _done:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and others have no mallopt
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    ok = bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))) and bool(mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)))
+    _done = ok
+    return ok

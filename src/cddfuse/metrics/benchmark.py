@@ -1,0 +1,307 @@
+"""Fuse a standard test set with the authors' protocol, evaluate it, compare with the paper (``cddfuse bench``)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..errors import CDDFuseError, UsageError
+from .evaluate import EvaluationResult, progress_bar
+from .io import PathLike, quantize_like_authors, read_gray
+from .paper import COLUMNS, KNOWN_SETS, PublishedRow, reference_rows
+from .registry import compute_metrics, resolve_metrics
+
+__all__ = ["BenchSet", "BenchResult", "detect_testset", "minmax_like_authors", "simple_rule", "fuse_to_uint8",
+           "run_bench", "format_bench", "METHODS", "TASKS", "NORMALIZE"]
+
+METHODS = ("cddfuse", "mean", "max")
+TASKS = ("ivf", "mif")
+NORMALIZE = ("auto", "minmax", "none")
+_FUNCTIONAL = ("CT", "PET", "SPECT")
+
+
+@dataclass(frozen=True)
+class BenchSet:
+    """A test set folder (``cddfuse bench``): ``name`` (its folder name), the task its layout implies, the
+    two source folders."""
+
+    name: str
+    root: Path
+    task: str
+    dir_a: Path
+    dir_b: Path
+
+    @property
+    def paper_name(self) -> Optional[str]:
+        """The standard set this is (``"TNO"``, ``"MRI_CT"``...), matched by folder name, else None."""
+        for known in KNOWN_SETS:
+            if known.lower() == self.name.lower():
+                return known
+        return None
+
+    def describe(self) -> str:
+        kind = "infrared-visible" if self.task == "ivf" else "medical"
+        return f"{self.name} ({kind}: A = {self.dir_a.name}, B = {self.dir_b.name})"
+
+
+def detect_testset(path: PathLike) -> BenchSet:
+    """Recognise a test set folder by its layout.
+
+    ``ir/`` + ``vi/`` is an infrared-visible set (A = ir, B = vi: TNO, RoadScene); ``MRI/`` plus one
+    of ``CT/``, ``PET/``, ``SPECT/`` a medical one (A = the functional image, B = MRI: MRI_CT,
+    MRI_PET, MRI_SPECT), as in the authors' ``test_img`` folder. Folder names match ignoring case.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise CDDFuseError(f"test set {root} " + ("is not a folder" if root.exists() else "does not exist"))
+    subdirs = {d.name.lower(): d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+    if "ir" in subdirs and "vi" in subdirs:
+        return BenchSet(root.name, root, "ivf", subdirs["ir"], subdirs["vi"])
+    if "mri" in subdirs:
+        functional = [subdirs[m.lower()] for m in _FUNCTIONAL if m.lower() in subdirs]
+        if len(functional) > 1:  # pick the one the set's name says (MRI_PET -> PET)
+            named = [d for d in functional if root.name.lower().endswith(d.name.lower())]
+            functional = named if len(named) == 1 else functional
+        if len(functional) == 1:
+            return BenchSet(root.name, root, "mif", functional[0], subdirs["mri"])
+        if functional:
+            raise CDDFuseError(f"{root} has several functional folders ({', '.join(d.name for d in functional)}) "
+                               "next to MRI/; keep one per test set")
+    found = ", ".join(sorted(d.name for d in subdirs.values())) or "no sub-folders"
+    raise CDDFuseError(
+        f"{root} is not a test set this command knows: expected ir/ and vi/ (infrared-visible, like TNO and "
+        f"RoadScene) or MRI/ with CT/, PET/ or SPECT/ (medical, like MRI_CT); found {found}"
+    )
+
+
+def minmax_like_authors(raw: np.ndarray) -> np.ndarray:
+    """``(x - min) / (max - min)`` in float32, as their scripts do on the network output (constant -> zeros)."""
+    x = np.asarray(raw, dtype=np.float32)
+    lo, hi = x.min(), x.max()
+    if not hi > lo:
+        return np.zeros_like(x)
+    return (x - lo) / (hi - lo)
+
+
+def simple_rule(method: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """The baseline rules on two gray images: ``mean`` = (A+B)/2, ``max`` = max(A, B) (same dtype out)."""
+    if method == "mean":
+        return lambda a, b: (a + b) / a.dtype.type(2)
+    if method == "max":
+        return np.maximum
+    raise UsageError(f"unknown rule {method!r}; choose mean or max")
+
+
+def _network(weights: Optional[PathLike], data_task: str,
+             weights_task: Optional[str]) -> Tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], str, str]:
+    """The network's fusion function, the kind of weights (``"ivf"``/``"mif"``) and the residual mode.
+
+    ``data_task`` is the kind of images (from the set's layout): IVF weights on medical images use
+    the sum of both sources as residual, as the authors did. ``weights_task`` (``--task``) says
+    which weights these are when the file does not; MIF weights decode without residual.
+    """
+    try:
+        from ..fusion import Fuser
+    except ImportError as e:  # pragma: no cover - the fusion package is part of cddfuse
+        raise CDDFuseError(f"the CDDFuse network is not available in this installation ({e})") from None
+    fuser = Fuser(weights=weights, task=data_task, method="cddfuse", normalize="none", color="gray")
+    declared = fuser.info.task if fuser.info is not None else None
+    if weights_task is not None and weights_task != declared:
+        # the user says which weights these are: residual as the authors decode such weights
+        residual = "none" if weights_task == "mif" else ("sum" if data_task == "mif" else "vis")
+        if residual != fuser.residual:
+            fuser = Fuser(weights=weights, task=data_task, method="cddfuse", residual=residual, normalize="none",
+                          color="gray")
+    return fuser.fuse_luminance, weights_task or declared or data_task, str(fuser.residual)
+
+
+@dataclass
+class BenchResult:
+    """What :func:`run_bench` measured and what it is compared with."""
+
+    testset: BenchSet
+    task: str
+    method: str
+    weights: Optional[str]
+    evaluation: EvaluationResult
+    total_pairs: int
+    references: List[PublishedRow] = field(default_factory=list)
+    normalize: str = "minmax"
+    residual: Optional[str] = None
+
+    @property
+    def run_label(self) -> str:
+        if self.method == "cddfuse":
+            return f"this run: CDDFuse ({Path(self.weights).name if self.weights else 'bundled ' + self.task.upper()})"
+        return f"this run: {self.method} rule"
+
+    def to_dict(self) -> Dict[str, Any]:
+        ev = self.evaluation.to_dict()
+        return {
+            "dataset": self.testset.name,
+            "task": self.task,
+            "method": self.method,
+            "weights": self.weights,
+            "normalize": self.normalize,
+            "residual": self.residual,
+            "pairs": len(self.evaluation),
+            "pairs_in_set": self.total_pairs,
+            "metrics": ev["metrics"],
+            "mean": ev["mean"],
+            "images": ev["images"],
+            "references": [
+                {"label": r.label, "method": r.method, "weights": r.weights, "values": r.values, "source": r.source}
+                for r in self.references
+            ],
+        }
+
+
+def run_bench(testset_dir: PathLike, method: str = "cddfuse", weights: Optional[PathLike] = None,
+              task: Optional[str] = None, out_dir: Optional[PathLike] = None, limit: Optional[int] = None,
+              names: Union[str, Sequence[str]] = COLUMNS, normalize: str = "auto",
+              progress: Optional[bool] = None) -> BenchResult:
+    """Fuse every pair of a test set with the authors' protocol and evaluate it.
+
+    Protocol (their ``test_IVF.py`` / ``test_MIF.py``): sources read with their gray conversion and
+    divided by 255 (float32), fused, min-max normalised to [0, 1], saved as 8-bit PNG the way their
+    ``imsave`` does (:func:`quantize_like_authors`), read back and evaluated. The baseline rules
+    are applied to the 0-255 gray images and rounded, without normalisation, which is how the
+    published baseline rows were made (see :func:`fuse_to_uint8`). The 8-bit image is evaluated in
+    memory (the same values a PNG round trip gives); ``out_dir`` also writes it as ``<stem>.png``.
+
+    Args:
+        testset_dir: a folder laid out like the authors' ``test_img/<set>`` (see :func:`detect_testset`).
+        method: ``"cddfuse"`` (needs weights or bundled ones), ``"mean"`` or ``"max"``.
+        weights: checkpoint for ``cddfuse`` (the authors' ``.pth`` or this project's ``.safetensors``).
+        task: which weights these are, ``"ivf"`` or ``"mif"``: it picks the paper row to compare
+            with (the paper gives both for the medical sets), and MIF weights decode without
+            residual. Default: what the weights say (the authors' ``CDDFuse_IVF.pth`` /
+            ``CDDFuse_MIF.pth``), else the set's kind (``ivf`` for ir/vi, ``mif`` for MRI). The
+            images' kind always comes from the layout: IVF weights on medical images use the sum of
+            both sources as residual, as the authors did.
+        out_dir: keep the fused images here.
+        limit: fuse only the first ``limit`` pairs (sorted by name).
+        names: metrics to compute (the paper's eight by default).
+        normalize: ``"auto"`` (``minmax`` for the network, ``none`` for the rules, which is how the
+            published baseline rows were made), ``"minmax"`` or ``"none"``; see :func:`fuse_to_uint8`.
+        progress: progress bar (default: when stderr is a terminal).
+    """
+    from ..io.pairs import match_pairs
+
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    chosen = resolve_metrics(names)
+    if task is not None and task not in TASKS:
+        raise UsageError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if weights is not None and method != "cddfuse":
+        raise UsageError(f"--weights is only used with --method cddfuse, not with {method}")
+    if normalize not in NORMALIZE:
+        raise UsageError(f"unknown normalisation {normalize!r}; choose one of {', '.join(NORMALIZE)}")
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be at least 1, got {limit}")
+    ts = detect_testset(testset_dir)
+    try:
+        listing = match_pairs(ts.dir_a, ts.dir_b)
+    except ValueError as e:  # two files with one stem
+        raise CDDFuseError(str(e)) from None
+    if listing.only_a or listing.only_b:
+        lonely = listing.only_a + listing.only_b
+        raise CDDFuseError(f"{ts.root}: {len(lonely)} images have no partner in the other folder: {', '.join(lonely[:10])}")
+    if not listing.pairs:
+        raise CDDFuseError(f"{ts.root}: no image pairs found")
+    pairs = listing.pairs[:limit] if limit else listing.pairs
+
+    if method == "cddfuse":
+        fuse, task_used, residual = _network(weights, ts.task, task)
+    else:
+        fuse = simple_rule(method)
+        task_used = task or ts.task
+        residual = None
+    norm = normalize if normalize != "auto" else ("minmax" if method == "cddfuse" else "none")
+    out = Path(out_dir) if out_dir is not None else None
+
+    evaluation = EvaluationResult(metrics=chosen)
+    with progress_bar(len(pairs), f"{ts.name} {method}", progress) as bar:
+        for stem, path_a, path_b in pairs:
+            a, b = read_gray(path_a), read_gray(path_b)
+            if a.shape != b.shape:
+                raise CDDFuseError(f"{stem}: the two sources differ in size ({a.shape[1]}x{a.shape[0]} vs "
+                                   f"{b.shape[1]}x{b.shape[0]})")
+            fused8 = fuse_to_uint8(fuse, a, b, method, norm)
+            if out is not None:
+                _write_png(out / f"{stem}.png", fused8)
+            try:
+                values = compute_metrics(a, b, fused8, chosen)
+            except CDDFuseError as e:
+                raise CDDFuseError(f"{stem}: {e}") from None
+            evaluation.stems.append(stem)
+            evaluation.values.append(values)
+            bar.update(1)
+
+    refs = reference_rows(ts.paper_name, task_used) if ts.paper_name else []
+    return BenchResult(ts, task_used, method, str(weights) if weights is not None else None, evaluation,
+                       len(listing.pairs), refs, norm, residual)
+
+
+def fuse_to_uint8(fuse: Callable[[np.ndarray, np.ndarray], np.ndarray], a: np.ndarray, b: np.ndarray,
+                  method: str, normalize: str) -> np.ndarray:
+    """One fused 8-bit image from gray sources ``a``, ``b`` (float, 0-255) with the authors' conventions.
+
+    * network (``method="cddfuse"``): ``fuse(a / 255, b / 255)`` in float32; ``minmax``: stretched to
+      [0, 1] in float32 and written as their ``imsave`` writes ``fused * 255``
+      (:func:`quantize_like_authors`); ``none``: ``round(clip(x, 0, 1) * 255)``.
+    * rules: ``none``: the rule on the 0-255 values, rounded half to even (``np.round``), i.e.
+      ``round((A + B) / 2)`` and ``max(A, B)``; ``minmax``: the rule on ``a / 255``, ``b / 255``
+      (float32), then as for the network.
+    """
+    if method != "cddfuse" and normalize == "none":
+        return np.round(fuse(a.astype(np.float64), b.astype(np.float64))).astype(np.uint8)
+    raw = fuse(a / np.float32(255), b / np.float32(255))
+    if normalize == "minmax":
+        return quantize_like_authors(minmax_like_authors(raw))
+    return np.round(np.clip(np.asarray(raw, dtype=np.float32), 0, 1) * np.float32(255)).astype(np.uint8)
+
+
+def _write_png(path: Path, img: np.ndarray) -> None:
+    import cv2
+
+    from .._fileutil import atomic_write_bytes
+
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:  # pragma: no cover
+        raise CDDFuseError(f"could not encode {path}")
+    try:
+        atomic_write_bytes(path, buf.tobytes())
+    except OSError as e:
+        raise CDDFuseError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def format_bench(result: BenchResult, fmt: str = "table") -> str:
+    """The run's mean next to the published rows (two decimals, like the paper; full precision in csv/json)."""
+    from .report import format_rows, to_json
+
+    if fmt == "json":
+        return to_json(result.to_dict())
+    names = result.evaluation.metrics
+    mean = result.evaluation.mean
+    rows: List[List[Any]] = [[result.run_label] + [mean[m] for m in names]]
+    for ref in result.references:
+        rows.append([ref.label] + [ref.values.get(m, math.nan) for m in names])
+    table = format_rows(["", *names] if fmt != "csv" else ["row", *names], rows, fmt, decimals=2,
+                        separator_before=1 if len(rows) > 1 else None)
+    if fmt == "csv":
+        return table
+    n, total = len(result.evaluation), result.total_pairs
+    head = f"{result.testset.describe()}, {n} pair{'s' if n != 1 else ''}"
+    head += f" of {total} (--limit; the published rows are over all {total})" if n < total else ""
+    head += f", {result.task.upper()} weights" if result.method == "cddfuse" else f", task {result.task.upper()}"
+    head += f" (residual {result.residual})" if result.residual else ""
+    head += f", normalisation {result.normalize}"
+    if not result.references:
+        head += "; no published numbers for this set"
+    if fmt == "md":
+        return f"{head}\n\n{table}"
+    return f"{head}\n{table}"
