@@ -72,7 +72,7 @@ def test_color_output_keeps_chroma_and_gray_option(tiny_weights, test_data):
 
 
 def test_normalize_modes(tiny_weights, test_data):
-    ir, vi = test_data / "TNO/ir/01.png", test_data / "TNO/vi/01.png"
+    ir, vi = test_data / "TNO/ir/07.png", test_data / "TNO/vi/07.png"
     raw = Fuser(weights=tiny_weights, device="cpu", normalize="none").fuse_detailed(ir, vi)
     mm = Fuser(weights=tiny_weights, device="cpu").fuse_detailed(ir, vi)
     assert np.array_equal(raw.raw, mm.raw)

@@ -119,8 +119,8 @@ def test_bad_inputs_and_sizes():
 def test_gradcheck_float64():
     sizes = dict(dim=4, num_heads=2, encoder_blocks=1, decoder_blocks=1, encoder_inn_layers=1)
     model = make_random_model(4, **sizes).double()
-    a = torch.rand(1, 1, 5, 4, dtype=torch.float64, requires_grad=True)
-    b = torch.rand(1, 1, 5, 4, dtype=torch.float64, requires_grad=True)
+    a = torch.rand(1, 1, 4, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.rand(1, 1, 4, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, y: model(x, y, residual="vis"), (a, b), eps=1e-6, atol=1e-5)
 
 

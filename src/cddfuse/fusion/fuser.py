@@ -161,7 +161,27 @@ class Fuser:
         normalize: str = "minmax",
         color: str = "auto",
         device: Union[str, torch.device] = "auto",
+        *,
+        tile: Optional[int] = None,
+        max_memory: Union[str, int, None] = None,
+        precision: str = "fp32",
+        backend: str = "torch",
     ) -> None:
+        """See the class docstring for the first arguments. Performance options (same results):
+
+        Args:
+            tile: run the network tile by tile with tiles of at most ``tile x tile`` pixels (exact:
+                the result does not depend on the tile size; see :mod:`cddfuse.models.tiled`).
+                ``None``: chosen automatically -- on CPU cache-sized tiles (faster), and smaller
+                ones or disk-backed feature maps when the image would not fit ``max_memory``.
+            max_memory: memory budget for one pair, bytes or ``"3G"``/``"512M"``; ``None``: the
+                memory available when the pair is fused.
+            precision: ``"fp32"`` (default), ``"tf32"`` (CUDA only: TF32 tensor cores for
+                convolutions and matrix products) or ``"bf16"`` (bfloat16 autocast; outputs differ
+                from fp32 by up to ~1e-2).
+            backend: ``"torch"`` (default) or ``"onnx"`` (ONNX Runtime on the exported network,
+                whole image at once; needs ``pip install cddfuse[onnx]``).
+        """
         if method not in METHODS:
             raise UsageError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         if task is not None and task not in TASKS:
@@ -183,20 +203,78 @@ class Fuser:
             raise UsageError(f"--weights is only used with --method cddfuse, not with {method!r}")
         self.task = task or (self.info.task if self.info and self.info.task else "ivf")
         self.residual = resolve_residual(residual, self.task, self.info) if self.model is not None else None
+        from ..models.tiled import parse_memory
+
+        if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 1):
+            raise UsageError(f"tile must be a positive number of pixels, got {tile!r}")
+        try:
+            self.max_memory = parse_memory(max_memory)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if precision not in ("fp32", "tf32", "bf16"):
+            raise UsageError(f"unknown precision {precision!r}; choose fp32, tf32 or bf16")
+        if precision == "tf32" and self.device.type != "cuda":
+            raise UsageError("--precision tf32 needs a CUDA GPU (TF32 is a tensor-core format); use fp32 or bf16")
+        if backend not in ("torch", "onnx"):
+            raise UsageError(f"unknown backend {backend!r}; choose torch or onnx")
+        self.tile, self.precision, self.backend = tile, precision, backend
+        self._onnx: Any = None
+        if backend == "onnx" and self.model is not None:
+            if tile is not None or precision != "fp32":
+                raise UsageError("the onnx backend runs whole images in fp32; drop --tile/--precision or use --backend torch")
+            try:
+                from ..models.onnx import OnnxFuser
+
+                self._onnx = OnnxFuser(self.model, residual=self.residual)
+            except ImportError as e:
+                raise UsageError(f"--backend onnx: {e}") from None
 
     # ------------------------------------------------------------------ core
     @torch.inference_mode()
     def fuse_luminance(self, ya: np.ndarray, yb: np.ndarray) -> np.ndarray:
-        """Fuse two luminance images ``(H, W)`` float in [0, 1]; returns the raw ``(H, W)`` output."""
+        """Fuse two luminance images ``(H, W)`` float in [0, 1]; returns the raw ``(H, W)`` output.
+
+        ``(N, H, W)`` stacks of same-size pairs are fused as one batch (``(N, H, W)`` out).
+        On CPU (and whenever tiles are asked for or needed) the optimised, exactly tiled engine
+        of :mod:`cddfuse.models.tiled` runs; on CUDA the whole image goes through the module, and
+        through the tiled engine when it runs out of memory.
+        """
         if self.method == "mean":
             return ((ya.astype(np.float32) + yb.astype(np.float32)) / 2).astype(np.float32)
         if self.method == "max":
             return np.maximum(ya, yb).astype(np.float32)
         assert self.model is not None and self.residual is not None
-        ta = torch.from_numpy(np.ascontiguousarray(ya, dtype=np.float32))[None, None].to(self.device)
-        tb = torch.from_numpy(np.ascontiguousarray(yb, dtype=np.float32))[None, None].to(self.device)
-        out = self.model(ta, tb, residual=self.residual)
-        return out[0, 0].float().cpu().numpy()
+        if ya.shape != yb.shape or ya.ndim not in (2, 3):
+            raise UsageError(f"expected two (H, W) or (N, H, W) luminance arrays of one shape, got {ya.shape} and {yb.shape}")
+        if self._onnx is not None:
+            return self._onnx.fuse_luminance(np.asarray(ya, np.float32), np.asarray(yb, np.float32))
+        from ..models import tiled
+
+        batched = ya.ndim == 3
+        ta = torch.from_numpy(np.ascontiguousarray(ya, dtype=np.float32))
+        tb = torch.from_numpy(np.ascontiguousarray(yb, dtype=np.float32))
+        ta, tb = (ta[:, None], tb[:, None]) if batched else (ta[None, None], tb[None, None])
+        pairs, h, w = ta.shape[0], ta.shape[2], ta.shape[3]
+        cfg = self.model.config
+        cuda = self.device.type == "cuda"
+        with tiled.precision_context(self.precision, self.device):
+            out = None
+            if cuda and self.tile is None and self.max_memory is None:
+                try:
+                    out = self.model(ta.to(self.device), tb.to(self.device), residual=self.residual)
+                except torch.cuda.OutOfMemoryError:
+                    torch.cuda.empty_cache()  # retry below, tile by tile
+            if out is None:
+                budget = self.max_memory
+                if budget is None and cuda:
+                    budget = torch.cuda.mem_get_info(self.device)[0]
+                tile, on_disk = tiled.choose_tile(h, w, device=self.device, tile=self.tile, memory_budget=budget,
+                                                  config=cfg, pairs=pairs)
+                dtype = torch.bfloat16 if self.precision == "bf16" else None
+                out = tiled.tiled_fuse(self.model, ta, tb, self.residual, tile=tile, store="disk" if on_disk else "memory",
+                                       dtype=dtype, ops="plain" if dtype is not None else "auto")
+        out = out[:, 0] if batched else out[0, 0]
+        return out.float().cpu().numpy()
 
     def fuse_detailed(self, a: ImageLike, b: ImageLike, *, resize: bool = False) -> FusionResult:
         """Like :meth:`fuse`, returning the intermediate products too."""

@@ -24,13 +24,13 @@ Conventions, checked against the values the authors' code gives on the reference
 
 All functions are batch means, so with equal per-rank batch sizes the data-parallel average of the
 per-rank gradients equals the full-batch gradient -- except for the decomposition loss, a non-linear
-function of two batch means; :class:`LossWeights` users in data-parallel runs pass the global
-(all-reduced) correlations through ``cc_global`` (see :func:`decomposition_loss`).
+function of two batch means; data-parallel training passes ``cc_reduce`` so that every rank
+evaluates it at the global batch means (see :func:`_global_cc`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -154,6 +154,15 @@ class LossWeights:
     fusion_gradient: float = 10.0
 
 
+def _decomp_terms(feats_a, feats_b, cc_reduce) -> Tuple[Tensor, Tensor, Tensor]:
+    cc_b = cc(feats_b[0], feats_a[0])
+    cc_d = cc(feats_b[1], feats_a[1])
+    if cc_reduce is not None:
+        g = cc_reduce(torch.stack((cc_b.detach(), cc_d.detach())))
+        cc_b, cc_d = _global_cc(cc_b, g[0]), _global_cc(cc_d, g[1])
+    return cc_b, cc_d, decomposition_loss(cc_d, cc_b)
+
+
 def _global_cc(local: Tensor, global_value: Optional[Tensor]) -> Tensor:
     """Value of ``global_value`` with the gradient of ``local`` (straight-through).
 
@@ -175,7 +184,7 @@ def phase1_loss(
     rec_a: Tensor,
     rec_b: Tensor,
     w: LossWeights = LossWeights(),
-    cc_global: Optional[Tuple[Tensor, Tensor]] = None,
+    cc_reduce: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> Dict[str, Tensor]:
     """Phase-I (reconstruction) loss and its parts.
 
@@ -185,19 +194,14 @@ def phase1_loss(
         rec_a, rec_b: reconstructions, decoded from each source's own features with the source
             itself as residual.
         w: coefficients.
-        cc_global: optional ``(cc_base, cc_detail)`` averaged over all data-parallel ranks.
+        cc_reduce: data-parallel training only: maps this rank's ``(cc_base, cc_detail)`` (a
+            detached 2-vector) to their mean over all ranks (see :func:`_global_cc`).
 
     Returns:
         dict with ``total`` (to back-propagate) and the parts ``cc_base``, ``cc_detail``,
         ``decomp``, ``ssim_a``, ``mse_a``, ``ssim_b``, ``mse_b``, ``grad_b``.
     """
-    cc_b = cc(feats_b[0], feats_a[0])
-    cc_d = cc(feats_b[1], feats_a[1])
-    if cc_global is not None:
-        cc_b_eff, cc_d_eff = _global_cc(cc_b, cc_global[0]), _global_cc(cc_d, cc_global[1])
-    else:
-        cc_b_eff, cc_d_eff = cc_b, cc_d
-    decomp = decomposition_loss(cc_d_eff, cc_b_eff)
+    cc_b_eff, cc_d_eff, decomp = _decomp_terms(feats_a, feats_b, cc_reduce)
     ssim_a, mse_a = ssim_loss(a, rec_a), F.mse_loss(rec_a, a)
     ssim_b, mse_b = ssim_loss(b, rec_b), F.mse_loss(rec_b, b)
     grad_b = spatial_gradient_l1(b, rec_b)
@@ -220,18 +224,12 @@ def phase2_loss(
     feats_b: Tuple[Tensor, Tensor],
     fused: Tensor,
     w: LossWeights = LossWeights(),
-    cc_global: Optional[Tuple[Tensor, Tensor]] = None,
+    cc_reduce: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> Dict[str, Tensor]:
     """Phase-II (fusion) loss and its parts: ``total``, ``intensity``, ``gradient``, ``fusion``,
     ``cc_base``, ``cc_detail``, ``decomp``. Arguments as in :func:`phase1_loss`; ``fused`` is the
     decoder output on the fused features."""
-    cc_b = cc(feats_b[0], feats_a[0])
-    cc_d = cc(feats_b[1], feats_a[1])
-    if cc_global is not None:
-        cc_b_eff, cc_d_eff = _global_cc(cc_b, cc_global[0]), _global_cc(cc_d, cc_global[1])
-    else:
-        cc_b_eff, cc_d_eff = cc_b, cc_d
-    decomp = decomposition_loss(cc_d_eff, cc_b_eff)
+    cc_b_eff, cc_d_eff, decomp = _decomp_terms(feats_a, feats_b, cc_reduce)
     _, intensity, gradient = fusion_loss(a, b, fused)
     fusion = w.fusion_intensity * intensity + w.fusion_gradient * gradient
     total = fusion + w.decomp * decomp

@@ -1,0 +1,137 @@
+"""ONNX export of CDDFuse and an ONNX Runtime fuser (optional extras: ``pip install cddfuse[onnx]``).
+
+``onnx`` and ``onnxruntime`` are imported only when these functions are called.
+
+Example:
+    >>> from cddfuse.models.onnx import export_onnx, OnnxFuser           # doctest: +SKIP
+    >>> export_onnx(model, "cddfuse_ivf.onnx", residual="vis")           # doctest: +SKIP
+    >>> fused = OnnxFuser("cddfuse_ivf.onnx").fuse_luminance(ya, yb)     # doctest: +SKIP
+
+The graph takes ``a`` and ``b`` of shape ``(N, 1, H, W)`` float32 (any N, H, W) and returns the
+network output ``(N, 1, H, W)`` after the sigmoid, with the residual mode fixed at export time.
+ONNX Runtime runs the whole image at once (no tiling): use the torch backend for large images.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = ["export_onnx", "OnnxFuser", "onnx_available"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+OPSET = 17  # LayerNormalization is a single op from opset 17
+
+
+def onnx_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class _Wrapped(nn.Module):
+    def __init__(self, model: nn.Module, residual: str) -> None:
+        super().__init__()
+        self.model = model
+        self.residual = residual
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        return self.model(a, b, residual=self.residual)
+
+
+def export_onnx(model: nn.Module, path: PathLike, *, residual: str = "vis", opset: int = OPSET,
+                sample_size: tuple = (64, 64)) -> Path:
+    """Write ``model`` (a :class:`~cddfuse.models.cddfuse.CDDFuse`) as ONNX with dynamic N, H, W.
+
+    Args:
+        model: the network (exported in float32 on CPU; the module itself is not modified).
+        path: destination ``.onnx`` file.
+        residual: residual mode baked into the graph (``"vis"``, ``"sum"`` or ``"none"``).
+        opset: ONNX opset (>= 17).
+        sample_size: ``(H, W)`` of the example inputs used for tracing.
+    """
+    import copy
+
+    if residual not in ("vis", "sum", "none"):
+        raise ValueError(f"unknown residual mode {residual!r}")
+    net = copy.deepcopy(model).to("cpu", torch.float32).eval()
+    wrapped = _Wrapped(net, residual).eval()
+    h, w = sample_size
+    a = torch.rand(1, 1, h, w)
+    b = torch.rand(1, 1, h, w)
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    axes = {0: "n", 2: "h", 3: "w"}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        torch.onnx.export(wrapped, (a, b), str(dest), input_names=["a", "b"], output_names=["fused"],
+                          dynamic_axes={"a": axes, "b": axes, "fused": axes}, opset_version=opset,
+                          do_constant_folding=True, dynamo=False)
+    return dest
+
+
+class OnnxFuser:
+    """Run an exported CDDFuse with ONNX Runtime.
+
+    Args:
+        model_or_path: an ``.onnx`` file from :func:`export_onnx`, or a CDDFuse module (exported
+            to a temporary file with ``residual``).
+        residual: residual mode when a module is given.
+        threads: intra-op threads (default: ``torch.get_num_threads()``).
+        providers: ONNX Runtime execution providers (default: CUDA when available, then CPU).
+    """
+
+    def __init__(self, model_or_path: Union[PathLike, nn.Module], *, residual: str = "vis",
+                 threads: Optional[int] = None, providers: Optional[list] = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:  # pragma: no cover - depends on the installation
+            raise ImportError("the ONNX backend needs onnxruntime: pip install 'cddfuse[onnx]'") from e
+        self._tmp: Optional[tempfile.TemporaryDirectory] = None
+        if isinstance(model_or_path, nn.Module):
+            self._tmp = tempfile.TemporaryDirectory(prefix="cddfuse-onnx-")
+            path = export_onnx(model_or_path, Path(self._tmp.name) / "cddfuse.onnx", residual=residual)
+        else:
+            path = Path(model_or_path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        avail = ort.get_available_providers()
+        if providers is None:
+            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
+        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        self.path = path
+
+    def run(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``(N, 1, H, W)`` float32 arrays -> ``(N, 1, H, W)`` output."""
+        out = self.session.run(["fused"], {"a": np.ascontiguousarray(a, dtype=np.float32),
+                                           "b": np.ascontiguousarray(b, dtype=np.float32)})
+        return out[0]
+
+    def fuse_luminance(self, ya: np.ndarray, yb: np.ndarray) -> np.ndarray:
+        """``(H, W)`` (or ``(N, H, W)``) luminance images in [0, 1] -> raw output of the same shape."""
+        batched = ya.ndim == 3
+        a = ya[:, None] if batched else ya[None, None]
+        b = yb[:, None] if batched else yb[None, None]
+        out = self.run(a, b)
+        return out[:, 0] if batched else out[0, 0]
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass

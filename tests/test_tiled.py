@@ -1,0 +1,180 @@
+"""Exact tiled inference: tiled == whole-image, on odd sizes and tile sizes, in memory and on disk."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cddfuse.models import CDDFuse, CDDFuseConfig
+from cddfuse.models.tiled import (
+    auto_tile,
+    estimate_memory,
+    parse_memory,
+    plan_tiles,
+    tiled_fuse,
+)
+
+SHARED = Path(os.environ.get("CDDFUSE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+TINY = dict(dim=8, num_heads=2, encoder_blocks=1, decoder_blocks=1, encoder_inn_layers=1)
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        msg = f"shared test data not found: {path} (set CDDFUSE_SHARED to the shared/ folder)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+def _random_model(seed: int = 0, **sizes) -> CDDFuse:
+    """Reproducible random weights with LayerNorm parameters and temperatures perturbed."""
+    torch.manual_seed(seed)
+    model = CDDFuse(CDDFuseConfig(**sizes))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("body.weight", "temperature", "scale")):
+                p.add_(0.2 * torch.randn_like(p))
+            elif name.endswith("body.bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _random_model(0, **TINY)
+
+
+def _pair(h, w, n=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, h, w, generator=g), torch.rand(n, 1, h, w, generator=g)
+
+
+def _untiled(model, a, b, residual="vis"):
+    with torch.inference_mode():
+        return model(a, b, residual=residual)
+
+
+@pytest.mark.parametrize("tile", [16, 7, 5])
+@pytest.mark.parametrize("residual", ["vis", "sum", "none"])
+def test_tiled_equals_untiled_odd_size(tiny, tile, residual):
+    a, b = _pair(37, 53)
+    got = tiled_fuse(tiny, a, b, residual, tile=tile)
+    assert got.shape == (1, 1, 37, 53)
+    assert float((got - _untiled(tiny, a, b, residual)).abs().max()) <= 1e-4
+
+
+def test_tile_of_one_pixel_and_tiny_images(tiny):
+    for h, w in [(5, 7), (1, 1), (1, 6), (2, 2)]:
+        a, b = _pair(h, w, seed=h * 10 + w)
+        ref = _untiled(tiny, a, b)
+        for tile in (1, 2, 3):
+            got = tiled_fuse(tiny, a, b, tile=tile)
+            assert float((got - ref).abs().max()) <= 1e-4, (h, w, tile)
+
+
+def test_disk_store_batch_of_pairs(tiny, tmp_path):
+    a, b = _pair(29, 31, n=2, seed=3)
+    ref = _untiled(tiny, a, b)
+    got = tiled_fuse(tiny, a, b, tile=11, store="disk", tmpdir=str(tmp_path))
+    assert float((got - ref).abs().max()) <= 1e-4
+    assert list(tmp_path.iterdir()) == []  # the stores are unlinked temporary files
+
+
+@pytest.mark.parametrize("sizes", [dict(TINY, encoder_blocks=0, decoder_blocks=0),
+                                   dict(TINY, encoder_blocks=2, decoder_blocks=2, fuse_inn_layers=0)])
+def test_other_network_sizes(sizes):
+    model = _random_model(5, **sizes)
+    a, b = _pair(23, 19, seed=5)
+    for residual in ("vis", "none"):
+        ref = _untiled(model, a, b, residual)
+        got = tiled_fuse(model, a, b, residual, tile=8)
+        assert float((got - ref).abs().max()) <= 1e-4
+
+
+def test_numpy_inputs_and_memmap_output(tiny, tmp_path):
+    a, b = _pair(40, 33, seed=7)
+    ref = _untiled(tiny, a, b)[0, 0].numpy()
+    an, bn = a[0, 0].numpy(), b[0, 0].numpy()
+    out = np.lib.format.open_memmap(tmp_path / "out.npy", mode="w+", dtype=np.float32, shape=(40, 33))
+    got = tiled_fuse(tiny, an, bn, "vis", tile=12, out=out, store="disk", tmpdir=str(tmp_path))
+    assert got is out
+    assert float(np.abs(np.load(tmp_path / "out.npy") - ref).max()) <= 1e-4
+
+
+def test_memory_budget_chooses_tiles(tiny):
+    a, b = _pair(45, 50, seed=9)
+    ref = _untiled(tiny, a, b)
+    calls = []
+    got = tiled_fuse(tiny, a, b, memory_budget=10**9 * 1000, progress=lambda i, n: calls.append((i, n)))
+    assert float((got - ref).abs().max()) <= 1e-4
+    assert calls and calls[-1][0] == calls[-1][1] - 1  # every pass reported
+
+
+def test_full_size_network_tiled(reference_model):
+    """The paper-size network (authors' checkpoint format) on a 64x80 crop, tiles of 24 and 37."""
+    g = torch.Generator().manual_seed(11)
+    a, b = torch.rand(1, 1, 64, 80, generator=g), torch.rand(1, 1, 64, 80, generator=g)
+    ref = _untiled(reference_model, a, b)
+    for tile in (24, 37):
+        got = tiled_fuse(reference_model, a, b, "vis", tile=tile)
+        assert float((got - ref).abs().max()) <= 1e-4, tile
+
+
+@pytest.fixture(scope="module")
+def reference_model():
+    from cddfuse.models.weights import load_weights
+
+    model, _ = load_weights(_need(SHARED / "reference" / "official_format_seed1.pth"))
+    return model
+
+
+def test_plan_tiles_partitions_the_image():
+    for h, w, t in [(37, 53, 16), (480, 640, 128), (5, 5, 10), (7, 3, 1)]:
+        tiles = plan_tiles(h, w, t)
+        cover = np.zeros((h, w), dtype=int)
+        for y0, y1, x0, x1 in tiles:
+            assert 0 < y1 - y0 <= t and 0 < x1 - x0 <= t
+            cover[y0:y1, x0:x1] += 1
+        assert (cover == 1).all()
+    assert plan_tiles(10, 20, None) == [(0, 10, 0, 20)]
+    with pytest.raises(ValueError):
+        plan_tiles(10, 10, 0)
+
+
+def test_auto_tile_and_memory_estimate():
+    cfg = CDDFuseConfig()
+    assert auto_tile(480, 640, 64 * 2**30, cfg) == (None, False)  # fits whole
+    tile, on_disk = auto_tile(4096, 4096, 3 * 2**30, cfg)
+    assert tile is not None and on_disk  # 4096^2 maps (8.6 GB) do not fit 3 GB
+    assert estimate_memory(4096, 4096, tile, cfg, on_disk=True) <= 3 * 2**30
+    tile2, on_disk2 = auto_tile(2048, 2048, 8 * 2**30, cfg)
+    assert tile2 is not None and not on_disk2
+
+
+def test_parse_memory():
+    assert parse_memory("3G") == 3 * 2**30
+    assert parse_memory("512M") == 512 * 2**20
+    assert parse_memory("1.5GB") == int(1.5 * 2**30)
+    assert parse_memory(1234) == 1234
+    assert parse_memory(None) is None
+    with pytest.raises(ValueError):
+        parse_memory("lots")
+
+
+def test_fuser_tile_option_matches_untiled(tmp_path):
+    from cddfuse.fusion import Fuser
+    from cddfuse.models.weights import save_weights
+
+    path = tmp_path / "tiny.safetensors"
+    save_weights(_random_model(2, **TINY), path, task="ivf", residual="vis")
+    ya, yb = (x[0, 0].numpy() for x in _pair(33, 47, seed=13))
+    whole = Fuser(weights=path, device="cpu", tile=None, backend="torch").fuse_luminance(ya, yb)
+    tiled = Fuser(weights=path, device="cpu", tile=10).fuse_luminance(ya, yb)
+    budget = Fuser(weights=path, device="cpu", max_memory="600M").fuse_luminance(ya, yb)
+    assert whole.shape == (33, 47)
+    assert float(np.abs(whole - tiled).max()) <= 1e-4
+    assert float(np.abs(whole - budget).max()) <= 1e-4
