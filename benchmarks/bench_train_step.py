@@ -1,23 +1,29 @@
-"""Time one Phase-I training step of CDDFuse on CPU (or CUDA): ours vs the authors' step structure.
+"""Time one Phase-I training step of CDDFuse (the paper's sizes; batch 8 of 128x128 by default).
 
 A Phase-I step: both sources through the encoder, each reconstructed by the decoder (residual =
 the source), loss = 5 SSIMloss + MSE per source + 5 L1(SpatialGradient) of the visible one
-+ 2 L_decomp, backward, per-part gradient clipping (0.01) and two Adam steps -- the paper's
-recipe, batch 8 of 128x128 by default.
++ 2 L_decomp, backward, gradient clipping (0.01) per part and the Adam steps of encoder and decoder.
 
-Variants (same math, same parameters):
+Variants (same math; they differ in float rounding only):
 
-* ``authors``: the authors' train.py structure -- encoder called on visible and infrared
-  separately, decoder twice, kornia losses as in their code -- on the authors' layer-by-layer
-  network (:mod:`cddfuse.models.reference`, their ``to_3d``/``to_4d`` LayerNorm etc.) when
-  importable, else on :class:`cddfuse.models.CDDFuse`;
-* ``ours``: :meth:`cddfuse.train.trainer.Trainer.train_step` -- both sources as one batch through
-  the encoder and decoder of :class:`cddfuse.models.CDDFuse`, optionally channels-last.
+* ``authors``: the authors' train.py step -- encoder called on the visible and the infrared batch
+  separately, decoder twice, the whole batch at once, kornia losses as in their code -- on the
+  authors' layer-by-layer network (:mod:`cddfuse.models.reference`: their ``to_3d``/``to_4d``
+  LayerNorm, rearranges...) when that module is importable, else on :class:`cddfuse.models.CDDFuse`;
+* ``ours``: :meth:`cddfuse.train.trainer.Trainer.train_step` as ``cddfuse train`` runs it: both
+  sources as one batch, the batch in micro-batches (``--micro-batch``, default ``auto``: as many pairs
+  as fit in min(8 GB, RAM/3), 2 on a 24 GB machine; the decomposition loss at the batch-mean
+  correlations from a gradient-free encoder pass), glibc malloc tuned to reuse memory; optionally
+  as ``--procs`` data-parallel gloo processes (what ``torchrun`` launches).
+
+``both`` runs each variant in its own process (the authors' whole-batch step needs ~25 GB and may
+be killed for memory). Report the best of several steps: other processes on the machine inflate the
+others.
 
 Usage::
 
-    python benchmarks/bench_train_step.py                       # both variants, 2 timed steps each
-    python benchmarks/bench_train_step.py --variant ours --steps 3 --threads 2
+    python benchmarks/bench_train_step.py --variant both --threads 2 --steps 2
+    python benchmarks/bench_train_step.py --variant ours --procs 2 --threads 1 --steps 3
 """
 from __future__ import annotations
 
@@ -82,7 +88,6 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--steps", type=int, default=2, help="timed steps per variant (after 1 warm-up)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    ap.add_argument("--channels-last", action="store_true", help="ours: channels-last memory format")
     ap.add_argument("--procs", type=int, default=1,
                     help="ours: data-parallel processes (gloo), each with batch/procs pairs and --threads threads")
     ap.add_argument("--micro-batch", default="auto", help="ours: pairs per forward/backward chunk (auto: 1 on CPU)")
@@ -99,7 +104,12 @@ def main(argv=None) -> int:
 
     _bare_trainer.micro_batch = args.micro_batch
     results = {}
-    variants = ("authors", "ours") if args.variant == "both" else (args.variant,)
+    if args.variant == "both":  # each variant in its own process: the authors' step may run out of memory
+        for variant in ("authors", "ours"):
+            results[variant] = _run_in_subprocess(variant, argv if argv is not None else sys.argv[1:])
+        variants = ()
+    else:
+        variants = (args.variant,)
     for variant in variants:
         if variant == "authors":
             model, what = _authors_model(0)
@@ -124,11 +134,8 @@ def main(argv=None) -> int:
                 tune_glibc_malloc()
             what = f"cddfuse.train.Trainer.train_step, micro-batch {args.micro_batch}"
             cfg = C.default_config()
-            # a trainer needs data: a tiny in-memory stand-in through the folder-free path
-            trainer = _bare_trainer(cfg, dev, args.channels_last)
+            trainer = _bare_trainer(cfg, dev, args.size)
             a, b = ir, vis
-            if args.channels_last:
-                what += ", channels-last"
 
             def run():
                 trainer.train_step(a, b, phase=1)
@@ -144,8 +151,13 @@ def main(argv=None) -> int:
             times.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
         _report(results, variant, what, times, cpu)
+    try:
+        with open("/proc/meminfo") as f:
+            mem_gb = round(int(f.readline().split()[1]) / 1024 ** 2, 1)
+    except OSError:
+        mem_gb = None
     info = {
-        "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(), "memory_gb": mem_gb, "cpus": os.cpu_count(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "batch": args.batch, "size": args.size,
         "device": str(dev), "date": time.strftime("%Y-%m-%d %H:%M"),
         "loadavg_after": os.getloadavg() if hasattr(os, "getloadavg") else None,
@@ -156,6 +168,32 @@ def main(argv=None) -> int:
             json.dump(info, f, indent=2)
     print(json.dumps({k: v for k, v in info.items() if k != "results"}))
     return 0
+
+
+def _run_in_subprocess(variant, argv):
+    import subprocess
+    import tempfile
+
+    rest, skip = [], False
+    for x in argv:  # drop --variant / --json and their values
+        if skip:
+            skip = False
+            continue
+        if x in ("--variant", "--json"):
+            skip = True
+            continue
+        if x.startswith(("--variant=", "--json=")):
+            continue
+        rest.append(x)
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "r.json")
+        p = subprocess.run([sys.executable, __file__, "--variant", variant, "--json", out, *rest])
+        if p.returncode != 0 or not os.path.exists(out):
+            why = "killed by SIGKILL (out of memory?)" if p.returncode in (-9, 137) else f"exit code {p.returncode}"
+            print(f"{variant:8s} FAILED: {why}", flush=True)
+            return {"failed": why}
+        with open(out) as f:
+            return json.load(f)["results"][variant]
 
 
 def _report(results, variant, what, times, cpu):
@@ -178,7 +216,7 @@ def _dp_worker(rank, args, vis, ir, port, queue):
 
         tune_glibc_malloc()
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=args.procs)
-    t = _bare_trainer(C.default_config(), torch.device("cpu"), False)
+    t = _bare_trainer(C.default_config(), torch.device("cpu"), args.size)
     t.dist = DistContext(rank, args.procs, rank, torch.device("cpu"), "gloo")
     t.model.requires_grad_(True)
     k = args.batch // args.procs
@@ -217,7 +255,7 @@ def _time_data_parallel(args, vis, ir):
     return times, cpu
 
 
-def _bare_trainer(cfg, dev, channels_last: bool):
+def _bare_trainer(cfg, dev, size: int = 128):
     """A :class:`Trainer` without data: only what :meth:`Trainer.train_step` needs."""
     from cddfuse.train.distributed import DistContext
     from cddfuse.train.losses import LossWeights
@@ -233,11 +271,9 @@ def _bare_trainer(cfg, dev, channels_last: bool):
     t.weights = LossWeights(**cfg["loss"])
     torch.manual_seed(0)
     t.model = CDDFuse(CDDFuseConfig()).to(dev).train()
-    if channels_last:
-        t.model = t.model.to(memory_format=torch.channels_last)
+    t.sample_hw = (size, size)
     t.optimizers = {p: torch.optim.Adam(getattr(t.model, p).parameters(), lr=1e-4)
                     for p in ("encoder", "decoder", "base_fuse", "detail_fuse")}
-    t.channels_last = channels_last
     return t
 
 

@@ -140,8 +140,9 @@ class Geo:
     def nchw(self, x: RT, pad: str) -> Tuple[Tensor, int]:
         """``(input, conv padding)`` for a size-preserving 3x3 convolution of ``x``."""
         t = x.t.permute(0, 3, 1, 2)  # NCHW view with channels_last strides
-        if pad == "zeros":
-            return t, 1
+        ay1, ax1 = x.ay + t.shape[2], x.ax + t.shape[3]
+        if pad == "zeros" or not (x.ay == 0 or x.ax == 0 or ay1 == self.h or ax1 == self.w):
+            return t, 1  # zero padding (inside the image the padded ring is scratch anyway)
         return F.pad(t, (1, 1, 1, 1), mode=self.reflect_mode), 0
 
 
@@ -210,6 +211,8 @@ class FusedOps(Ops):
             add: Optional[Tensor] = None) -> Tensor:
         shape = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
+        if not x2.is_contiguous():  # a channel slice: BLAS reads it in place, oneDNN would copy it
+            return super().lin(x2, w, bias, relu6, add).view(*shape, w.shape[0])
         if add is not None:
             out = self.mk._linear_pointwise.binary(x2, add.reshape(-1, w.shape[0]), w, bias, "add")
         elif relu6:
@@ -233,9 +236,14 @@ class FusedOps(Ops):
         ta, padding = g.nchw(a, "zeros")
         tb, _ = g.nchw(b, "zeros")
         pd = [padding, padding]
-        ga = self.mk._convolution_pointwise(ta, wa, None, pd, [1, 1], [1, 1], groups, "gelu", [], "none")
-        out = self.mk._convolution_pointwise.binary(tb, ga, wb, None, pd, [1, 1], [1, 1], groups, "mul",
-                                                    None, None, [], None)
+        if wa.shape[1] == 1:  # depthwise: GELU and the product fused into the convolutions
+            ga = self.mk._convolution_pointwise(ta, wa, None, pd, [1, 1], [1, 1], groups, "gelu", [], "none")
+            out = self.mk._convolution_pointwise.binary(tb, ga, wb, None, pd, [1, 1], [1, 1], groups, "mul",
+                                                        None, None, [], None)
+        else:  # grouped (the Lite Transformer's MLP): oneDNN's fused post-ops are slow there
+            out = self.mk._convolution_pointwise(ta, wa, None, pd, [1, 1], [1, 1], groups, "none", [], "")
+            torch.ops.aten.gelu_(out)
+            out.mul_(self.mk._convolution_pointwise(tb, wb, None, pd, [1, 1], [1, 1], groups, "none", [], ""))
         return a.like(_nhwc(out), g.shrink(intersect(a.valid, b.valid)))
 
     def attend(self, x: Tensor, v: Tensor, m: Tensor) -> Tensor:
@@ -437,8 +445,9 @@ class AttnStats:
         self.sq = torch.zeros(batch, 2 * dim, dtype=torch.float64, device=device)
         self.gram = torch.zeros(batch, dim, dim, dtype=torch.float64, device=device)
 
-    def add(self, qk: "RT", tile: Region) -> None:
-        """Add the ``tile`` pixels of a q|k array ``(B, h, w, 2C)``. Overwrites the array.
+    @staticmethod
+    def partial(qk: "RT", tile: Region) -> Tuple[Tensor, Tensor]:
+        """``(gram, sq)`` of the ``tile`` pixels of a q|k array ``(B, h, w, 2C)`` (overwrites it).
 
         The rest of the array (halo and scratch) is set to zero rather than cropped away: zeros add
         nothing to the sums, and the array stays one contiguous matrix (no copy).
@@ -454,9 +463,17 @@ class AttnStats:
         t[:, y0:y1, :x0].zero_()
         t[:, y0:y1, x1:].zero_()
         x = t.view(t.shape[0], -1, t.shape[-1])
-        c = self.dim
-        self.gram += torch.bmm(x[:, :, :c].transpose(1, 2), x[:, :, c:]).double()
-        self.sq += x.square_().sum(1).double()
+        c = x.shape[-1] // 2
+        gram = torch.bmm(x[:, :, :c].transpose(1, 2), x[:, :, c:]).double()
+        return gram, x.square_().sum(1).double()
+
+    def add(self, qk: "RT", tile: Region) -> None:
+        """Add the ``tile`` pixels of a q|k array (see :meth:`partial`)."""
+        self.add_partial(self.partial(qk, tile))
+
+    def add_partial(self, p: Tuple[Tensor, Tensor]) -> None:
+        self.gram += p[0]
+        self.sq += p[1]
 
     def matrix(self, w: AttnW, dtype: torch.dtype) -> Tensor:
         """``M`` (B, C, C) such that ``project_out(softmax(...) @ v) = v @ M`` pixel-wise."""
@@ -641,13 +658,18 @@ class Engine:
         tiles: the tiles (a partition of the image).
         ops: primitive ops (:func:`make_ops`).
         progress: called with ``(pass_index, n_passes)`` before each pass.
+        workers: tiles processed at the same time, each on its own thread with one intra-op thread
+            (1: one tile at a time with the caller's intra-op threads).
     """
 
     def __init__(self, weights: FastWeights, h: int, w: int, pairs: int, dtype: torch.dtype, device: torch.device,
                  read_images: Callable[[Region], Tensor], residual: Optional[Callable[[Region], Tensor]],
                  store: StoreFactory, write_output: Callable[[Region, Tensor], None], tiles: Sequence[Region],
-                 ops: Optional[Ops] = None, progress: Optional[Callable[[int, int], None]] = None) -> None:
+                 ops: Optional[Ops] = None, progress: Optional[Callable[[int, int], None]] = None,
+                 workers: int = 1) -> None:
         self.tiles = list(tiles)
+        self.workers = max(1, int(workers))
+        self._executor: Any = None
         th = max(t[1] - t[0] for t in self.tiles)
         tw = max(t[3] - t[2] for t in self.tiles)
         self.wt, self.g = weights, Geo(h, w, th, tw)
@@ -667,7 +689,32 @@ class Engine:
     def _store(self, batch: int) -> Any:
         return self.new_store(batch, self.g.h, self.g.w, self.wt.dim, self.dtype, self.device)
 
+    def _map(self, fn: Callable[[Region], Any]) -> List[Any]:
+        """``[fn(tile) for tile in tiles]``, on ``workers`` threads (one intra-op thread each) when
+        there are several; results come back in tile order, so sums do not depend on timing."""
+        if self.workers <= 1 or len(self.tiles) <= 1:
+            return [fn(t) for t in self.tiles]
+        return list(self._pool().map(fn, self.tiles))
+
+    def _pool(self) -> Any:
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="cddfuse-tile",
+                                                initializer=torch.set_num_threads, initargs=(1,))
+        return self._executor
+
     def run(self) -> None:
+        threads = torch.get_num_threads()
+        try:
+            self._run()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+                torch.set_num_threads(threads)  # the workers' setting is also the default for new threads
+
+    def _run(self) -> None:
         wt, g, k = self.wt, self.g, self.k
         # Encoder chain: X_0 = patch_embed(images) -> Restormer blocks -> S; then the Lite block's stats.
         src = ImageSource(k, wt, self.read_images)
@@ -680,16 +727,16 @@ class Engine:
         base_sum, fused_detail = self._store(b), self._store(b)
         ltf_stats = AttnStats(b, wt.dim, self.device)
         inn_halo = 2 * (len(wt.inn_enc) + len(wt.inn_fuse))
-        self._start_pass()
-        for tile in self.tiles:
+
+        def branch(tile: Region) -> Tuple[Tensor, Tensor]:
             s = s_src.read(tile, max(3, inn_halo))
             s_lt = s.sub(g.array(tile, 3)) if inn_halo > 3 else s
             base = k.lt_apply(wt.lt_enc, m_lte, s_lt.like(s_lt.t.contiguous()))
             del s_lt
             bs = base.like(base.t[:b] + base.t[b:])
             del base
-            ltf_stats.add(k.lt_qk(wt.lt_fuse, bs), tile)
             base_sum.write(tile, bs.view(tile))
+            part = AttnStats.partial(k.lt_qk(wt.lt_fuse, bs), tile)
             del bs
             d = s.sub(g.array(tile, inn_halo)) if inn_halo < 3 else s
             d = d.like(d.t.contiguous())
@@ -700,7 +747,11 @@ class Engine:
             for node in wt.inn_fuse:
                 d = k.inn_node(node, d)
             fused_detail.write(tile, d.view(tile))
-            del d
+            return part
+
+        self._start_pass()
+        for part in self._map(branch):
+            ltf_stats.add_partial(part)
         s_src.close()
         # Decoder chain: Y_0 from the fusion layers, Restormer blocks, output head.
         fsrc = FusionSource(k, wt, ltf_stats.matrix(wt.lt_fuse.attn, self.dtype), base_sum, fused_detail)
@@ -722,10 +773,10 @@ class Engine:
             self._final_pass(src, None, None)
             return src, None
         stats = AttnStats(batch, self.wt.dim, self.device)  # statistics of the first attention
-        qk = qk_of(0)
+        qk0 = qk_of(0)
         self._start_pass()
-        for tile in self.tiles:
-            stats.add(qk(src.read(tile, 1)), tile)
+        for part in self._map(lambda tile: AttnStats.partial(qk0(src.read(tile, 1)), tile)):
+            stats.add_partial(part)
         for i in range(1, n + 1):
             m = stats.matrix(blocks[i - 1].attn, self.dtype)
             if i == n and tail_qk is None:
@@ -733,20 +784,22 @@ class Engine:
                 return src, None
             dst = self._store(batch)
             stats = AttnStats(batch, self.wt.dim, self.device)
-            qk = qk_of(i)
-            self._start_pass()
-            for tile in self.tiles:
-                y = k.rb_apply(blocks[i - 1], m, src.read(tile, 3))
+            qk, block = qk_of(i), blocks[i - 1]
+
+            def step(tile: Region) -> Tuple[Tensor, Tensor]:
+                y = k.rb_apply(block, m, src.read(tile, 3))
                 dst.write(tile, y.view(tile))
-                stats.add(qk(y), tile)
-                del y
+                return AttnStats.partial(qk(y), tile)
+
+            self._start_pass()
+            for part in self._map(step):
+                stats.add_partial(part)
             src.close()
             src = StoreSource(self.g, dst)
         return src, stats
 
     def _final_pass(self, src: Any, block: Optional[RBW], m: Optional[Tensor]) -> None:
-        self._start_pass()
-        for tile in self.tiles:
+        def step(tile: Region) -> None:
             y = src.read(tile, 2 + (2 if block is not None else 0))
             if block is not None:
                 assert m is not None
@@ -760,6 +813,9 @@ class Engine:
                 out = out.contiguous()
             torch.sigmoid_(out)
             self.write_output(tile, out)
+
+        self._start_pass()
+        self._map(step)
         src.close()
 
 

@@ -90,11 +90,14 @@ def feature_map_bytes(h: int, w: int, config: Any, pairs: int = 1, itemsize: int
     return (2 * pairs + 2 * pairs) * config.dim * h * w * itemsize
 
 
-#: Working memory per pixel of a tile region and channel of ``dim``, per image of the encoder
-#: batch, in units of ``itemsize`` (measured on CPU, see benchmarks/run_all.py, with margin).
-_WORK_PER_PIXEL_CHANNEL = 10.0
-#: Fixed cost: interpreter, torch, oneDNN scratch, the model (bytes).
-_BASE_BYTES = 450 * 2**20
+#: Working memory per pixel of a tile's array and channel of ``dim``, per image of the encoder
+#: batch, in units of ``itemsize`` (measured on CPU: ~8 at tiles of 128-256 px; with margin).
+_WORK_PER_PIXEL_CHANNEL = 9.0
+#: Fixed cost: interpreter, torch, the model, oneDNN scratch and primitive caches (measured:
+#: ~235 MiB after start-up plus ~250 MiB once running).
+_BASE_BYTES = 520 * 2**20
+#: Share of the available memory used when no budget is given.
+_AVAILABLE_SHARE = 0.8
 
 
 def tile_work_bytes(tile_h: int, tile_w: int, config: Any, pairs: int = 1, itemsize: int = 4) -> int:
@@ -119,12 +122,12 @@ def auto_tile(h: int, w: int, memory_budget_bytes: Optional[int], config: Any = 
 
     ``tile=None`` (whole image in one tile) when it fits; otherwise the largest tile (a multiple of
     32, at least :data:`MIN_TILE`) that fits with the feature maps in memory, else with them on
-    disk. ``memory_budget_bytes=None`` means the memory available now (:func:`available_memory`).
+    disk. ``memory_budget_bytes=None`` means 80% of the memory available now (:func:`available_memory`).
     """
     from .cddfuse import CDDFuseConfig
 
     cfg = config or CDDFuseConfig()
-    budget = memory_budget_bytes if memory_budget_bytes is not None else available_memory()
+    budget = memory_budget_bytes if memory_budget_bytes is not None else int(_AVAILABLE_SHARE * available_memory())
     if estimate_memory(h, w, None, cfg, pairs, itemsize) <= budget:
         return None, False
     for on_disk in (False, True):
@@ -323,6 +326,7 @@ def tiled_fuse(
     dtype: Optional[torch.dtype] = None,
     progress: Optional[Callable[[int, int], None]] = None,
     ops: str = "auto",
+    workers: Optional[int] = None,
 ) -> ArrayLike:
     """Fuse ``a`` (IR/functional) and ``b`` (visible/MRI) tile by tile; exact (same as ``model(a, b, residual)``).
 
@@ -342,6 +346,8 @@ def tiled_fuse(
         progress: ``callback(pass_index, n_passes)`` called before each pass.
         ops: primitive ops: ``"auto"`` (oneDNN with fused post-ops on CPU float32, plain PyTorch
             elsewhere), ``"fused"`` or ``"plain"``.
+        workers: tiles run at the same time on CPU, each on one thread (default: ``$CDDFUSE_TILE_WORKERS``
+            or 1; ``torch.get_num_threads()`` workers replace intra-op threads).
 
     Returns:
         ``(B, 1, H, W)`` tensor on the model's device for tensor inputs; ``(H, W)`` float32 array
@@ -418,8 +424,12 @@ def tiled_fuse(
             return DiskStore(batch, hh, ww, c, sdt, dev, directory)
         return MemStore(batch, hh, ww, c, sdt, dev)
 
+    if workers is None:
+        workers = int(os.environ.get("CDDFUSE_TILE_WORKERS", "1"))
+    if device.type != "cpu":
+        workers = 1
     engine = Engine(weights, h, w, pairs, dt, device, read_images, res_fn, new_store, write_output, tiles,
-                    ops=make_ops(device, dt, ops), progress=progress)
+                    ops=make_ops(device, dt, ops), progress=progress, workers=workers)
     engine.run()
     if isinstance(out, np.memmap):
         out.flush()
@@ -427,10 +437,17 @@ def tiled_fuse(
 
 
 def fast_fuse(model: Any, a: ArrayLike, b: ArrayLike, residual: str = "vis", **kwargs: Any) -> ArrayLike:
-    """The optimised whole-image path: :func:`tiled_fuse` with the feature maps in memory.
-
-    Same arguments as :func:`tiled_fuse`; without ``tile`` the image runs as one tile when it fits
-    the memory budget (the tiles are then only a way to bound memory).
+    """The optimised path with the fastest settings: :func:`tiled_fuse` with the tile that
+    :func:`choose_tile` picks for the model's device (cache-sized tiles on CPU, the whole image
+    elsewhere when it fits). Same arguments and result as :func:`tiled_fuse`.
     """
-    kwargs.setdefault("store", "auto")
+    if kwargs.get("tile") is None:
+        kind, pairs, _, h, w = _as_pairs(a, b)
+        p0 = next(model.parameters())
+        itemsize = torch.empty((), dtype=kwargs.get("dtype") or p0.dtype).element_size()
+        tile, on_disk = choose_tile(h, w, device=p0.device, memory_budget=parse_memory(kwargs.get("memory_budget")),
+                                    config=model.config, pairs=pairs, itemsize=itemsize)
+        kwargs["tile"] = tile
+        if kwargs.get("store", "auto") == "auto":
+            kwargs["store"] = "disk" if on_disk else "memory"
     return tiled_fuse(model, a, b, residual, **kwargs)

@@ -30,17 +30,16 @@ import signal
 import sys
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from .._fileutil import atomic_path, atomic_write_bytes
+from .._fileutil import atomic_write_bytes
 from ..errors import CDDFuseError, CheckpointError, UsageError
 from ..models import CDDFuse, CDDFuseConfig
 from ..models.cddfuse import residual_image
@@ -108,6 +107,15 @@ def _set_rng_state(st: Dict[str, Any]) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def _cpu_activation_budget() -> int:
+    """Bytes of activations a CPU chunk may hold: min(8 GB, physical memory / 3)."""
+    cap = 8 * 1024 ** 3
+    try:
+        return min(cap, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 3)
+    except (ValueError, OSError, AttributeError):
+        return cap
 
 
 def tune_glibc_malloc() -> bool:
@@ -227,6 +235,7 @@ class Trainer:
                 "lower train.batch_size (--batch-size) or add data"
             )
         self.steps_per_epoch = steps
+        self.sample_hw = tuple(self.dataset[0][0].shape[-2:])
         self.total_steps = steps * self.total_epochs
 
         # model, optimisers, schedulers (identical initialisation on every rank)
@@ -383,11 +392,24 @@ class Trainer:
 
     # ---------------------------------------------------------------------------- one step
     def micro_batch(self, n: int) -> int:
-        """Pairs per forward/backward chunk for a local batch of ``n`` pairs."""
+        """Pairs per forward/backward chunk for a local batch of ``n`` pairs.
+
+        ``auto``: the whole batch on CUDA; on CPU as many pairs as fit in an activation budget of
+        min(8 GB, RAM / 3), estimated from the network sizes and the sample size (the paper's network
+        keeps ~1.6 GB per 128x128 image), at least one.
+        """
         mb = self.cfg["train"]["micro_batch"]
         if mb == "auto":
-            mb = 1 if self.device.type == "cpu" else n
+            if self.device.type != "cpu":
+                return n
+            return max(1, min(n, _cpu_activation_budget() // self._bytes_per_pair()))
         return max(1, min(int(mb), n))
+
+    def _bytes_per_pair(self) -> int:
+        c = self.model.config
+        h, w = getattr(self, "sample_hw", (128, 128))
+        maps = 35 * (c.encoder_blocks + c.decoder_blocks) + 100  # feature maps kept for backward, per image
+        return max(1, 2 * 4 * h * w * c.dim * maps)
 
     def _forward(self, a: Tensor, b: Tensor, phase: int):
         """Network outputs for one chunk: ``(base, detail, out)`` (out = both reconstructions or the fusion)."""
