@@ -31,6 +31,11 @@ def need(path: Path) -> Path:
     return path
 
 
+def shared_path(*parts: str) -> Path:
+    """A path under the shared folder; skipped (failed under CI) when it is not there."""
+    return need(SHARED.joinpath(*parts))
+
+
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     return need(REFERENCE)

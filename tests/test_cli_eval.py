@@ -4,9 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import shutil
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,20 +14,10 @@ from cddfuse.cli.main import main
 from cddfuse.metrics import compute_metrics, read_gray
 from cddfuse.metrics.benchmark import detect_testset
 from cddfuse.metrics.paper import BASELINE_ROWS, COLUMNS
+from .conftest import shared_path
 
 ALL = ["EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM", "CC", "PSNR", "MSE"]
 
-
-def shared_path(*parts: str) -> Path:
-    """A path under the shared data folder; skip (fail under CI) when it is not there."""
-    root = Path(os.environ.get("CDDFUSE_SHARED") or Path(__file__).resolve().parents[2] / "shared")
-    path = root.joinpath(*parts)
-    if not path.exists():
-        msg = f"shared test data not found: {path} (set CDDFUSE_SHARED to the shared/ folder)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
 
 
 def _reference_case(i: int) -> dict:

@@ -1,7 +1,6 @@
 """`cddfuse fuse` end to end on real pairs: pair mode, folder mode and every documented failure."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

@@ -1,8 +1,6 @@
 """The optimised paths compute the same function as the straightforward one (forward and backward)."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,19 +10,12 @@ from cddfuse.models import CDDFuse, CDDFuseConfig
 from cddfuse.models._fast import FastWeights, fused_ops_available
 from cddfuse.models.reference import ReferenceCDDFuse, reference_from
 from cddfuse.models.tiled import tiled_fuse
+from .conftest import SHARED
+from .conftest import need as _need
 
-SHARED = Path(os.environ.get("CDDFUSE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 TINY = dict(dim=8, num_heads=2, encoder_blocks=1, decoder_blocks=1, encoder_inn_layers=1)
 OPS = ["plain"] + (["fused"] if fused_ops_available() else [])
 
-
-def _need(path: Path) -> Path:
-    if not path.exists():
-        msg = f"shared test data not found: {path} (set CDDFUSE_SHARED to the shared/ folder)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
 
 
 def _random_model(seed: int = 0, **sizes) -> CDDFuse:

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,17 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from cddfuse.train import losses as L
+from .conftest import shared_path as _shared
 
-
-def _shared(*parts: str) -> Path:
-    root = Path(os.environ.get("CDDFUSE_SHARED") or Path(__file__).resolve().parents[2] / "shared")
-    p = root.joinpath(*parts)
-    if not p.exists():
-        msg = f"shared test data not found: {p} (set CDDFUSE_SHARED to the shared/ folder)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return p
 
 
 @pytest.fixture(scope="module")

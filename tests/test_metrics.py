@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import doctest
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,21 +11,11 @@ import cddfuse.metrics as M
 from cddfuse.errors import CDDFuseError, UsageError
 from cddfuse.metrics import compute_metrics
 from cddfuse.metrics.paper import BASELINE_ROWS, COLUMNS, PAPER_ROWS, reference_rows
+from .conftest import shared_path
 
 NAMES = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM", "CC", "PSNR", "MSE")
 REL_TOL = 1e-6  # every reference value is matched to this relative tolerance (see docs/metrics.md)
 
-
-def shared_path(*parts: str) -> Path:
-    """A path under the shared data folder; skip (fail under CI) when it is not there."""
-    root = Path(os.environ.get("CDDFUSE_SHARED") or Path(__file__).resolve().parents[2] / "shared")
-    path = root.joinpath(*parts)
-    if not path.exists():
-        msg = f"shared test data not found: {path} (set CDDFUSE_SHARED to the shared/ folder)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
 
 
 @pytest.fixture(scope="module")

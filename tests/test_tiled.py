@@ -1,8 +1,6 @@
 """Exact tiled inference: tiled == whole-image, on odd sizes and tile sizes, in memory and on disk."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,17 +15,11 @@ from cddfuse.models.tiled import (
     tiled_fuse,
 )
 
-SHARED = Path(os.environ.get("CDDFUSE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+from .conftest import SHARED
+from .conftest import need as _need
+
 TINY = dict(dim=8, num_heads=2, encoder_blocks=1, decoder_blocks=1, encoder_inn_layers=1)
 
-
-def _need(path: Path) -> Path:
-    if not path.exists():
-        msg = f"shared test data not found: {path} (set CDDFUSE_SHARED to the shared/ folder)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
 
 
 def _random_model(seed: int = 0, **sizes) -> CDDFuse:

@@ -1,7 +1,6 @@
 """Training data: luminance reading, the paper's patches, bad data, caches, random crops, sampler, config."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
@@ -13,19 +12,10 @@ from cddfuse.cli.main import main as cli
 from cddfuse.errors import CDDFuseError, UsageError
 from cddfuse.train import config as C
 from cddfuse.train import data as D
+from .conftest import shared_path as _shared
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-def _shared(*parts: str) -> Path:
-    root = Path(os.environ.get("CDDFUSE_SHARED") or Path(__file__).resolve().parents[2] / "shared")
-    p = root.joinpath(*parts)
-    if not p.exists():
-        msg = f"shared test data not found: {p} (set CDDFUSE_SHARED to the shared/ folder)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return p
 
 
 def _textured(h, w, seed):

@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from cddfuse.cli.main import main as cli
+from .conftest import shared_path as _shared
 
 TINY_CONFIG = {
     "task": "ivf",
@@ -32,16 +33,6 @@ TINY_CONFIG = {
 }
 TOTAL_STEPS = 12
 
-
-def _shared(*parts: str) -> Path:
-    root = Path(os.environ.get("CDDFUSE_SHARED") or Path(__file__).resolve().parents[2] / "shared")
-    p = root.joinpath(*parts)
-    if not p.exists():
-        msg = f"shared test data not found: {p} (set CDDFUSE_SHARED to the shared/ folder)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return p
 
 
 def _link_pairs(dest: Path, start: int, count: int):
