@@ -45,6 +45,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SHARED = Path(os.environ.get("CDDFUSE_SHARED", ROOT.parent / "shared"))
 SIZES = [(256, 256), (480, 640), (576, 768)]  # (H, W)
+LEVER_SIZE = (480, 640)
+RSS_SIZES = ((2048, 2048), (4096, 4096))
 MIB = 2 ** 20
 
 
@@ -437,7 +439,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="seconds to wait for a quiet CPU before each measurement (0: do not wait)")
     ap.add_argument("--child-timeout", type=float, default=3600.0)
     ap.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    ap.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tiny sizes: tests the harness
     args = ap.parse_args(argv)
+    global SIZES, LEVER_SIZE, RSS_SIZES
+    if args.smoke:
+        SIZES, LEVER_SIZE, RSS_SIZES = [(32, 32), (48, 64), (40, 56)], (48, 64), ((64, 64), (128, 128))
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return 0
@@ -477,7 +483,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         R["latency"] = lat
     if "levers" in sections:
         print("levers at 640x480", file=sys.stderr)
-        s = (480, 640)
+        s = LEVER_SIZE
         lev = []
 
         def lever(name, spec):
@@ -514,7 +520,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         R["levers"] = [(n, r, _maxdiff(base, o)) for n, r, o in lev]
     if "layers" in sections:
         print("per layer type", file=sys.stderr)
-        R["layers"] = run_child({"kind": "run", "variant": "profile", "size": (480, 640), "threads": th,
+        R["layers"] = run_child({"kind": "run", "variant": "profile", "size": LEVER_SIZE, "threads": th,
                                  "label": "profile 640x480"}, args)
     if "train" in sections:
         print("training step", file=sys.stderr)
@@ -523,20 +529,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     if "memory" in sections:
         print("peak memory", file=sys.stderr)
         mem = []
-        mem.append(("640x480, optimised path (default tiles)", run_child(
-            {"kind": "run", "variant": "engine", "size": (480, 640), "threads": th, "label": "rss 640x480"}, args)))
-        mem.append(("640x480, module (whole image, eager)", R.get("latency", [None, {}])[1].get("module") if
-                    R.get("latency") else run_child({"kind": "run", "variant": "module", "size": (480, 640),
-                                                      "threads": th, "label": "rss module 640x480"}, args)))
-        mem.append(("2048x2048, --max-memory 3G", run_child(
-            {"kind": "run", "variant": "engine", "size": (2048, 2048), "threads": th, "budget": 3 * 2 ** 30,
+        (h1, w1), (h2, w2) = LEVER_SIZE, RSS_SIZES[0]
+        h3, w3 = RSS_SIZES[1]
+        mem.append((f"{w1}x{h1}, optimised path (default tiles)", run_child(
+            {"kind": "run", "variant": "engine", "size": LEVER_SIZE, "threads": th, "label": "rss 640x480"}, args)))
+        mem.append((f"{w1}x{h1}, straightforward eager (whole image)", R["latency"][1]["reference"] if
+                    R.get("latency") else None))
+        mem.append((f"{w1}x{h1}, module (whole image, eager)", R["latency"][1]["module"] if R.get("latency") else
+                    run_child({"kind": "run", "variant": "module", "size": LEVER_SIZE,
+                               "threads": th, "label": "rss module 640x480"}, args)))
+        mem.append((f"{w2}x{h2}, --max-memory 3G", run_child(
+            {"kind": "run", "variant": "engine", "size": RSS_SIZES[0], "threads": th, "budget": 3 * 2 ** 30,
              "numpy_out": True, "label": "rss 2048^2"}, args)))
-        mem.append(("4096x4096, reduced width (dim 16), --max-memory 1G", run_child(
-            {"kind": "run", "variant": "engine", "size": (4096, 4096), "width": 16, "threads": th,
+        mem.append((f"{w3}x{h3}, reduced width (dim 16), --max-memory 1G", run_child(
+            {"kind": "run", "variant": "engine", "size": RSS_SIZES[1], "width": 16, "threads": th,
              "budget": 2 ** 30, "numpy_out": True, "label": "rss 4096^2 dim16"}, args)))
         if not args.quick:
-            mem.append(("4096x4096, --max-memory 3G", run_child(
-                {"kind": "run", "variant": "engine", "size": (4096, 4096), "threads": th, "budget": 3 * 2 ** 30,
+            mem.append((f"{w3}x{h3}, --max-memory 3G", run_child(
+                {"kind": "run", "variant": "engine", "size": RSS_SIZES[1], "threads": th, "budget": 3 * 2 ** 30,
                  "numpy_out": True, "label": "rss 4096^2"}, args)))
         R["memory"] = mem
     R["total_min"] = (time.time() - started) / 60

@@ -68,6 +68,16 @@ def test_tile_of_one_pixel_and_tiny_images(tiny):
             assert float((got - ref).abs().max()) <= 1e-4, (h, w, tile)
 
 
+def test_tile_worker_threads_give_the_same_result(tiny):
+    a, b = _pair(41, 38, seed=21)
+    one = tiled_fuse(tiny, a, b, tile=10, workers=1)
+    two = tiled_fuse(tiny, a, b, tile=10, workers=2)
+    # statistics are summed in tile order, so only the intra-op thread count may change rounding
+    assert float((one - two).abs().max()) <= 1e-6
+    assert float((two - _untiled(tiny, a, b)).abs().max()) <= 1e-4
+    assert torch.get_num_threads() >= 1
+
+
 def test_disk_store_batch_of_pairs(tiny, tmp_path):
     a, b = _pair(29, 31, n=2, seed=3)
     ref = _untiled(tiny, a, b)

@@ -168,3 +168,9 @@ def test_metadata_is_readable_json(tmp_path):
     assert meta["format"] == "cddfuse" and meta["task"] == "ivf" and meta["residual"] == "vis"
     assert json.loads(meta["config"])["dim"] == TINY_SIZES["dim"]
     assert json.loads(meta["provenance"]) == {"hardware": "cpu"}
+
+
+def test_medical_model_trained_with_vis_keeps_vis(tmp_path):
+    path = save_weights(make_random_model(0, **TINY_SIZES), tmp_path / "m.safetensors", task="mif", residual="vis")
+    _, info = load_weights(path)
+    assert resolve_residual("auto", "mif", info) == "vis"

@@ -48,7 +48,8 @@ def resolve_residual(residual: str, task: str, info: Optional[WeightsInfo]) -> s
             raise UsageError(f"unknown residual mode {residual!r}; choose auto, {', '.join(RESIDUAL_MODES)}")
         return residual
     trained = (info.residual if info else None) or "vis"
-    if trained == "vis" and task == "mif":
+    made_for_ivf = info is None or info.task in (None, "ivf")
+    if trained == "vis" and task == "mif" and made_for_ivf:
         return "sum"
     return trained
 

@@ -43,6 +43,7 @@ With one tile covering the image the same code is the fast whole-image path.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
@@ -576,14 +577,17 @@ class MemStore:
         self.shape = (batch, h, w, c)
         self.dtype, self.device = dtype, device
         self.t: Optional[Tensor] = None
+        self._lock = threading.Lock()
 
     def write(self, tile: Region, x: Tensor) -> None:
         y0, y1, x0, x1 = tile
-        if (y0, y1, x0, x1) == (0, self.shape[1], 0, self.shape[2]) and self.t is None:
-            self.t = x  # whole image in one tile: keep the tensor itself
-            return
         if self.t is None:
-            self.t = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+            with self._lock:  # tiles may be written from several threads
+                if self.t is None:
+                    if (y0, y1, x0, x1) == (0, self.shape[1], 0, self.shape[2]):
+                        self.t = x  # whole image in one tile: keep the tensor itself
+                        return
+                    self.t = torch.empty(self.shape, dtype=self.dtype, device=self.device)
         self.t[:, y0:y1, x0:x1] = x
 
     def read(self, r: Region) -> RT:
@@ -658,8 +662,8 @@ class Engine:
         tiles: the tiles (a partition of the image).
         ops: primitive ops (:func:`make_ops`).
         progress: called with ``(pass_index, n_passes)`` before each pass.
-        workers: tiles processed at the same time, each on its own thread with one intra-op thread
-            (1: one tile at a time with the caller's intra-op threads).
+        workers: tiles processed at the same time, each on its own thread, sharing the caller's
+            intra-op threads between them (1: one tile at a time with all of them).
     """
 
     def __init__(self, weights: FastWeights, h: int, w: int, pairs: int, dtype: torch.dtype, device: torch.device,
@@ -690,29 +694,36 @@ class Engine:
         return self.new_store(batch, self.g.h, self.g.w, self.wt.dim, self.dtype, self.device)
 
     def _map(self, fn: Callable[[Region], Any]) -> List[Any]:
-        """``[fn(tile) for tile in tiles]``, on ``workers`` threads (one intra-op thread each) when
-        there are several; results come back in tile order, so sums do not depend on timing."""
+        """``[fn(tile) for tile in tiles]``, on ``workers`` threads when there are several; results
+        come back in tile order, so sums do not depend on timing."""
         if self.workers <= 1 or len(self.tiles) <= 1:
             return [fn(t) for t in self.tiles]
-        return list(self._pool().map(fn, self.tiles))
+        inference = torch.is_inference_mode_enabled()
+
+        def run(tile: Region) -> Any:  # grad mode is per thread
+            with torch.inference_mode(inference):
+                return fn(tile)
+
+        return list(self._pool().map(run, self.tiles))
 
     def _pool(self) -> Any:
         if self._executor is None:
             from concurrent.futures import ThreadPoolExecutor
 
+            per_worker = max(1, self._threads // self.workers)
             self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="cddfuse-tile",
-                                                initializer=torch.set_num_threads, initargs=(1,))
+                                                initializer=torch.set_num_threads, initargs=(per_worker,))
         return self._executor
 
     def run(self) -> None:
-        threads = torch.get_num_threads()
+        self._threads = torch.get_num_threads()
         try:
             self._run()
         finally:
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
                 self._executor = None
-                torch.set_num_threads(threads)  # the workers' setting is also the default for new threads
+                torch.set_num_threads(self._threads)  # the workers' setting is the default for new threads
 
     def _run(self) -> None:
         wt, g, k = self.wt, self.g, self.k

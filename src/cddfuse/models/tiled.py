@@ -47,6 +47,7 @@ __all__ = [
     "choose_tile",
     "precision_context",
     "CPU_SPEED_TILE",
+    "default_workers",
     "estimate_memory",
     "parse_memory",
     "available_memory",
@@ -108,12 +109,13 @@ def tile_work_bytes(tile_h: int, tile_w: int, config: Any, pairs: int = 1, items
 
 
 def estimate_memory(h: int, w: int, tile: Optional[int], config: Any, pairs: int = 1, itemsize: int = 4,
-                    on_disk: bool = False) -> int:
+                    on_disk: bool = False, workers: Optional[int] = None) -> int:
     """Estimated peak memory (bytes, whole process) of :func:`tiled_fuse` on an ``h x w`` pair."""
     th, tw = (h, w) if tile is None else (min(h, tile), min(w, tile))
+    n = 1 if tile is None else (workers or default_workers(len(plan_tiles(h, w, tile))))
     io = 3 * pairs * h * w * 4  # the two sources and the output, float32
     maps = 0 if on_disk else feature_map_bytes(h, w, config, pairs, itemsize)
-    return _BASE_BYTES + io + maps + tile_work_bytes(th, tw, config, pairs, itemsize)
+    return _BASE_BYTES + io + maps + n * tile_work_bytes(th, tw, config, pairs, itemsize)
 
 
 def auto_tile(h: int, w: int, memory_budget_bytes: Optional[int], config: Any = None, pairs: int = 1,
@@ -185,6 +187,18 @@ def precision_context(precision: str, device: Union[str, torch.device]) -> Itera
             yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+#: Most tiles computed at the same time (:func:`default_workers`).
+MAX_WORKERS = 4
+
+
+def default_workers(n_tiles: int) -> int:
+    """Tiles to compute at the same time on CPU: ``$CDDFUSE_TILE_WORKERS`` if set, else one per
+    intra-op thread up to :data:`MAX_WORKERS` (and at most one per tile)."""
+    env = os.environ.get("CDDFUSE_TILE_WORKERS")
+    n = int(env) if env else min(torch.get_num_threads(), MAX_WORKERS)
+    return max(1, min(n, n_tiles))
 
 
 def available_memory() -> int:
@@ -346,8 +360,9 @@ def tiled_fuse(
         progress: ``callback(pass_index, n_passes)`` called before each pass.
         ops: primitive ops: ``"auto"`` (oneDNN with fused post-ops on CPU float32, plain PyTorch
             elsewhere), ``"fused"`` or ``"plain"``.
-        workers: tiles run at the same time on CPU, each on one thread (default: ``$CDDFUSE_TILE_WORKERS``
-            or 1; ``torch.get_num_threads()`` workers replace intra-op threads).
+        workers: tiles computed at the same time on CPU, each on its own thread with a share of
+            ``torch.get_num_threads()`` intra-op threads (default :func:`default_workers`: one per
+            thread, up to :data:`MAX_WORKERS`; faster than splitting each operation between threads).
 
     Returns:
         ``(B, 1, H, W)`` tensor on the model's device for tensor inputs; ``(H, W)`` float32 array
@@ -425,7 +440,7 @@ def tiled_fuse(
         return MemStore(batch, hh, ww, c, sdt, dev)
 
     if workers is None:
-        workers = int(os.environ.get("CDDFUSE_TILE_WORKERS", "1"))
+        workers = default_workers(len(tiles))
     if device.type != "cpu":
         workers = 1
     engine = Engine(weights, h, w, pairs, dt, device, read_images, res_fn, new_store, write_output, tiles,

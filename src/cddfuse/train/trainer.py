@@ -138,6 +138,11 @@ def tune_glibc_malloc() -> bool:
         return False
 
 
+def _cc_pair(base: Tensor, detail: Tensor, k: int) -> Tensor:
+    """``(cc_base, cc_detail)`` (float64) between the two sources of a chunk's stacked features."""
+    return torch.stack((cc(base[k:], base[:k]), cc(detail[k:], detail[:k]))).double()
+
+
 class _StopFlag:
     """SIGTERM / first Ctrl-C ask for a clean stop at the next step (with a checkpoint)."""
 
@@ -428,28 +433,26 @@ class Trainer:
         return base, detail, out
 
     @torch.no_grad()
-    def _batch_cc(self, a: Tensor, b: Tensor, chunks) -> Tensor:
-        """``(cc_base, cc_detail)`` of the whole local batch, from a gradient-free encoder pass per chunk."""
-        n = a.shape[0]
+    def _chunks_cc_sum(self, a: Tensor, b: Tensor, chunks) -> Tensor:
+        """Sum over ``chunks`` of ``pairs x (cc_base, cc_detail)``, from a gradient-free encoder pass."""
         total = torch.zeros(2, dtype=torch.float64, device=a.device)
         for s, e in chunks:
-            k = e - s
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
                 base, detail, _ = self.model.encode(torch.cat((a[s:e], b[s:e]), dim=0))
-            base, detail = base.float(), detail.float()
-            total += torch.stack((cc(base[k:], base[:k]), cc(detail[k:], detail[:k]))).double() * k
-        return (total / n).float()
+            total += _cc_pair(base.float(), detail.float(), e - s) * (e - s)
+        return total
 
     def train_step(self, a: Tensor, b: Tensor, phase: int, want_images: bool = False):
         """One optimisation step on this rank's batch ``(a, b)``; returns (detached loss parts, images or None).
 
-        The batch is processed in chunks of :meth:`micro_batch` pairs (gradient accumulation) -- on CPU
-        one pair at a time, which keeps the activations small (the paper's batch of 8 128x128 pairs
-        needs over 20 GB at once) and is faster. Every loss term is a batch mean, so each chunk's loss
-        is weighted by its share of the batch; the decomposition loss, a non-linear function of the
-        batch-mean correlations, is evaluated at the batch (and, data-parallel, global) means taken
-        from a gradient-free encoder pass, with each chunk's own gradient (see
-        :func:`cddfuse.train.losses._global_cc`). The result is the full-batch gradient.
+        The batch is processed in chunks of :meth:`micro_batch` pairs (gradient accumulation), which
+        keeps the activations small on CPU (the paper's batch of 8 128x128 pairs needs ~26 GB at
+        once). Every loss term is a batch mean, so each chunk's loss is weighted by its share of the
+        batch. The decomposition loss, a non-linear function of the batch-mean correlations, is
+        evaluated at the batch (and, data-parallel, global) means, with each chunk's own gradient
+        (see :func:`cddfuse.train.losses._global_cc`): the correlations of all chunks but the last
+        come from a gradient-free encoder pass, the last chunk is processed first and contributes
+        its own. The result is the full-batch gradient.
         """
         model = self.model
         parts = self.parts_of(phase)
@@ -458,27 +461,32 @@ class Trainer:
         n = a.shape[0]
         mb = self.micro_batch(n)
         chunks = [(s, min(s + mb, n)) for s in range(0, n, mb)]
-        if len(chunks) > 1:
-            glob = self.dist.all_reduce_mean(self._batch_cc(a, b, chunks))
-            cc_reduce = lambda _local: glob  # noqa: E731
-        else:
-            cc_reduce = self.dist.all_reduce_mean if self.dist.enabled else None
+        several = len(chunks) > 1
+        if several:
+            others = self._chunks_cc_sum(a, b, chunks[:-1])
+            chunks = chunks[-1:] + chunks[:-1]  # the last chunk first: its forward completes the means
         totals: Dict[str, Tensor] = {}
         images = None
-        for s, e in chunks:
+        for i, (s, e) in enumerate(chunks):
             ca, cb = a[s:e], b[s:e]
             k = e - s
             base, detail, out = self._forward(ca, cb, phase)
+            if several and i == 0:
+                mine = _cc_pair(base.detach().float(), detail.detach().float(), k) * k
+                glob = self.dist.all_reduce_mean(((others + mine) / n).float())
+                cc_reduce = lambda _local: glob  # noqa: E731
+            elif not several:
+                cc_reduce = self.dist.all_reduce_mean if self.dist.enabled else None
             fa, fbb = (base[:k], detail[:k]), (base[k:], detail[k:])
             if phase == 1:
                 losses = phase1_loss(ca, cb, fa, fbb, out[:k], out[k:], self.weights, cc_reduce=cc_reduce)
             else:
                 losses = phase2_loss(ca, cb, fa, fbb, out, self.weights, cc_reduce=cc_reduce)
             share = k / n
-            (losses["total"] * share if len(chunks) > 1 else losses["total"]).backward()
+            (losses["total"] * share if several else losses["total"]).backward()
             for key, v in losses.items():
                 totals[key] = totals.get(key, 0.0) + v.detach() * share
-            if want_images and images is None:
+            if want_images and s == 0:
                 j = min(4, k)
                 images = [ca[:j], out[:j], cb[:j], out[k:k + j]] if phase == 1 else [ca[:j], cb[:j], out[:j]]
                 images = [t.detach().float().cpu() for t in images]
