@@ -180,3 +180,35 @@ def test_fuser_tile_option_matches_untiled(tmp_path):
     assert whole.shape == (33, 47)
     assert float(np.abs(whole - tiled).max()) <= 1e-4
     assert float(np.abs(whole - budget).max()) <= 1e-4
+
+
+def test_cli_tile_and_memory_options(tmp_path):
+    """`cddfuse fuse --tile/--max-memory` writes the same image as the default run."""
+    import subprocess
+    import sys
+
+    import cv2
+
+    from cddfuse.models.weights import save_weights
+
+    weights = tmp_path / "tiny.safetensors"
+    save_weights(_random_model(3, **TINY), weights, task="ivf", residual="vis")
+    rng = np.random.default_rng(0)
+    ir, vi = tmp_path / "ir.png", tmp_path / "vi.png"
+    cv2.imwrite(str(ir), rng.integers(0, 256, (45, 61), dtype=np.uint8))
+    cv2.imwrite(str(vi), rng.integers(0, 256, (45, 61, 3), dtype=np.uint8))
+    outs = []
+    for extra in ([], ["--tile", "16", "--max-memory", "2G"], ["--tile", "7"]):
+        out = tmp_path / f"out{len(outs)}.npy"
+        proc = subprocess.run([sys.executable, "-m", "cddfuse.cli.main", "fuse", str(ir), str(vi), "-o", str(out),
+                               "--weights", str(weights), "--device", "cpu", "-q", *extra],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        outs.append(np.load(out))
+    assert outs[0].shape == (45, 61, 3)
+    assert float(np.abs(outs[0] - outs[1]).max()) <= 1e-4
+    assert float(np.abs(outs[0] - outs[2]).max()) <= 1e-4
+    proc = subprocess.run([sys.executable, "-m", "cddfuse.cli.main", "fuse", str(ir), str(vi), "-o",
+                           str(tmp_path / "x.png"), "--weights", str(weights), "--tile", "0"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "--tile" in proc.stderr

@@ -368,8 +368,6 @@ def tiled_fuse(
         ``(B, 1, H, W)`` tensor on the model's device for tensor inputs; ``(H, W)`` float32 array
         for array inputs (``out`` itself when given).
     """
-    from .cddfuse import residual_image  # noqa: F401  (validates the mode below)
-
     if residual not in ("vis", "sum", "none"):
         raise ValueError(f"unknown residual mode {residual!r}; choose one of ('vis', 'sum', 'none')")
     kind, pairs, cin, h, w = _as_pairs(a, b)
