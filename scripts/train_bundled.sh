@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Train (or resume) the bundled weights: bash scripts/train_bundled.sh ivf [--max-time 80m]
+#                                    or: bash scripts/train_bundled.sh mif [--phase2-epochs 4]
 # The split lives in runs/bundled_<task>/split as symlinks into ../shared/data/train (nothing copied).
 # Every 20th pair (sorted by name) is held out for validation; test images are never used.
 set -euo pipefail
@@ -28,6 +29,9 @@ if [ ! -d "$split" ]; then
       i=$((i + 1))
     done
   done
+fi
+if [ "$task" = mif ]; then  # staged: Phase I, residual-mode probes, Phase II (see scripts/bundled_mif.py)
+  exec .venv/bin/python scripts/bundled_mif.py --split "$split" --run "$run" "$@"
 fi
 if [ -f "$run/checkpoints/last.pt" ]; then
   exec .venv/bin/cddfuse train --resume "$run" "$@"

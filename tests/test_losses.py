@@ -149,3 +149,16 @@ def test_cc_reduce_hook_gives_full_batch_gradient():
         assert torch.allclose(dec, full.detach(), atol=1e-6)
         grads.append(torch.autograd.grad(dec, scale)[0])
     assert torch.allclose((grads[0] + grads[1]) / 2, g_full, atol=1e-6)
+
+
+def test_cc_gradient_is_finite_for_constant_channels():
+    """A blank crop (constant features) must not turn the backward pass into NaN."""
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    x[0, 1] = 0.25  # one constant channel
+    y = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    y[1] = 0.0  # one constant sample
+    x.requires_grad_(True)
+    y.requires_grad_(True)
+    L.decomposition_loss(L.cc(x, y), L.cc(y, x)).backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(y.grad).all()
+    assert float(L.cc_per_channel(x, y).detach()[0, 1]) == 0.0

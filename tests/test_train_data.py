@@ -275,3 +275,20 @@ def test_parse_duration():
     assert C.parse_duration("90") == 90 and C.parse_duration("2h30m") == 9000 and C.parse_duration("1.5h") == 5400
     with pytest.raises(UsageError):
         C.parse_duration("soon")
+
+
+def test_random_crops_avoid_blank_regions():
+    """Crops that are low-contrast in either source are drawn again (medical images: black background)."""
+    h, w = 64, 64
+    a = np.zeros((h, w), np.float32)
+    b = np.zeros((h, w), np.float32)
+    rng = np.random.default_rng(0)
+    a[:16, :16] = rng.random((16, 16))  # texture only in the top-left quarter of the first source
+    b[:] = rng.random((h, w))
+    ims = D.ImageSet([a], [b], ["p"], {})
+    plain = D.RandomCropDataset(ims, crop=12, crops_per_image=40, flips=False, seed=1)
+    checked = D.RandomCropDataset(ims, crop=12, crops_per_image=40, flips=False, seed=1, contrast_threshold=0.1)
+    blank = [D.is_low_contrast(plain[i][0].numpy()) for i in range(40)]
+    assert sum(blank) > 20  # the plain crops are mostly blank ...
+    low = [D.is_low_contrast(checked[i][0].numpy()) for i in range(40)]
+    assert sum(low) < sum(blank) // 2  # ... the checked ones mostly not

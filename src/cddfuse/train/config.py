@@ -59,7 +59,7 @@ DEFAULTS: Dict[str, Any] = {
         "mode": "patches",  # patches (paper) | random_crop (small data sets)
         "patch_size": 128,
         "stride": 200,
-        "contrast_threshold": 0.1,  # drop a patch when (p90 - p10) / p90 < this in either source
+        "contrast_threshold": 0.1,  # (p90 - p10) / p90 below this in either source: patch dropped / crop redrawn
         "crop_size": 128,  # random_crop mode
         "crops_per_image": 1,  # random crops per pair and epoch
         "flips": True,  # random horizontal/vertical flips (random_crop mode)

@@ -11,7 +11,9 @@ datasets and a resumable, data-parallel sampler.
   percentiles; a window with ``p90 <= 0`` counts as low-contrast).
 * ``random_crop`` mode (small data sets): the whole images are kept; each epoch draws
   ``crops_per_image`` crops per pair with optional flips, from a generator seeded by
-  ``(seed, epoch, index)`` -- deterministic whatever the number of workers or ranks.
+  ``(seed, epoch, index)`` -- deterministic whatever the number of workers or ranks; a crop that is
+  low-contrast in either source (the criterion above; e.g. black background) is drawn again, up to
+  10 draws.
 * A cache (``cddfuse prepare``) stores the patches, or the whole images for ``random_crop`` mode, in
   one HDF5 (``.h5``/``.hdf5``) or NumPy (``.npz``) file with a JSON description.
 """
@@ -455,9 +457,14 @@ class RandomCropDataset(Dataset):
     processes, ranks or resumption. Call :meth:`set_epoch` before iterating an epoch.
     """
 
-    def __init__(self, data: ImageSet, crop: int, crops_per_image: int = 1, flips: bool = True, seed: int = 0) -> None:
+    #: positions drawn at most per item while a crop of either source is low-contrast
+    MAX_DRAWS = 10
+
+    def __init__(self, data: ImageSet, crop: int, crops_per_image: int = 1, flips: bool = True, seed: int = 0,
+                 contrast_threshold: float = 0.0) -> None:
         self.a, self.b = data.a, data.b
         self.crop, self.k, self.flips, self.seed = crop, crops_per_image, flips, seed
+        self.contrast_threshold = contrast_threshold
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -471,9 +478,15 @@ class RandomCropDataset(Dataset):
         a, b = self.a[j], self.b[j]
         rng = np.random.default_rng((self.seed, self.epoch, int(i)))
         h, w = a.shape
-        y = int(rng.integers(0, h - self.crop + 1))
-        x = int(rng.integers(0, w - self.crop + 1))
-        pa, pb = a[y:y + self.crop, x:x + self.crop], b[y:y + self.crop, x:x + self.crop]
+        for _ in range(self.MAX_DRAWS):
+            # a crop where either source is (nearly) constant -- black background of medical images --
+            # is drawn again, with the patch mode's criterion (the last draw is kept regardless)
+            y = int(rng.integers(0, h - self.crop + 1))
+            x = int(rng.integers(0, w - self.crop + 1))
+            pa, pb = a[y:y + self.crop, x:x + self.crop], b[y:y + self.crop, x:x + self.crop]
+            if self.contrast_threshold <= 0 or not (is_low_contrast(pa, self.contrast_threshold)
+                                                    or is_low_contrast(pb, self.contrast_threshold)):
+                break
         if self.flips:
             fh, fv = rng.integers(0, 2, size=2)
             if fh:
@@ -547,7 +560,8 @@ def build_dataset(cfg: Dict[str, Any], warn=None, progress=None) -> Tuple[Datase
     if isinstance(data, PatchSet):
         ds: Dataset = PatchDataset(data)
     else:
-        ds = RandomCropDataset(data, d["crop_size"], d["crops_per_image"], d["flips"], cfg["seed"])
+        ds = RandomCropDataset(data, d["crop_size"], d["crops_per_image"], d["flips"], cfg["seed"],
+                               d["contrast_threshold"])
         desc["crops_per_image"] = d["crops_per_image"]
         desc["flips"] = d["flips"]
         desc["samples"] = len(ds)

@@ -70,7 +70,9 @@ def cc_per_channel(x: Tensor, y: Tensor) -> Tensor:
     x = x - x.mean(dim=-1, keepdim=True)
     y = y - y.mean(dim=-1, keepdim=True)
     num = (x * y).sum(dim=-1)
-    den = _EPS32 + x.pow(2).sum(dim=-1).sqrt() * y.pow(2).sum(dim=-1).sqrt()
+    # clamp_min: a constant channel (sum 0) would give sqrt'(0) * 0 = NaN in the backward pass;
+    # any non-zero sum is unchanged, so values are exactly the authors'
+    den = _EPS32 + x.pow(2).sum(dim=-1).clamp_min(1e-30).sqrt() * y.pow(2).sum(dim=-1).clamp_min(1e-30).sqrt()
     return (num / den).clamp(-1.0, 1.0)
 
 

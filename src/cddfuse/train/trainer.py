@@ -118,6 +118,21 @@ def _cpu_activation_budget() -> int:
         return cap
 
 
+def hardware_description(device: torch.device) -> str:
+    """E.g. ``"AMD EPYC 9B14, 2 CPU cores"`` or ``"NVIDIA H100 80GB HBM3"`` (for weight metadata)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            name = next((l.split(":", 1)[1].strip() for l in fh if l.startswith("model name")), "")
+    except OSError:
+        pass
+    import platform
+
+    return f"{name or platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
+
+
 def tune_glibc_malloc() -> bool:
     """Keep freed memory in the process (glibc): no ``mmap`` per large tensor, no trimming.
 
@@ -594,6 +609,11 @@ class Trainer:
         self._val_est = time.monotonic() - t0
         if means:
             self.echo(f"validation after epoch {self.epoch}: " + ", ".join(f"{k} {x:.4g}" for k, x in means.items()))
+            # one JSON line per validation (run_dir/validation.jsonl), for scripts that compare runs;
+            # after a resume a line may repeat for the same step: readers keep the last one
+            rec = {"step": self.global_step, "epoch": self.epoch, "phase": phase, **means}
+            with open(self.run_dir / "validation.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(rec) + "\n")
         return means
 
     # ------------------------------------------------------------------------------- control
@@ -635,6 +655,7 @@ class Trainer:
             "global_batch": self.global_batch,
             "processes": self.dist.world_size,
             "device": str(self.device),
+            "hardware": hardware_description(self.device),
             "train_time_s": round(self.train_time + self._session_time(), 1),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "torch": str(torch.__version__),
@@ -709,6 +730,12 @@ class Trainer:
                         b = b.to(self.device, non_blocking=True)
                         want_img = bool(img_every) and (self.global_step + 1) % img_every == 0
                         parts, images = self.train_step(a, b, phase, want_images=want_img)
+                        if not bool(torch.isfinite(parts["total"])):
+                            raise CDDFuseError(
+                                f"the loss became {float(parts['total'])} at step {self.global_step + 1} (phase "
+                                f"{phase}); stopped without saving, the last checkpoint in {self.run_dir} is intact. "
+                                "Lower optim.lr, or check the data for blank images"
+                            )
                         self.step_in_epoch += 1
                         self.global_step += 1
                         if self._step_sleep:
