@@ -153,13 +153,30 @@ def test_mismatched_sizes_pair(test_data, tiny_weights, tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
-def test_no_weights_says_so(test_data, tmp_path):
+def test_no_weights_says_so(test_data, tmp_path, monkeypatch, capsys):
+    """An installation without bundled weights says how to pass some (never random weights)."""
+    import cddfuse.models.pretrained as P
+    from cddfuse.cli.main import main
+
+    monkeypatch.setattr(P, "WEIGHTS_DIR", tmp_path / "no_weights_here")
+    rc = main(["fuse", str(test_data / TNO[0]), str(test_data / TNO[1]), "-o", str(tmp_path / "x.png")])
+    assert rc == 1 and "--weights" in one_line_error(capsys.readouterr().err)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_bundled_weights_fuse_without_options(test_data, tmp_path):
+    """The main job: `cddfuse fuse IR VIS -o OUT` with nothing else uses the bundled IVF weights."""
     from cddfuse.models.pretrained import PRETRAINED, WEIGHTS_DIR
 
-    if (WEIGHTS_DIR / PRETRAINED["ivf"].filename).exists():
-        pytest.skip("bundled weights are installed")
-    rc, _, err = run_cli("fuse", test_data / TNO[0], test_data / TNO[1], "-o", tmp_path / "x.png")
-    assert rc == 1 and "--weights" in one_line_error(err)
+    if not (WEIGHTS_DIR / PRETRAINED["ivf"].filename).exists():
+        pytest.skip("no bundled weights in this checkout")
+    rc, _, err = run_cli("fuse", test_data / TNO[0], test_data / TNO[1], "-o", tmp_path / "x.png", "-q")
+    assert rc == 0, err
+    import cv2
+
+    out = cv2.imread(str(tmp_path / "x.png"), cv2.IMREAD_UNCHANGED)
+    ir = cv2.imread(str(test_data / TNO[0]), cv2.IMREAD_GRAYSCALE)
+    assert out is not None and out.shape[:2] == ir.shape
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])

@@ -111,13 +111,13 @@ def test_bad_arguments(tiny_weights):
         f.fuse(123, np.zeros((4, 4)))
 
 
-def test_no_weights_is_an_error_not_random_weights():
-    from cddfuse.models.pretrained import PRETRAINED, WEIGHTS_DIR
+def test_no_weights_is_an_error_not_random_weights(tmp_path, monkeypatch):
+    import cddfuse.models.pretrained as P
 
-    if (WEIGHTS_DIR / PRETRAINED["ivf"].filename).exists():
-        pytest.skip("bundled weights are installed")
-    with pytest.raises(CDDFuseError, match="no bundled weights"):
-        Fuser(task="ivf")
+    monkeypatch.setattr(P, "WEIGHTS_DIR", tmp_path)  # an installation without bundled weights
+    for task in ("ivf", "mif"):
+        with pytest.raises(CDDFuseError, match="no bundled weights"):
+            Fuser(task=task)
 
 
 def test_one_call_function(tiny_weights):

@@ -646,6 +646,7 @@ class Trainer:
                       "model only reconstructs")
         prov = {
             "made_by": f"cddfuse {__version__} train",
+            "recipe": self.cfg.get("name") or "",
             "training_config": self.cfg,
             "data": self.data_desc,
             "steps": self.global_step,
