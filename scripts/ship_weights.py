@@ -1,6 +1,6 @@
 """Copy a trained model into the package as bundled weights (src/cddfuse/weights/cddfuse_<task>.safetensors).
 
-    .venv/bin/python scripts/ship_weights.py runs/bundled_ivf/final.safetensors ivf
+    .venv/bin/python scripts/ship_weights.py runs/bundled_ivf/final.safetensors ivf ["data in words"]
 
 Checks the task and the size limit (6 MB), fills metadata an older trainer did not write
 ("recipe", "hardware": this machine, which must be the one that trained), and writes atomically.
@@ -25,6 +25,8 @@ def main() -> int:
     prov = dict(info.provenance)
     prov.setdefault("recipe", prov.get("training_config", {}).get("name", ""))
     prov.setdefault("hardware", hardware_description(torch.device(prov.get("device", "cpu"))))
+    if len(sys.argv) > 3:
+        prov["data_description"] = sys.argv[3]
     prov["shipped_from"] = src.name if src.parent.name in ("", ".") else f"{src.parent.name}/{src.name}"
     dest = WEIGHTS_DIR / PRETRAINED[task].filename
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -31,25 +31,16 @@ def test_bundled_weights_are_shipped_and_self_describing(task):
     assert all(bool(np.isfinite(p.detach().numpy()).all()) for p in model.parameters())
 
 
-def _corr(x: np.ndarray, y: np.ndarray) -> float:
-    return float(np.corrcoef(x.ravel(), y.ravel())[0, 1])
-
-
-@pytest.mark.parametrize("task,rel", [("ivf", ("TNO", "ir", "vi", "01.png")),
-                                      ("mif", ("MRI_PET", "PET", "MRI", None))])
-def test_bundled_weights_fuse_a_real_pair(task, rel):
-    """Behaviour on a real test pair: the result carries both sources (correlated with each) and has
-    more contrast than the mean rule, as a fusion should."""
+@pytest.mark.parametrize("task,testset", [("ivf", "TNO"), ("ivf", "RoadScene"), ("mif", "MRI_PET")])
+def test_bundled_weights_beat_the_mean_rule_on_a_real_pair(task, testset):
+    """The first pair of a paper test set, fused and scored with the paper's protocol: the bundled
+    weights beat the mean-rule baseline on at least 6 of the 8 metrics (the issue's bar for whole sets)."""
     if task not in SHIPPED:
         pytest.skip(f"no bundled {task} weights in this checkout yet")
-    from cddfuse import Fuser
-    from cddfuse.metrics.io import read_gray
+    from cddfuse.metrics.benchmark import run_bench
 
-    root = shared_path("data", "test", rel[0])
-    name = rel[3] or sorted(p.name for p in (root / rel[1]).iterdir())[0]
-    a, b = read_gray(root / rel[1] / name), read_gray(root / rel[2] / name)
-    fused = Fuser(task=task, device="cpu", color="gray").fuse(a / 255.0, b / 255.0)
-    assert fused.shape == a.shape and np.isfinite(fused).all()
-    assert 0.0 <= fused.min() and fused.max() <= 1.0
-    assert _corr(fused, a) > 0.3 and _corr(fused, b) > 0.3
-    assert np.std(fused * 255.0) > np.std((a + b) / 2.0)
+    root = shared_path("data", "test", testset)
+    ours = run_bench(root, task=task, limit=1, progress=False).evaluation.mean
+    mean_rule = run_bench(root, method="mean", limit=1, progress=False).evaluation.mean
+    better = [m for m in ours if ours[m] >= mean_rule[m]]
+    assert len(better) >= 6, f"ours {ours} vs mean rule {mean_rule}"

@@ -9,6 +9,7 @@ from .cddfuse import (
     cddfuse,
     residual_image,
 )
+from .pretrained import cddfuse_ivf, cddfuse_mif
 
 __all__ = [
     "RESIDUAL_MODES",
@@ -19,4 +20,6 @@ __all__ = [
     "count_parameters",
     "cddfuse",
     "residual_image",
+    "cddfuse_ivf",
+    "cddfuse_mif",
 ]
