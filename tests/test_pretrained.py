@@ -44,3 +44,26 @@ def test_bundled_weights_beat_the_mean_rule_on_a_real_pair(task, testset):
     mean_rule = run_bench(root, method="mean", limit=1, progress=False).evaluation.mean
     better = [m for m in ours if ours[m] >= mean_rule[m]]
     assert len(better) >= 6, f"ours {ours} vs mean rule {mean_rule}"
+
+
+@pytest.mark.parametrize("task,testset,colour", [("ivf", "RoadScene", True), ("mif", "MRI_PET", True),
+                                                 ("mif", "MRI_CT", False)])
+def test_bundled_weights_default_pipeline(task, testset, colour):
+    """`Fuser(task=...)` with nothing else: full-size output in [0, 1], colour kept from a colour source,
+    and the visible / MRI structure present (correlation with its luminance)."""
+    if task not in SHIPPED:
+        pytest.skip(f"no bundled {task} weights in this checkout yet")
+    from cddfuse import Fuser
+    from cddfuse.metrics.io import read_gray
+
+    root = shared_path("data", "test", testset)
+    dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    first, second = (dirs[0], dirs[1]) if dirs[1].name in ("MRI", "vi") else (dirs[1], dirs[0])
+    pa = sorted(first.iterdir())[0]
+    pb = next(p for p in second.iterdir() if p.stem == pa.stem)
+    fused = Fuser(task=task, device="cpu").fuse(pa, pb)
+    b = read_gray(pb)
+    assert fused.shape == (b.shape + (3,) if colour else b.shape)
+    assert np.isfinite(fused).all() and 0.0 <= fused.min() and fused.max() <= 1.0
+    y = fused if fused.ndim == 2 else fused @ np.array([0.299, 0.587, 0.114], np.float32)
+    assert float(np.corrcoef(y.ravel(), b.ravel())[0, 1]) > 0.5
