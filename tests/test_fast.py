@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from cddfuse.models import CDDFuse, CDDFuseConfig
 from cddfuse.models._fast import FastWeights, fused_ops_available
 from cddfuse.models.reference import ReferenceCDDFuse, reference_from
 from cddfuse.models.tiled import tiled_fuse
-from .conftest import SHARED
+from .conftest import SHARED, make_random_model
 from .conftest import need as _need
 
 TINY = dict(dim=8, num_heads=2, encoder_blocks=1, decoder_blocks=1, encoder_inn_layers=1)
@@ -18,16 +17,7 @@ OPS = ["plain"] + (["fused"] if fused_ops_available() else [])
 
 
 
-def _random_model(seed: int = 0, **sizes) -> CDDFuse:
-    torch.manual_seed(seed)
-    model = CDDFuse(CDDFuseConfig(**sizes))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("body.weight", "temperature", "scale")):
-                p.add_(0.2 * torch.randn_like(p))
-            elif name.endswith("body.bias"):
-                p.add_(0.1 * torch.randn_like(p))
-    return model.eval()
+_random_model = make_random_model  # reproducible random weights (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cddfuse.models import CDDFuse, CDDFuseConfig
+from cddfuse.models import CDDFuseConfig
 from cddfuse.models.tiled import (
     auto_tile,
     estimate_memory,
@@ -15,24 +15,14 @@ from cddfuse.models.tiled import (
     tiled_fuse,
 )
 
-from .conftest import SHARED
+from .conftest import SHARED, make_random_model
 from .conftest import need as _need
 
 TINY = dict(dim=8, num_heads=2, encoder_blocks=1, decoder_blocks=1, encoder_inn_layers=1)
 
 
 
-def _random_model(seed: int = 0, **sizes) -> CDDFuse:
-    """Reproducible random weights with LayerNorm parameters and temperatures perturbed."""
-    torch.manual_seed(seed)
-    model = CDDFuse(CDDFuseConfig(**sizes))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("body.weight", "temperature", "scale")):
-                p.add_(0.2 * torch.randn_like(p))
-            elif name.endswith("body.bias"):
-                p.add_(0.1 * torch.randn_like(p))
-    return model.eval()
+_random_model = make_random_model  # reproducible random weights (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
