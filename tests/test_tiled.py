@@ -7,11 +7,15 @@ import pytest
 import torch
 
 from cddfuse.models import CDDFuseConfig
+from cddfuse.models import tiled as tiled_module
+from cddfuse.models._fast import n_passes
 from cddfuse.models.tiled import (
+    MemoryGuard,
     auto_tile,
     estimate_memory,
     parse_memory,
     plan_tiles,
+    resident_memory,
     tiled_fuse,
 )
 
@@ -155,6 +159,87 @@ def test_parse_memory():
     assert parse_memory(None) is None
     with pytest.raises(ValueError):
         parse_memory("lots")
+
+
+def _guard_or_skip() -> MemoryGuard:
+    guard = MemoryGuard(0)
+    if not guard.active:
+        pytest.skip("the memory guard needs /proc and glibc's malloc_trim (Linux with glibc)")
+    return guard
+
+
+def test_memory_guard_returns_free_heap_memory():
+    """Freed heap blocks below a live one stay resident until the guard trims them."""
+    import ctypes
+
+    guard = _guard_or_skip()
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    block, n = 64 * 1024, 1024  # 64 MiB in blocks below glibc's mmap threshold: they come from the heap
+    blocks = [libc.malloc(block) for _ in range(n)]
+    pin = libc.malloc(block)  # keeps the freed blocks from being the heap's top (which free() trims itself)
+    try:
+        for p in blocks:
+            ctypes.memset(p, 1, block)  # make the pages resident
+        before = resident_memory()
+        for p in blocks:
+            libc.free(p)
+        assert resident_memory() > before - 16 * 2**20  # free() kept (nearly) all of it
+        guard()
+        assert guard.trims == 1
+        assert resident_memory() < before - 48 * 2**20  # the trim handed it back
+    finally:
+        libc.free(pin)
+
+
+def test_memory_guard_trims_only_above_its_limit():
+    _guard_or_skip()
+    high = MemoryGuard(2**62)
+    high()
+    assert high.trims == 0
+    low = MemoryGuard(1)
+    low()
+    low()
+    assert low.trims == 2
+
+
+def test_tiled_fuse_uses_the_guard_with_a_budget(tiny, monkeypatch):
+    """A budget below the process's size makes every tile trim; the result stays exact."""
+    _guard_or_skip()
+    made = []
+
+    class Recording(MemoryGuard):
+        def __init__(self, limit: int) -> None:
+            super().__init__(limit)
+            made.append(self)
+
+    monkeypatch.setattr(tiled_module, "MemoryGuard", Recording)
+    a, b = _pair(30, 34, seed=4)
+    got = tiled_fuse(tiny, a, b, tile=16, memory_budget=2**20, workers=1)
+    assert float((got - _untiled(tiny, a, b)).abs().max()) <= 1e-4
+    assert len(made) == 1 and made[0].limit < 2**20  # the budget less room for the next tile
+    assert made[0].trims == len(plan_tiles(30, 34, 16)) * n_passes(1, 1)  # after every tile of every pass
+    made.clear()
+    tiled_fuse(tiny, a, b, tile=16)  # no budget: the limit is twice the estimate, far above this process
+    assert made[0].trims == 0
+
+
+def test_map_pool_reuses_buffers_of_the_same_shape():
+    from cddfuse.models._fast import MapPool, MemStore
+
+    pool = MapPool()
+    first = MemStore(2, 6, 5, 3, torch.float32, torch.device("cpu"), pool=pool)
+    first.write((0, 3, 0, 5), torch.ones(2, 3, 5, 3))
+    storage = first.t.data_ptr()
+    first.close()
+    other = MemStore(1, 6, 5, 3, torch.float32, torch.device("cpu"), pool=pool)  # another shape: fresh
+    other.write((0, 3, 0, 5), torch.ones(1, 3, 5, 3))
+    assert other.t.data_ptr() != storage
+    again = MemStore(2, 6, 5, 3, torch.float32, torch.device("cpu"), pool=pool)
+    again.write((3, 6, 0, 5), torch.full((2, 3, 5, 3), 2.0))
+    assert again.t.data_ptr() == storage  # the first map's buffer, reused
+    assert float(again.read((3, 6, 0, 5)).t.min()) == 2.0
 
 
 def test_fuser_tile_option_matches_untiled(tmp_path):

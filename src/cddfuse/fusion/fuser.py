@@ -273,7 +273,8 @@ class Fuser:
                                                   config=cfg, pairs=pairs)
                 dtype = torch.bfloat16 if self.precision == "bf16" else None
                 out = tiled.tiled_fuse(self.model, ta, tb, self.residual, tile=tile, store="disk" if on_disk else "memory",
-                                       dtype=dtype, ops="plain" if dtype is not None else "auto")
+                                       dtype=dtype, ops="plain" if dtype is not None else "auto",
+                                       memory_budget=self.max_memory)
         out = out[:, 0] if batched else out[0, 0]
         return out.float().cpu().numpy()
 

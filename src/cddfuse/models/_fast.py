@@ -53,7 +53,7 @@ from torch import Tensor
 
 Region = Tuple[int, int, int, int]  # (y0, y1, x0, x1), half-open, image coordinates
 
-__all__ = ["Region", "FastWeights", "Engine", "MemStore", "Ops", "FusedOps", "make_ops", "grow", "n_passes"]
+__all__ = ["Region", "FastWeights", "Engine", "MemStore", "MapPool", "Ops", "FusedOps", "make_ops", "grow", "n_passes"]
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -570,14 +570,43 @@ class Blocks:
 
 
 # ----------------------------------------------------------------------------- stores and sources
-class MemStore:
-    """A full-resolution ``(B, H, W, C)`` feature map in memory (device tensor)."""
+class MapPool:
+    """Spare full-resolution maps shared by the stores of one run (thread-safe): successive passes
+    reuse one buffer instead of having the system map and zero fresh pages for each."""
 
-    def __init__(self, batch: int, h: int, w: int, c: int, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(self) -> None:
+        self._spare: List[Tensor] = []
+        self._lock = threading.Lock()
+
+    def take(self, shape: Tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+        with self._lock:
+            for i, t in enumerate(self._spare):
+                if tuple(t.shape) == shape and t.dtype == dtype and t.device == device:
+                    return self._spare.pop(i)
+        return torch.empty(shape, dtype=dtype, device=device)
+
+    def give(self, t: Tensor) -> None:
+        if t.is_contiguous():
+            with self._lock:
+                self._spare.append(t)
+
+
+class MemStore:
+    """A full-resolution ``(B, H, W, C)`` feature map in memory (device tensor), taken from and
+    given back to ``pool`` (a :class:`MapPool`) when one is given."""
+
+    def __init__(self, batch: int, h: int, w: int, c: int, dtype: torch.dtype, device: torch.device,
+                 pool: Optional[MapPool] = None) -> None:
         self.shape = (batch, h, w, c)
         self.dtype, self.device = dtype, device
         self.t: Optional[Tensor] = None
+        self.pool = pool
         self._lock = threading.Lock()
+
+    def _new(self) -> Tensor:
+        if self.pool is not None:
+            return self.pool.take(self.shape, self.dtype, self.device)
+        return torch.empty(self.shape, dtype=self.dtype, device=self.device)
 
     def write(self, tile: Region, x: Tensor) -> None:
         y0, y1, x0, x1 = tile
@@ -587,7 +616,7 @@ class MemStore:
                     if (y0, y1, x0, x1) == (0, self.shape[1], 0, self.shape[2]):
                         self.t = x  # whole image in one tile: keep the tensor itself
                         return
-                    self.t = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+                    self.t = self._new()
         self.t[:, y0:y1, x0:x1] = x
 
     def read(self, r: Region) -> RT:
@@ -596,7 +625,9 @@ class MemStore:
         return RT(self.t[:, y0:y1, x0:x1].contiguous(), y0, x0)  # a view when r spans the width
 
     def close(self) -> None:
-        self.t = None
+        t, self.t = self.t, None
+        if t is not None and self.pool is not None and tuple(t.shape) == self.shape:
+            self.pool.give(t)
 
 
 StoreFactory = Callable[[int, int, int, int, torch.dtype, torch.device], Any]
@@ -664,14 +695,17 @@ class Engine:
         progress: called with ``(pass_index, n_passes)`` before each pass.
         workers: tiles processed at the same time, each on its own thread, sharing the caller's
             intra-op threads between them (1: one tile at a time with all of them).
+        after_tile: called (on the tile's thread) after each tile of each pass, e.g. to keep the
+            process's memory in check (:class:`cddfuse.models.tiled.MemoryGuard`).
     """
 
     def __init__(self, weights: FastWeights, h: int, w: int, pairs: int, dtype: torch.dtype, device: torch.device,
                  read_images: Callable[[Region], Tensor], residual: Optional[Callable[[Region], Tensor]],
                  store: StoreFactory, write_output: Callable[[Region, Tensor], None], tiles: Sequence[Region],
                  ops: Optional[Ops] = None, progress: Optional[Callable[[int, int], None]] = None,
-                 workers: int = 1) -> None:
+                 workers: int = 1, after_tile: Optional[Callable[[], None]] = None) -> None:
         self.tiles = list(tiles)
+        self.after_tile = after_tile
         self.workers = max(1, int(workers))
         self._executor: Any = None
         th = max(t[1] - t[0] for t in self.tiles)
@@ -696,13 +730,21 @@ class Engine:
     def _map(self, fn: Callable[[Region], Any]) -> List[Any]:
         """``[fn(tile) for tile in tiles]``, on ``workers`` threads when there are several; results
         come back in tile order, so sums do not depend on timing."""
+        hook = self.after_tile
+
+        def task(tile: Region) -> Any:
+            result = fn(tile)
+            if hook is not None:
+                hook()
+            return result
+
         if self.workers <= 1 or len(self.tiles) <= 1:
-            return [fn(t) for t in self.tiles]
+            return [task(t) for t in self.tiles]
         inference = torch.is_inference_mode_enabled()
 
         def run(tile: Region) -> Any:  # grad mode is per thread
             with torch.inference_mode(inference):
-                return fn(tile)
+                return task(tile)
 
         return list(self._pool().map(run, self.tiles))
 
