@@ -128,6 +128,44 @@ def test_folder_mode_with_failures_unmatched_and_rerun(test_data, tiny_weights, 
     assert rc == 0 and "4 fused, 0 already done" in err
 
 
+def test_folder_batches_of_same_size_pairs(test_data, tiny_weights, tmp_path, monkeypatch):
+    """--batch-size groups consecutive same-size pairs; outputs equal the one-by-one run's and a
+    bad pair in the middle is still reported on its own."""
+    from cddfuse.fusion import Fuser
+
+    ir, vi = tmp_path / "ir", tmp_path / "vi"
+    ir.mkdir()
+    vi.mkdir()
+    for i, n in enumerate(["11", "12", "13", None, "14", "15"]):
+        if n is None:
+            (ir / f"{i:02d}.png").write_text("not an image")
+            (vi / f"{i:02d}.png").symlink_to(test_data / "MRI_PET/MRI/11.png")
+            continue
+        (ir / f"{i:02d}.png").symlink_to(test_data / f"MRI_PET/PET/{n}.png")
+        (vi / f"{i:02d}.png").symlink_to(test_data / f"MRI_PET/MRI/{n}.png")
+    (ir / "06.png").symlink_to(test_data / "TNO/ir/19.png")  # another size: a batch of its own
+    (vi / "06.png").symlink_to(test_data / "TNO/vi/19.png")
+    sizes = []
+    real = Fuser.fuse_batch
+
+    def recording(self, pairs, **kw):
+        sizes.append(len(pairs))
+        return real(self, pairs, **kw)
+
+    monkeypatch.setattr(Fuser, "fuse_batch", recording)
+    common = ["--weights", str(tiny_weights), "--device", "cpu", "-q", "--ext", ".npy"]
+    assert main(["fuse", str(ir), str(vi), "-o", str(tmp_path / "one"), *common]) == 1
+    assert sizes == []
+    assert main(["fuse", str(ir), str(vi), "-o", str(tmp_path / "three"), "--batch-size", "3", *common]) == 1
+    assert sizes == [3, 2]  # 00-02, then 04-05; 03 fails alone, 06 is 360x270
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert names == ["00.npy", "01.npy", "02.npy", "04.npy", "05.npy", "06.npy"]
+    assert sorted(p.name for p in (tmp_path / "three").iterdir()) == names
+    for name in names:
+        a, b = np.load(tmp_path / "one" / name), np.load(tmp_path / "three" / name)
+        assert a.shape == b.shape and float(np.abs(a - b).max()) <= 1e-5, name
+
+
 def test_missing_file_and_usage_errors(test_data, tiny_weights, tmp_path):
     rc, _, err = run_cli("fuse", tmp_path / "nope.png", test_data / TNO[1], "-o", tmp_path / "x.png",
                          "--weights", tiny_weights)

@@ -74,6 +74,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argp
     perf.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
                       help="fp32 (default); tf32: TF32 tensor cores (CUDA); bf16: bfloat16 (faster on GPUs, "
                            "outputs differ by up to ~1e-2)")
+    perf.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+                      help="folder mode: fuse up to N consecutive pairs of the same size as one batch "
+                           "(default: 8 on CUDA, where one pair does not fill the GPU; 1 on CPU)")
     perf.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                       help="torch (default) or onnx: ONNX Runtime (needs pip install cddfuse[onnx]; whole images)")
     p.set_defaults(func=run)
@@ -133,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-_READ_AHEAD = 2  # pairs decoded ahead of the one being fused
+_READ_AHEAD = 2  # pairs decoded ahead of the ones being fused
+_CUDA_BATCH = 8  # default --batch-size on CUDA
 
 
 def _run_folders(args: argparse.Namespace, ir: Path, vis: Path, out: Path) -> int:
@@ -205,8 +209,10 @@ def _run_folders(args: argparse.Namespace, ir: Path, vis: Path, out: Path) -> in
                 report(stem, e)
             bar.update(1)
 
+    batch_size = args.batch_size or (_CUDA_BATCH if fuser is not None and fuser.device.type == "cuda" else 1)
+
     def read_more() -> None:
-        while len(ahead) < _READ_AHEAD:
+        while len(ahead) < _READ_AHEAD + batch_size - 1:
             item = next(queue, None)
             if item is None:
                 return
@@ -214,20 +220,47 @@ def _run_folders(args: argparse.Namespace, ir: Path, vis: Path, out: Path) -> in
             ahead.append((stem, dest, readers.submit(read_image, pa, keep_integer=True),
                           readers.submit(read_image, pb, keep_integer=True)))
 
+    def next_batch() -> List[Tuple[str, Path, Future, Future]]:
+        """The next pair, and the pairs after it of the same size (up to batch_size)."""
+        batch = [ahead.popleft()]
+        while len(batch) < batch_size and ahead:
+            fa, fb = batch[0][2], batch[0][3]
+            ga, gb = ahead[0][2], ahead[0][3]
+            if fa.exception() or fb.exception() or ga.exception() or gb.exception():
+                break  # an unreadable pair is reported in its own turn
+            if fa.result().shape[:2] != ga.result().shape[:2] or fb.result().shape[:2] != gb.result().shape[:2]:
+                break
+            batch.append(ahead.popleft())
+        return batch
+
+    def fuse_one(stem: str, dest: Path, fa: Future, fb: Future) -> None:
+        try:
+            img = fuser.fuse(fa.result(), fb.result(), resize=args.resize)
+        except (CDDFuseError, RuntimeError, MemoryError) as e:
+            report(stem, e)
+            bar.update(1)
+        else:
+            writes.append((stem, writer.submit(write_image, dest, img, bit_depth=args.bit_depth)))
+
     try:
         read_more()
         while ahead:
-            stem, dest, fa, fb = ahead.popleft()
+            batch = next_batch()
             read_more()
-            bar.set_postfix_str(stem)
-            try:
-                img = fuser.fuse(fa.result(), fb.result(), resize=args.resize)
-            except (CDDFuseError, RuntimeError, MemoryError) as e:
-                report(stem, e)
-                bar.update(1)
+            bar.set_postfix_str(batch[0][0] if len(batch) == 1 else f"{batch[0][0]} (+{len(batch) - 1})")
+            imgs = None
+            if len(batch) > 1:
+                try:
+                    imgs = fuser.fuse_batch([(fa.result(), fb.result()) for _, _, fa, fb in batch], resize=args.resize)
+                except (CDDFuseError, RuntimeError, MemoryError):
+                    imgs = None  # e.g. out of memory: fall back to one pair at a time
+            if imgs is None:
+                for stem, dest, fa, fb in batch:
+                    fuse_one(stem, dest, fa, fb)
             else:
-                writes.append((stem, writer.submit(write_image, dest, img, bit_depth=args.bit_depth)))
-            finish_writes(block=len(writes) > 1)  # at most one finished image waits for its write
+                for (stem, dest, _, _), img in zip(batch, imgs):
+                    writes.append((stem, writer.submit(write_image, dest, img, bit_depth=args.bit_depth)))
+            finish_writes(block=len(writes) > batch_size)  # at most one finished batch waits for its writes
         finish_writes(block=True)
     finally:
         for _, _, fa, fb in ahead:
