@@ -96,8 +96,10 @@ def feature_map_bytes(h: int, w: int, config: Any, pairs: int = 1, itemsize: int
 
 
 #: Working memory per pixel of a tile's array and channel of ``dim``, per image of the encoder
-#: batch, in units of ``itemsize`` (measured on CPU: ~8 at tiles of 128-256 px; with margin).
-_WORK_PER_PIXEL_CHANNEL = 9.0
+#: batch, in units of ``itemsize``. Measured on CPU in the heaviest pass (the branch pass: Lite
+#: Transformer and INN nodes on both sources) with tiles of 128 px whose buffers come from fresh
+#: pages (after a trim, glibc's fragmented heap rarely reuses them within a tile): ~27.
+_WORK_PER_PIXEL_CHANNEL = 30.0
 #: Fixed cost: interpreter, torch, the model, oneDNN scratch and primitive caches (measured:
 #: ~235 MiB after start-up plus ~250 MiB once running).
 _BASE_BYTES = 520 * 2**20
@@ -345,8 +347,8 @@ class MemoryGuard:
 
 def guard_limit(h: int, w: int, tile: Optional[int], config: Any, pairs: int, itemsize: int, on_disk: bool,
                 workers: int, budget: Optional[int]) -> int:
-    """Resident size above which :class:`MemoryGuard` trims: the budget less what the next tiles
-    may allocate afresh (a budget below what the run needs makes it trim after every tile: slower,
+    """Resident size above which :class:`MemoryGuard` trims: the budget less what the tiles in
+    flight may allocate before the next check (a budget below what the run needs makes it trim after every tile: slower,
     but as small as it gets); without a budget, twice the estimate (:func:`estimate_memory`: what
     the run needs plus as much again of free memory, which is faster to reuse than to hand back)."""
     th, tw = (h, w) if tile is None else (min(h, tile), min(w, tile))
