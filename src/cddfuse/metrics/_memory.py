@@ -1,14 +1,10 @@
 """Keep freed memory for reuse (glibc): large temporaries stop costing page faults on every call."""
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import sys
+from .._malloc import set_malloc_options
 
 __all__ = ["tune_malloc"]
 
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
 _done = False
 
 
@@ -23,22 +19,11 @@ def tune_malloc(trim_threshold: int = 256 << 20, mmap_threshold: int = 32 << 20)
     (the same as the environment variables ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``),
     so up to ``trim_threshold`` bytes of freed memory stay in the process.
 
-    It changes a process-wide setting, so the library never calls it on import: the ``cddfuse eval``
-    and ``cddfuse bench`` commands do, and a script evaluating many images may. Does nothing (and
-    returns False) where the C library is not glibc.
+    It changes a process-wide setting, so the metrics functions never call it themselves: the
+    ``cddfuse eval`` and ``cddfuse bench`` commands do, and a script evaluating many images may.
+    Does nothing (and returns False) where the C library is not glibc.
     """
     global _done
-    if _done:
-        return True
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and others have no mallopt
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    ok = bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))) and bool(mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)))
-    _done = ok
-    return ok
+    if not _done:
+        _done = set_malloc_options(mmap_threshold=mmap_threshold, trim_threshold=trim_threshold)
+    return _done

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._malloc import can_trim, resident_memory, set_malloc_options, trim
 from ._fast import Engine, FastWeights, MapPool, MemStore, Region, RT, make_ops, n_passes
 
 __all__ = [
@@ -249,59 +250,21 @@ def parse_memory(text: Union[str, int, None]) -> Optional[int]:
 
 
 # ----------------------------------------------------------------------------- memory guard
-def resident_memory() -> Optional[int]:
-    """Resident memory of this process now, in bytes (``None`` where ``/proc`` is not available)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-_MALLOC_TUNED = False
-
-
 def tune_malloc() -> bool:
-    """Make glibc malloc keep and reuse the memory of freed tile buffers (once per process).
+    """Make glibc malloc keep and reuse the memory of freed tile buffers (process-wide).
 
     By default glibc maps buffers above a moving threshold afresh and trims the heap when its top
     is free, so each tile's buffers cost page faults and zeroing again (2.5 million minor faults
     for one 640x480 pair here). With a fixed 32 MiB mmap threshold, no automatic trimming and
-    64 MiB of top pad, freed buffers are reused: 5-10% faster on this machine (benchmarks/RESULTS.md).
-    Memory then stays bounded by :class:`MemoryGuard`, which trims when the resident size passes
-    its limit. Process-wide and harmless to other code; set ``CDDFUSE_MALLOC_TUNING=0`` to leave
-    malloc as it is. Returns whether the settings were applied (``False`` off glibc).
+    64 MiB of top pad, freed buffers are reused: faster (see the lever table in
+    benchmarks/RESULTS.md). Memory then stays bounded by :class:`MemoryGuard`, which trims when
+    the resident size passes its limit. :func:`tiled_fuse` calls this on CPU; set
+    ``CDDFUSE_MALLOC_TUNING=0`` to leave malloc as it is. Returns whether the settings were
+    applied (``False`` off glibc or when turned off).
     """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED:
-        return True
     if os.environ.get("CDDFUSE_MALLOC_TUNING", "1") == "0":
         return False
-    try:
-        import ctypes
-
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError, TypeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-    ok = bool(mallopt(m_mmap_threshold, 32 * 2**20)) and bool(mallopt(m_trim_threshold, 2**31 - 1)) \
-        and bool(mallopt(m_top_pad, 64 * 2**20))
-    _MALLOC_TUNED = ok
-    return ok
-
-
-def _malloc_trim() -> Optional[Callable[[], Any]]:
-    """glibc's ``malloc_trim(0)`` (hands freed heap memory back to the system), or ``None``."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        fn = libc.malloc_trim
-    except (OSError, AttributeError, TypeError):
-        return None
-    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
-    return lambda: fn(0)
+    return set_malloc_options(mmap_threshold=32 * 2**20, trim_threshold=2**31 - 1, top_pad=64 * 2**20)
 
 
 class MemoryGuard:
@@ -325,21 +288,21 @@ class MemoryGuard:
     def __init__(self, limit: int) -> None:
         self.limit = int(limit)
         self.trims = 0
-        self._trim = _malloc_trim() if resident_memory() is not None else None
+        self._active = can_trim()
         self._lock = threading.Lock()
 
     @property
     def active(self) -> bool:
         """Whether this platform lets the guard do anything."""
-        return self._trim is not None
+        return self._active
 
     def __call__(self) -> None:
-        if self._trim is None:
+        if not self._active:
             return
         rss = resident_memory()
         if rss is not None and rss > self.limit and self._lock.acquire(blocking=False):
             try:  # one thread trims; the others go on
-                self._trim()
+                trim()
                 self.trims += 1
             finally:
                 self._lock.release()

@@ -40,6 +40,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from .._fileutil import atomic_write_bytes
+from .._malloc import set_malloc_options
 from ..errors import CDDFuseError, CheckpointError, UsageError
 from ..models import CDDFuse, CDDFuseConfig
 from ..models.cddfuse import residual_image
@@ -138,19 +139,10 @@ def tune_glibc_malloc() -> bool:
 
     CPU training allocates and frees hundreds of tensors of tens of MB per step. glibc serves each
     from a fresh ``mmap`` and returns it on free, so every step page-faults (and the kernel zeroes)
-    gigabytes: 15-40 % of a step on a 2-core machine. With ``M_MMAP_MAX = 0`` and a huge
+    gigabytes: 15-40 % of a step on a 2-core machine. With ``M_MMAP_MAX = 0`` and the largest
     ``M_TRIM_THRESHOLD`` the heap is reused instead. No effect (returns False) off glibc.
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_max = -1, -4
-        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2 ** 62))
-    except (OSError, AttributeError):
-        return False
+    return set_malloc_options(mmap_max=0, trim_threshold=2**31 - 1)
 
 
 def _cc_pair(base: Tensor, detail: Tensor, k: int) -> Tensor:
