@@ -270,9 +270,9 @@ def tune_malloc() -> bool:
 class MemoryGuard:
     """Keeps the process's resident memory near ``limit`` bytes while tiles are computed.
 
-    Freed tile buffers stay in glibc malloc's arenas, fragmented between threads: measured on a
-    2048x2048 pair (tiles of 128, two workers), 3 GB of the 3.2 GB resident after the first pass
-    was free heap memory, and the peak grew with the number of tiles. Called after each tile, the
+    Freed tile buffers stay in glibc malloc's heaps, fragmented and largely not reused: measured on a 1024x1024 pair (tiles of 128, two workers), 790 MB
+    of the 1.06 GB resident was free heap memory (``mallinfo2``), and the peak grew with the number
+    of tiles (4.8 GB for a 2048x2048 pair with a 3 GB budget). Called after each tile, the
     guard reads the resident size (``/proc/self/statm``, microseconds) and only when it is above
     ``limit`` calls ``malloc_trim(0)``, which returns the free pages. Trimming after every tile
     would bound memory too but costs ~50% more time (the pages are faulted in and zeroed again);
