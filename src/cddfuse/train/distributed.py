@@ -101,8 +101,11 @@ class DistContext:
         if self.enabled:
             dist.barrier()
 
-    def shutdown(self) -> None:
+    def shutdown(self, barrier: bool = False) -> None:
+        """Destroy the process group; with ``barrier``, first wait for every rank to get here."""
         if self.enabled and dist.is_initialized():
+            if barrier:
+                dist.barrier()
             dist.destroy_process_group()
 
 

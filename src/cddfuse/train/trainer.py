@@ -802,8 +802,14 @@ def train(
 ) -> TrainResult:
     """Run (or continue) training; initialises and shuts down ``torch.distributed`` under torchrun."""
     dist = init_distributed(cfg.get("device", "auto"))
+    finished = False
     try:
         t = Trainer(cfg, run_dir, resume=resume, max_time=max_time, start_time=start_time, dist=dist, echo=echo)
-        return t.run()
+        result = t.run()
+        finished = True
+        return result
     finally:
-        dist.shutdown()
+        # after a normal end all ranks meet before the process group goes (rank 0 still writes the
+        # final weights; tearing gloo down alone aborted a rank once in CI); after an error, not
+        # (the other ranks may be gone)
+        dist.shutdown(barrier=finished)
