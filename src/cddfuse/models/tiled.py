@@ -270,11 +270,12 @@ def tune_malloc() -> bool:
 class MemoryGuard:
     """Keeps the process's resident memory near ``limit`` bytes while tiles are computed.
 
-    Freed tile buffers stay in glibc malloc's heaps, fragmented and largely not reused: measured on a 1024x1024 pair (tiles of 128, two workers), 790 MB
-    of the 1.06 GB resident was free heap memory (``mallinfo2``), and the peak grew with the number
-    of tiles (4.8 GB for a 2048x2048 pair with a 3 GB budget). Called after each tile, the
-    guard reads the resident size (``/proc/self/statm``, microseconds) and only when it is above
-    ``limit`` calls ``malloc_trim(0)``, which returns the free pages. Trimming after every tile
+    Freed tile buffers stay in glibc malloc's heaps, fragmented and largely not reused: measured
+    on a 1024x1024 pair (tiles of 128, two workers), 790 MB of the 1.06 GB resident was free heap
+    memory (``mallinfo2``), and the peak grew with the number of tiles (4.8 GB for a 2048x2048
+    pair with a 3 GB budget). Called after each tile, the guard reads the resident size
+    (``/proc/self/statm``, microseconds) and only when it is above ``limit`` calls
+    ``malloc_trim(0)``, which returns the free pages. Trimming after every tile
     would bound memory too but costs ~50% more time (the pages are faulted in and zeroed again);
     trimming at the limit costs almost nothing. A no-op where ``/proc`` or glibc are missing.
 
@@ -311,9 +312,10 @@ class MemoryGuard:
 def guard_limit(h: int, w: int, tile: Optional[int], config: Any, pairs: int, itemsize: int, on_disk: bool,
                 workers: int, budget: Optional[int]) -> int:
     """Resident size above which :class:`MemoryGuard` trims: the budget less what the tiles in
-    flight may allocate before the next check (a budget below what the run needs makes it trim after every tile: slower,
-    but as small as it gets); without a budget, twice the estimate (:func:`estimate_memory`: what
-    the run needs plus as much again of free memory, which is faster to reuse than to hand back)."""
+    flight may allocate before the next check (a budget below what the run needs makes it trim
+    after every tile: slower, but as small as it gets); without a budget, twice the estimate
+    (:func:`estimate_memory`: what the run needs plus as much again of free memory, which is
+    faster to reuse than to hand back)."""
     th, tw = (h, w) if tile is None else (min(h, tile), min(w, tile))
     if budget is None:
         return 2 * estimate_memory(h, w, tile, config, pairs, itemsize, on_disk, workers)
