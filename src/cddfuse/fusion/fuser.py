@@ -324,17 +324,13 @@ class Fuser:
         groups: Dict[Tuple[int, ...], List[int]] = {}
         for i, (sa, _) in enumerate(prepared):
             groups.setdefault(sa.y.shape, []).append(i)
-        results: List[Optional[np.ndarray]] = [None] * len(prepared)
-        for idx in groups.values():
-            if len(idx) == 1:
-                raws = [self.fuse_luminance(prepared[idx[0]][0].y, prepared[idx[0]][1].y)]
-            else:
-                stack = self.fuse_luminance(np.stack([prepared[i][0].y for i in idx]),
-                                            np.stack([prepared[i][1].y for i in idx]))
-                raws = list(stack)
+        results: Dict[int, np.ndarray] = {}
+        for idx in groups.values():  # (N, H, W) stacks, N = 1 included
+            raws = self.fuse_luminance(np.stack([prepared[i][0].y for i in idx]),
+                                       np.stack([prepared[i][1].y for i in idx]))
             for i, raw in zip(idx, raws):
                 results[i] = self._finish(raw, *prepared[i]).image
-        return [r for r in results if r is not None]
+        return [results[i] for i in range(len(prepared))]
 
     def fuse(self, a: ImageLike, b: ImageLike, *, resize: bool = False) -> np.ndarray:
         """Fuse ``a`` (infrared/functional) with ``b`` (visible/MRI).
