@@ -102,7 +102,7 @@ def test_bad_arguments(tiny_weights):
         Fuser(method="avg")
     with pytest.raises(UsageError, match="unknown task"):
         Fuser(weights=tiny_weights, task="rgb")
-    with pytest.raises(UsageError, match="only used with --method cddfuse"):
+    with pytest.raises(UsageError, match="only used with method=.cddfuse."):
         Fuser(weights=tiny_weights, method="max")
     f = Fuser(method="max")
     with pytest.raises(UsageError, match="must be in \\[0, 1\\]"):

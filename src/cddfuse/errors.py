@@ -1,5 +1,11 @@
-"""User-facing errors. The command line prints their message as one line, without a traceback."""
+"""User-facing errors. The command line prints their message as one line, without a traceback.
+
+Library code names parameters the Python way (``device='cuda'``); the command line maps a
+parameter to its flag (``--device cuda``) with :meth:`CDDFuseError.cli_message`.
+"""
 from __future__ import annotations
+
+from typing import Optional
 
 __all__ = ["CDDFuseError", "UsageError", "CheckpointError", "ImageReadError"]
 
@@ -9,11 +15,34 @@ class CDDFuseError(Exception):
 
     exit_code = 1
 
+    def cli_message(self) -> str:
+        """The message as the command line shows it."""
+        return str(self)
 
-class UsageError(CDDFuseError):
-    """The command was called wrongly (bad option value, wrong argument combination). CLI exit code 2."""
+
+class UsageError(CDDFuseError, ValueError):
+    """The call was wrong (bad option value, wrong argument combination). CLI exit code 2.
+
+    Also a :class:`ValueError`, so ``except ValueError`` catches e.g. ``Fuser(method="x")``.
+    Made with :meth:`invalid`, it knows the parameter and value it is about.
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str, *, parameter: Optional[str] = None, value: object = None,
+                 reason: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.parameter, self.value, self.reason = parameter, value, reason
+
+    @classmethod
+    def invalid(cls, parameter: str, value: object, reason: str) -> "UsageError":
+        """``parameter=value: reason`` -- and ``--parameter value: reason`` on the command line."""
+        return cls(f"{parameter}={value!r}: {reason}", parameter=parameter, value=value, reason=reason)
+
+    def cli_message(self) -> str:
+        if self.parameter is None:
+            return str(self)
+        return f"--{self.parameter.replace('_', '-')} {self.value}: {self.reason}"
 
 
 class CheckpointError(CDDFuseError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..options import METHODS, NORMALIZE_MODES, TASKS
 from .eval import FORMATS, _write
 
 _DESCRIPTION = """\
@@ -23,10 +24,7 @@ examples:
 """
 
 
-# as in cddfuse.metrics.benchmark; not imported so that the CLI starts without numpy/OpenCV
-METHODS = ("cddfuse", "mean", "max")
-TASKS = ("ivf", "mif")
-NORMALIZE = ("auto", "minmax", "none")
+NORMALIZE = ("auto", *NORMALIZE_MODES)  # as cddfuse.metrics.benchmark.NORMALIZE (not imported: start-up time)
 
 
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:

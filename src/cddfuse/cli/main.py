@@ -63,7 +63,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except CDDFuseError as e:
-        print(f"cddfuse {args.command}: error: {e}", file=sys.stderr)
+        print(f"cddfuse {args.command}: error: {e.cli_message()}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"cddfuse {args.command}: interrupted", file=sys.stderr)

@@ -6,6 +6,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..options import RESIDUAL_MODES, TASKS
+
 HELP = "train CDDFuse on your own image pairs (YAML recipe, checkpoints, --resume, torchrun)"
 
 DESCRIPTION = """\
@@ -53,8 +55,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argp
     g.add_argument("--b", metavar="DIR", help="data.b: folder of second sources (visible / MRI)")
     g.add_argument("--val-a", metavar="DIR", help="val.a: held-out first sources")
     g.add_argument("--val-b", metavar="DIR", help="val.b: held-out second sources")
-    g.add_argument("--task", choices=("ivf", "mif"), help="task written into the weights")
-    g.add_argument("--residual", choices=("vis", "sum", "none"), help="phase2.residual")
+    g.add_argument("--task", choices=TASKS, help="task written into the weights")
+    g.add_argument("--residual", choices=RESIDUAL_MODES, help="phase2.residual")
     g.add_argument("--epochs", nargs=2, type=int, metavar=("PHASE1", "PHASE2"), help="phase1.epochs phase2.epochs")
     g.add_argument("--batch-size", type=int, help="train.batch_size (global)")
     g.add_argument("--lr", type=float, help="optim.lr")

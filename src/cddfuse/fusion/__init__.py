@@ -1,4 +1,37 @@
-"""The fusion pipeline: sources -> luminance -> network -> normalisation -> colour."""
-from .fuser import METHODS, Fuser, FusionResult, fuse, minmax_normalize, resolve_device, resolve_residual
+"""The fusion pipeline: sources -> luminance -> network -> normalisation -> colour.
 
-__all__ = ["METHODS", "Fuser", "FusionResult", "fuse", "minmax_normalize", "resolve_device", "resolve_residual"]
+- :mod:`~cddfuse.fusion.fuser`: :class:`Fuser` -- one pair (or a batch of pairs) in memory;
+- :mod:`~cddfuse.fusion.folder`: :func:`fuse_folders` -- two folders of pairs to an output folder;
+- :mod:`~cddfuse.fusion.policy`: the residual choice, the baseline rules, min-max normalisation
+  (numpy only; shared with ``cddfuse bench``).
+
+Names are imported on first use, so that ``cddfuse.fusion.policy`` does not load torch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any, List
+
+if TYPE_CHECKING:
+    from .folder import FolderReport, fuse_folders
+    from .fuser import Fuser, FusionResult, fuse, resolve_device
+    from .policy import fuse_rule, minmax_normalize, resolve_residual
+
+__all__ = ["Fuser", "FusionResult", "fuse", "resolve_device", "resolve_residual", "minmax_normalize", "fuse_rule",
+           "fuse_folders", "FolderReport"]
+
+_WHERE = {
+    "Fuser": "fuser", "FusionResult": "fuser", "fuse": "fuser", "resolve_device": "fuser",
+    "resolve_residual": "policy", "minmax_normalize": "policy", "fuse_rule": "policy",
+    "fuse_folders": "folder", "FolderReport": "folder",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(__all__))

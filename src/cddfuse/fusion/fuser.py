@@ -13,53 +13,46 @@ import torch
 from ..errors import CDDFuseError, UsageError
 from ..io.color import YCbCrImage, merge_luminance, split_luminance
 from ..io.image import read_image
-from ..models.cddfuse import RESIDUAL_MODES, CDDFuse
+from ..models.cddfuse import CDDFuse
 from ..models.pretrained import pretrained_path
 from ..models.weights import WeightsInfo, load_weights
+from ..options import (
+    BACKENDS,
+    COLOR_MODES,
+    METHODS,
+    NORMALIZE_MODES,
+    PRECISIONS,
+    TASKS,
+    Backend,
+    ColorMode,
+    Method,
+    Normalize,
+    Precision,
+    ResidualChoice,
+    ResidualMode,
+    Task,
+    check_choice,
+)
+from .policy import fuse_rule, minmax_normalize, resolve_residual
 
 __all__ = ["Fuser", "FusionResult", "fuse", "resolve_device", "resolve_residual", "minmax_normalize", "METHODS"]
 
 ImageLike = Union[str, "os.PathLike[str]", np.ndarray, Any]  # Any: PIL.Image.Image
-METHODS = ("cddfuse", "mean", "max")
-TASKS = ("ivf", "mif")
-NORMALIZE = ("minmax", "none")
-COLORS = ("auto", "gray")
 
 
 def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU is an error."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError.invalid("device", device, "not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise UsageError.invalid("device", device, "unsupported device type; use auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
+        raise UsageError.invalid("device", device, "no CUDA GPU is available; use cpu or auto")
     return dev
-
-
-def resolve_residual(residual: str, task: str, info: Optional[WeightsInfo]) -> str:
-    """Residual mode for ``residual="auto"``, as the authors' inference scripts choose it.
-
-    Weights trained for infrared-visible fusion (residual ``vis``) use the visible image for IVF and
-    the sum of both sources when applied to medical pairs (their ``test_MIF.py`` with IVF weights);
-    weights that say otherwise (their MIF weights: ``none``) keep their own mode.
-    """
-    if residual != "auto":
-        if residual not in RESIDUAL_MODES:
-            raise UsageError(f"unknown residual mode {residual!r}; choose auto, {', '.join(RESIDUAL_MODES)}")
-        return residual
-    trained = (info.residual if info else None) or "vis"
-    made_for_ivf = info is None or info.task in (None, "ivf")
-    if trained == "vis" and task == "mif" and made_for_ivf:
-        return "sum"
-    return trained
-
-
-def minmax_normalize(x: np.ndarray) -> np.ndarray:
-    """``(x - min) / (max - min)`` over the whole image (a constant image becomes zeros)."""
-    lo, hi = float(x.min()), float(x.max())
-    if hi <= lo:
-        return np.zeros_like(x, dtype=np.float32)
-    return ((x - lo) / (hi - lo)).astype(np.float32)
 
 
 def _load_source(x: ImageLike, name: str) -> np.ndarray:
@@ -156,17 +149,17 @@ class Fuser:
     def __init__(
         self,
         weights: Union[str, "os.PathLike[str]", None] = None,
-        task: Optional[str] = None,
-        method: str = "cddfuse",
-        residual: str = "auto",
-        normalize: str = "minmax",
-        color: str = "auto",
+        task: Optional[Task] = None,
+        method: Method = "cddfuse",
+        residual: ResidualChoice = "auto",
+        normalize: Normalize = "minmax",
+        color: ColorMode = "auto",
         device: Union[str, torch.device] = "auto",
         *,
         tile: Optional[int] = None,
         max_memory: Union[str, int, None] = None,
-        precision: str = "fp32",
-        backend: str = "torch",
+        precision: Precision = "fp32",
+        backend: Backend = "torch",
     ) -> None:
         """See the class docstring for the first arguments. Performance options (same results):
 
@@ -183,14 +176,13 @@ class Fuser:
             backend: ``"torch"`` (default) or ``"onnx"`` (ONNX Runtime on the exported network,
                 whole image at once; needs ``pip install cddfuse[onnx]``).
         """
-        if method not in METHODS:
-            raise UsageError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        if task is not None and task not in TASKS:
-            raise UsageError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-        if normalize not in NORMALIZE:
-            raise UsageError(f"unknown normalisation {normalize!r}; choose one of {', '.join(NORMALIZE)}")
-        if color not in COLORS:
-            raise UsageError(f"unknown colour mode {color!r}; choose one of {', '.join(COLORS)}")
+        check_choice("method", method, METHODS)
+        if task is not None:
+            check_choice("task", task, TASKS)
+        check_choice("normalize", normalize, NORMALIZE_MODES)
+        check_choice("color", color, COLOR_MODES)
+        check_choice("precision", precision, PRECISIONS)
+        check_choice("backend", backend, BACKENDS)
         self.method = method
         self.normalize = normalize
         self.color = color
@@ -201,34 +193,33 @@ class Fuser:
             path = Path(weights) if weights is not None else pretrained_path(task or "ivf")
             self.model, self.info = load_weights(path, device=self.device)
         elif weights is not None:
-            raise UsageError(f"--weights is only used with --method cddfuse, not with {method!r}")
-        self.task = task or (self.info.task if self.info and self.info.task else "ivf")
-        self.residual = resolve_residual(residual, self.task, self.info) if self.model is not None else None
+            raise UsageError.invalid("weights", weights, f"weights are only used with method='cddfuse', not {method!r}")
+        self.task: Task = task or (self.info.task if self.info and self.info.task else "ivf")  # type: ignore[assignment]
+        self.residual: Optional[ResidualMode] = (
+            resolve_residual(residual, self.task, self.info) if self.model is not None else None)
         from ..models.tiled import parse_memory
 
         if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 1):
-            raise UsageError(f"tile must be a positive number of pixels, got {tile!r}")
+            raise UsageError.invalid("tile", tile, "must be a positive number of pixels")
         try:
             self.max_memory = parse_memory(max_memory)
         except ValueError as e:
-            raise UsageError(str(e)) from None
-        if precision not in ("fp32", "tf32", "bf16"):
-            raise UsageError(f"unknown precision {precision!r}; choose fp32, tf32 or bf16")
+            raise UsageError.invalid("max_memory", max_memory, str(e)) from None
         if precision == "tf32" and self.device.type != "cuda":
-            raise UsageError("--precision tf32 needs a CUDA GPU (TF32 is a tensor-core format); use fp32 or bf16")
-        if backend not in ("torch", "onnx"):
-            raise UsageError(f"unknown backend {backend!r}; choose torch or onnx")
+            raise UsageError.invalid("precision", precision,
+                                     "needs a CUDA GPU (TF32 is a tensor-core format); use fp32 or bf16")
         self.tile, self.precision, self.backend = tile, precision, backend
         self._onnx: Any = None
         if backend == "onnx" and self.model is not None:
             if tile is not None or precision != "fp32":
-                raise UsageError("the onnx backend runs whole images in fp32; drop --tile/--precision or use --backend torch")
+                raise UsageError.invalid("backend", backend, "runs whole images in fp32; drop tile/precision, "
+                                         "or use backend='torch'")
             try:
                 from ..models.onnx import OnnxFuser
 
                 self._onnx = OnnxFuser(self.model, residual=self.residual)
             except ImportError as e:
-                raise UsageError(f"--backend onnx: {e}") from None
+                raise UsageError.invalid("backend", backend, str(e)) from None
 
     # ------------------------------------------------------------------ core
     @torch.inference_mode()
@@ -240,10 +231,8 @@ class Fuser:
         of :mod:`cddfuse.models.tiled` runs; on CUDA the whole image goes through the module, and
         through the tiled engine when it runs out of memory.
         """
-        if self.method == "mean":
-            return ((ya.astype(np.float32) + yb.astype(np.float32)) / 2).astype(np.float32)
-        if self.method == "max":
-            return np.maximum(ya, yb).astype(np.float32)
+        if self.method != "cddfuse":
+            return fuse_rule(self.method, ya, yb)
         assert self.model is not None and self.residual is not None
         if ya.shape != yb.shape or ya.ndim not in (2, 3):
             raise UsageError(f"expected two (H, W) or (N, H, W) luminance arrays of one shape, got {ya.shape} and {yb.shape}")

@@ -20,7 +20,7 @@ import numpy as np
 from .._fileutil import atomic_write_bytes
 from ..errors import ImageReadError, UsageError
 
-__all__ = ["read_image", "write_image", "to_float01", "OUTPUT_EXTENSIONS", "is_gray_content"]
+__all__ = ["read_image", "write_image", "check_output_path", "to_float01", "OUTPUT_EXTENSIONS", "is_gray_content"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -106,6 +106,25 @@ def _quantize(img: np.ndarray, bit_depth: int) -> np.ndarray:
     return q.astype(np.uint8 if bit_depth == 8 else np.uint16)
 
 
+def check_output_path(path: PathLike, bit_depth: int = 8) -> Path:
+    """``path`` as a :class:`~pathlib.Path` if :func:`write_image` can write that format at ``bit_depth``.
+
+    Checked before any work is done, so a wrong ``-o`` fails at once, not after the fusion.
+
+    Raises:
+        UsageError: unsupported extension, or a bit depth the format cannot hold.
+    """
+    p = Path(path)
+    ext = p.suffix.lower()
+    if ext not in OUTPUT_EXTENSIONS:
+        raise UsageError(f"{p}: cannot write {ext or 'files without extension'}; use one of {', '.join(OUTPUT_EXTENSIONS)}")
+    if bit_depth not in (8, 16):
+        raise UsageError.invalid("bit_depth", bit_depth, "must be 8 or 16")
+    if bit_depth == 16 and ext not in _SIXTEEN_BIT_OK and ext != ".npy":  # .npy keeps float32
+        raise UsageError(f"{p}: {ext} cannot hold 16-bit images; use .png or .tif, or an 8-bit depth")
+    return p
+
+
 def write_image(path: PathLike, img: np.ndarray, *, bit_depth: int = 8) -> Path:
     """Write a float image in [0, 1] atomically; the format follows the extension.
 
@@ -118,10 +137,8 @@ def write_image(path: PathLike, img: np.ndarray, *, bit_depth: int = 8) -> Path:
     Raises:
         UsageError: unsupported extension or bit depth for the format.
     """
-    p = Path(path)
+    p = check_output_path(path, bit_depth)
     ext = p.suffix.lower()
-    if ext not in OUTPUT_EXTENSIONS:
-        raise UsageError(f"{p}: cannot write {ext or 'files without extension'}; use one of {', '.join(OUTPUT_EXTENSIONS)}")
     if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
         raise ValueError(f"expected an (H, W) or (H, W, 3) image, got shape {img.shape}")
     if ext == ".npy":
@@ -130,10 +147,6 @@ def write_image(path: PathLike, img: np.ndarray, *, bit_depth: int = 8) -> Path:
         buf = io.BytesIO()
         np.save(buf, np.asarray(img, dtype=np.float32))
         return atomic_write_bytes(p, buf.getvalue())
-    if bit_depth not in (8, 16):
-        raise UsageError(f"bit depth must be 8 or 16, got {bit_depth}")
-    if bit_depth == 16 and ext not in _SIXTEEN_BIT_OK:
-        raise UsageError(f"{p}: {ext} cannot hold 16-bit images; use .png or .tif, or --bit-depth 8")
     q = _quantize(img, bit_depth)
     if q.ndim == 3:
         q = np.ascontiguousarray(q[..., ::-1])  # RGB -> BGR for OpenCV

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["IMAGE_EXTENSIONS", "PairListing", "list_images", "match_pairs"]
+__all__ = ["IMAGE_EXTENSIONS", "PairListing", "list_images", "match_pairs", "short_list"]
 
 IMAGE_EXTENSIONS: Tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -17,6 +17,33 @@ class PairListing:
     pairs: List[Tuple[str, Path, Path]] = field(default_factory=list)
     only_a: List[str] = field(default_factory=list)
     only_b: List[str] = field(default_factory=list)
+
+    @property
+    def unmatched(self) -> int:
+        """How many images have no partner (in either folder)."""
+        return len(self.only_a) + len(self.only_b)
+
+    def unmatched_message(self, folder_a: Path, folder_b: Path, limit: int = 10) -> Optional[str]:
+        """One sentence naming the images without a partner (``None`` when every image has one).
+
+        Example:
+            >>> PairListing(only_a=["07", "09"]).unmatched_message(Path("ir"), Path("vi"))
+            '2 image(s) in ir have no partner in vi: 07, 09'
+        """
+        parts = []
+        if self.only_a:
+            parts.append(f"{len(self.only_a)} image(s) in {folder_a} have no partner in {folder_b}: "
+                         f"{short_list(self.only_a, limit)}")
+        if self.only_b:
+            parts.append(f"{len(self.only_b)} image(s) in {folder_b} have no partner in {folder_a}: "
+                         f"{short_list(self.only_b, limit)}")
+        return "; ".join(parts) or None
+
+
+def short_list(names: Sequence[str], limit: int = 10) -> str:
+    """``a, b, c ... (+12)``: the first ``limit`` names and how many more there are."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" ... (+{len(names) - limit})" if len(names) > limit else "")
 
 
 def list_images(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> Dict[str, Path]:

@@ -1,6 +1,7 @@
 """Fuse a standard test set with the authors' protocol, evaluate it, compare with the paper (``cddfuse bench``)."""
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,17 +10,17 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import CDDFuseError, UsageError
+from ..fusion.policy import fuse_rule, minmax_normalize
+from ..options import METHODS, NORMALIZE_MODES, TASKS, check_choice
 from .evaluate import EvaluationResult, progress_bar
 from .io import PathLike, quantize_like_authors, read_gray
 from .paper import COLUMNS, KNOWN_SETS, PublishedRow, reference_rows
 from .registry import compute_metrics, resolve_metrics
 
-__all__ = ["BenchSet", "BenchResult", "detect_testset", "minmax_like_authors", "simple_rule", "fuse_to_uint8",
-           "run_bench", "format_bench", "METHODS", "TASKS", "NORMALIZE"]
+__all__ = ["BenchSet", "BenchResult", "detect_testset", "fuse_to_uint8", "run_bench", "format_bench", "NORMALIZE"]
 
-METHODS = ("cddfuse", "mean", "max")
-TASKS = ("ivf", "mif")
-NORMALIZE = ("auto", "minmax", "none")
+#: ``auto``: min-max for the network, none for the rules (how the published baseline rows were made).
+NORMALIZE = ("auto", *NORMALIZE_MODES)
 _FUNCTIONAL = ("CT", "PET", "SPECT")
 
 
@@ -77,23 +78,6 @@ def detect_testset(path: PathLike) -> BenchSet:
     )
 
 
-def minmax_like_authors(raw: np.ndarray) -> np.ndarray:
-    """``(x - min) / (max - min)`` in float32, as their scripts do on the network output (constant -> zeros)."""
-    x = np.asarray(raw, dtype=np.float32)
-    lo, hi = x.min(), x.max()
-    if not hi > lo:
-        return np.zeros_like(x)
-    return (x - lo) / (hi - lo)
-
-
-def simple_rule(method: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """The baseline rules on two gray images: ``mean`` = (A+B)/2, ``max`` = max(A, B) (same dtype out)."""
-    if method == "mean":
-        return lambda a, b: (a + b) / a.dtype.type(2)
-    if method == "max":
-        return np.maximum
-    raise UsageError(f"unknown rule {method!r}; choose mean or max")
-
 
 def _network(weights: Optional[PathLike], data_task: str,
              weights_task: Optional[str]) -> Tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], str, str]:
@@ -101,20 +85,16 @@ def _network(weights: Optional[PathLike], data_task: str,
 
     ``data_task`` is the kind of images (from the set's layout): IVF weights on medical images use
     the sum of both sources as residual, as the authors did. ``weights_task`` (``--task``) says
-    which weights these are when the file does not; MIF weights decode without residual.
+    which weights these are when the file does not (:func:`cddfuse.fusion.resolve_residual`).
     """
-    try:
-        from ..fusion import Fuser
-    except ImportError as e:  # pragma: no cover - the fusion package is part of cddfuse
-        raise CDDFuseError(f"the CDDFuse network is not available in this installation ({e})") from None
+    from ..fusion import Fuser, resolve_residual
+
     fuser = Fuser(weights=weights, task=data_task, method="cddfuse", normalize="none", color="gray")
     declared = fuser.info.task if fuser.info is not None else None
-    if weights_task is not None and weights_task != declared:
-        # the user says which weights these are: residual as the authors decode such weights
-        residual = "none" if weights_task == "mif" else ("sum" if data_task == "mif" else "vis")
-        if residual != fuser.residual:
-            fuser = Fuser(weights=weights, task=data_task, method="cddfuse", residual=residual, normalize="none",
-                          color="gray")
+    residual = resolve_residual("auto", data_task, fuser.info, weights_task=weights_task)
+    if residual != fuser.residual:
+        fuser = Fuser(weights=weights, task=data_task, method="cddfuse", residual=residual, normalize="none",
+                      color="gray")
     return fuser.fuse_luminance, weights_task or declared or data_task, str(fuser.residual)
 
 
@@ -191,25 +171,23 @@ def run_bench(testset_dir: PathLike, method: str = "cddfuse", weights: Optional[
     """
     from ..io.pairs import match_pairs
 
-    if method not in METHODS:
-        raise UsageError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    check_choice("method", method, METHODS)
     chosen = resolve_metrics(names)
-    if task is not None and task not in TASKS:
-        raise UsageError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if task is not None:
+        check_choice("task", task, TASKS)
     if weights is not None and method != "cddfuse":
-        raise UsageError(f"--weights is only used with --method cddfuse, not with {method}")
-    if normalize not in NORMALIZE:
-        raise UsageError(f"unknown normalisation {normalize!r}; choose one of {', '.join(NORMALIZE)}")
+        raise UsageError.invalid("weights", weights, f"weights are only used with method='cddfuse', not {method!r}")
+    check_choice("normalize", normalize, NORMALIZE)
     if limit is not None and limit < 1:
-        raise UsageError(f"--limit must be at least 1, got {limit}")
+        raise UsageError.invalid("limit", limit, "must be at least 1")
     ts = detect_testset(testset_dir)
     try:
         listing = match_pairs(ts.dir_a, ts.dir_b)
     except ValueError as e:  # two files with one stem
         raise CDDFuseError(str(e)) from None
-    if listing.only_a or listing.only_b:
-        lonely = listing.only_a + listing.only_b
-        raise CDDFuseError(f"{ts.root}: {len(lonely)} images have no partner in the other folder: {', '.join(lonely[:10])}")
+    unmatched = listing.unmatched_message(ts.dir_a, ts.dir_b)
+    if unmatched:
+        raise CDDFuseError(f"{ts.root}: {unmatched}")
     if not listing.pairs:
         raise CDDFuseError(f"{ts.root}: no image pairs found")
     pairs = listing.pairs[:limit] if limit else listing.pairs
@@ -217,7 +195,7 @@ def run_bench(testset_dir: PathLike, method: str = "cddfuse", weights: Optional[
     if method == "cddfuse":
         fuse, task_used, residual = _network(weights, ts.task, task)
     else:
-        fuse = simple_rule(method)
+        fuse = functools.partial(fuse_rule, method)
         task_used = task or ts.task
         residual = None
     norm = normalize if normalize != "auto" else ("minmax" if method == "cddfuse" else "none")
@@ -258,10 +236,10 @@ def fuse_to_uint8(fuse: Callable[[np.ndarray, np.ndarray], np.ndarray], a: np.nd
       (float32), then as for the network.
     """
     if method != "cddfuse" and normalize == "none":
-        return np.round(fuse(a.astype(np.float64), b.astype(np.float64))).astype(np.uint8)
+        return np.round(fuse(a, b)).astype(np.uint8)  # exact in float32: (A + B) / 2 is a multiple of 0.5
     raw = fuse(a / np.float32(255), b / np.float32(255))
     if normalize == "minmax":
-        return quantize_like_authors(minmax_like_authors(raw))
+        return quantize_like_authors(minmax_normalize(raw))
     return np.round(np.clip(np.asarray(raw, dtype=np.float32), 0, 1) * np.float32(255)).astype(np.uint8)
 
 

@@ -69,10 +69,6 @@ def progress_bar(total: int, desc: str, enabled: Optional[bool] = None) -> Any:
     return tqdm(total=total, desc=desc, unit="img", disable=not enabled, file=sys.stderr, leave=False)
 
 
-def _names(stems: Sequence[str], limit: int = 10) -> str:
-    shown = ", ".join(stems[:limit])
-    return shown + (f", ... ({len(stems) - limit} more)" if len(stems) > limit else "")
-
 
 def _folder(path: PathLike, what: str) -> Path:
     p = Path(path)
@@ -90,7 +86,7 @@ def find_triplets(dir_a: PathLike, dir_b: PathLike, dir_f: PathLike) -> Tuple[Li
         CDDFuseError: a folder is missing, a source has no partner, a fused image is missing
             (the message lists the names), or nothing matched.
     """
-    from ..io.pairs import list_images, match_pairs
+    from ..io.pairs import list_images, match_pairs, short_list
 
     pa, pb, pf = _folder(dir_a, "source folder A"), _folder(dir_b, "source folder B"), _folder(dir_f, "fused folder")
     try:
@@ -98,18 +94,14 @@ def find_triplets(dir_a: PathLike, dir_b: PathLike, dir_f: PathLike) -> Tuple[Li
         fused = list_images(pf)
     except ValueError as e:  # two files with one stem
         raise CDDFuseError(str(e)) from None
-    if listing.only_a or listing.only_b:
-        parts = []
-        if listing.only_a:
-            parts.append(f"only in {pa}: {_names(listing.only_a)}")
-        if listing.only_b:
-            parts.append(f"only in {pb}: {_names(listing.only_b)}")
-        raise CDDFuseError("the source folders do not pair up by file name; " + "; ".join(parts))
+    unmatched = listing.unmatched_message(pa, pb)
+    if unmatched:
+        raise CDDFuseError(f"the source folders do not pair up by file name: {unmatched}")
     if not listing.pairs:
         raise CDDFuseError(f"no images found in {pa} and {pb}")
     missing = [s for s, _, _ in listing.pairs if s not in fused]
     if missing:
-        raise CDDFuseError(f"{len(missing)} of {len(listing.pairs)} fused images missing in {pf}: {_names(missing, 20)}")
+        raise CDDFuseError(f"{len(missing)} of {len(listing.pairs)} fused images missing in {pf}: {short_list(missing, 20)}")
     stems = {s for s, _, _ in listing.pairs}
     extra = sorted(s for s in fused if s not in stems)
     return [(s, a, b, fused[s]) for s, a, b in listing.pairs], extra

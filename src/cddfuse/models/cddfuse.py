@@ -17,11 +17,13 @@ The submodule names below are the authors' own (``encoder_level1``, ``baseFeatur
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict, Literal, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..options import RESIDUAL_MODES, ResidualMode
 
 __all__ = [
     "CDDFuseConfig",
@@ -37,9 +39,6 @@ __all__ = [
     "residual_image",
     "cddfuse",
 ]
-
-ResidualMode = Literal["vis", "sum", "none"]
-RESIDUAL_MODES: Tuple[str, ...] = ("vis", "sum", "none")
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ from torch import Tensor
 
 from .._fileutil import atomic_path
 from ..errors import CheckpointError
-from .cddfuse import RESIDUAL_MODES, CDDFuse, CDDFuseConfig
+from ..options import NORMALIZE_MODES, RESIDUAL_MODES, TASKS
+from .cddfuse import CDDFuse, CDDFuseConfig
 
 __all__ = [
     "WeightsInfo",
@@ -43,8 +44,6 @@ __all__ = [
 
 FORMAT_NAME = "cddfuse"
 FORMAT_VERSION = "1"
-TASKS = ("ivf", "mif")
-NORMALIZE_MODES = ("minmax", "none")
 
 #: The authors' checkpoint parts and the prefix of each in :class:`CDDFuse`'s state dict.
 OFFICIAL_PARTS: Dict[str, str] = {

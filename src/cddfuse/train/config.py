@@ -17,6 +17,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 import yaml
 
 from ..errors import UsageError
+from ..options import RESIDUAL_MODES, TASKS
 
 __all__ = [
     "DEFAULTS",
@@ -141,12 +142,12 @@ RESUME_OVERRIDABLE = (
 )
 
 _CHOICES = {
-    "task": ("ivf", "mif"),
+    "task": TASKS,
     "data.mode": ("patches", "random_crop"),
     "data.unmatched": ("error", "skip"),
     "data.small_images": ("error", "skip"),
     "train.precision": ("fp32", "bf16"),
-    "phase2.residual": ("vis", "sum", "none"),
+    "phase2.residual": RESIDUAL_MODES,
 }
 
 

@@ -34,7 +34,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from .._fileutil import atomic_path
 from ..errors import CDDFuseError, ImageReadError, UsageError
-from ..io.pairs import match_pairs
+from ..io.pairs import match_pairs, short_list
 
 __all__ = [
     "read_luminance",
@@ -93,10 +93,6 @@ def read_luminance(path: os.PathLike | str) -> np.ndarray:
     return np.ascontiguousarray(img, dtype=np.float32)
 
 
-def _short_list(items: Sequence[str], n: int = 8) -> str:
-    shown = ", ".join(items[:n])
-    return shown + (f" ... ({len(items)} in all)" if len(items) > n else "")
-
 
 def find_pairs(dir_a: os.PathLike | str, dir_b: os.PathLike | str, unmatched: str = "error",
                warn=None) -> List[Tuple[str, Path, Path]]:
@@ -121,15 +117,11 @@ def find_pairs(dir_a: os.PathLike | str, dir_b: os.PathLike | str, unmatched: st
     if not listing.pairs:
         raise CDDFuseError(
             f"no image in {da} has a partner with the same file name (stem) in {db}; "
-            f"e.g. {_short_list(listing.only_a, 3)} vs {_short_list(listing.only_b, 3)}"
+            f"e.g. {short_list(listing.only_a, 3)} vs {short_list(listing.only_b, 3)}"
         )
-    if listing.only_a or listing.only_b:
-        msg = []
-        if listing.only_a:
-            msg.append(f"{len(listing.only_a)} in {da} without a partner in {db}: {_short_list(listing.only_a)}")
-        if listing.only_b:
-            msg.append(f"{len(listing.only_b)} in {db} without a partner in {da}: {_short_list(listing.only_b)}")
-        text = "unmatched images: " + "; ".join(msg)
+    lonely = listing.unmatched_message(da, db)
+    if lonely:
+        text = "unmatched images: " + lonely
         if unmatched == "error":
             raise CDDFuseError(text + " (pairs are matched by file name without extension; "
                                "rename them, or skip them with --skip-unmatched / data.unmatched=skip)")
@@ -177,7 +169,7 @@ def _iter_pairs(pairs: Sequence[Tuple[str, Path, Path]], workers: int = 0) -> It
 def _check_small(small: List[str], total: int, what: str, policy: str, warn) -> None:
     if not small:
         return
-    text = f"{len(small)} of {total} image pairs are smaller than the {what}: {_short_list(small)}"
+    text = f"{len(small)} of {total} image pairs are smaller than the {what}: {short_list(small, 8)}"
     if policy == "error" or len(small) == total:
         raise CDDFuseError(
             text + "; use a smaller --patch-size / --crop-size, or leave them out with --skip-small "
@@ -546,7 +538,7 @@ def build_dataset(cfg: Dict[str, Any], warn=None, progress=None) -> Tuple[Datase
             if small:
                 raise CDDFuseError(
                     f"{len(small)} images in {d['cache']} are smaller than data.crop_size={d['crop_size']}: "
-                    f"{_short_list(small)}; lower data.crop_size"
+                    f"{short_list(small, 8)}; lower data.crop_size"
                 )
     else:
         pairs = find_pairs(d["a"], d["b"], d["unmatched"], warn=warn)

@@ -1,0 +1,77 @@
+"""The fusion policy shared by every caller (``Fuser``, folder fusion, ``cddfuse bench``): which
+residual image the decoder adds, the baseline rules, and the min-max normalisation -- each written
+once, numpy only.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
+
+from ..errors import UsageError
+from ..options import RESIDUAL_CHOICES, ResidualMode, check_choice
+
+if TYPE_CHECKING:
+    from ..models.weights import WeightsInfo
+
+__all__ = ["resolve_residual", "minmax_normalize", "fuse_rule"]
+
+
+def resolve_residual(residual: str, task: str, info: Optional["WeightsInfo"],
+                     weights_task: Optional[str] = None) -> ResidualMode:
+    """The residual mode for ``residual="auto"``, as the authors' inference scripts choose it.
+
+    Weights trained for infrared-visible fusion (residual ``vis``) use the visible image for IVF
+    (``task="ivf"``) and the sum of both sources when applied to medical pairs (their
+    ``test_MIF.py`` with IVF weights); weights that state another mode (their MIF weights: ``none``)
+    keep it. ``weights_task`` says which kind of weights these are when the caller knows better than
+    the file (``cddfuse bench --task``): then they are decoded as the authors decode such weights.
+
+    Example:
+        >>> resolve_residual("auto", "ivf", None), resolve_residual("auto", "mif", None)
+        ('vis', 'sum')
+        >>> resolve_residual("auto", "mif", None, weights_task="mif")
+        'none'
+    """
+    check_choice("residual", residual, RESIDUAL_CHOICES)
+    if residual != "auto":
+        return residual  # type: ignore[return-value]
+    declared = info.task if info is not None else None
+    if weights_task is not None and weights_task != declared:
+        return "none" if weights_task == "mif" else ("sum" if task == "mif" else "vis")
+    trained = (info.residual if info is not None else None) or "vis"
+    made_for_ivf = declared in (None, "ivf")
+    if trained == "vis" and task == "mif" and made_for_ivf:
+        return "sum"
+    return trained  # type: ignore[return-value]
+
+
+def minmax_normalize(x: np.ndarray) -> np.ndarray:
+    """``(x - min) / (max - min)`` over the whole image in float32 -- the authors' arithmetic (their test
+    scripts do it on the float32 network output); a constant image becomes zeros.
+
+    Example:
+        >>> minmax_normalize(np.array([[2.0, 4.0], [6.0, 10.0]]))
+        array([[0.  , 0.25],
+               [0.5 , 1.  ]], dtype=float32)
+    """
+    x = np.asarray(x, dtype=np.float32)
+    lo, hi = x.min(), x.max()
+    if not hi > lo:
+        return np.zeros_like(x)
+    return (x - lo) / (hi - lo)
+
+
+def fuse_rule(method: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The baseline rules on two luminance images (float32 out): ``mean`` = (A + B) / 2, ``max`` = max(A, B).
+
+    Example:
+        >>> fuse_rule("mean", np.array([0.0, 1.0]), np.array([1.0, 1.0]))
+        array([0.5, 1. ], dtype=float32)
+    """
+    a32, b32 = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
+    if method == "mean":
+        return (a32 + b32) / np.float32(2)
+    if method == "max":
+        return np.maximum(a32, b32)
+    raise UsageError.invalid("method", method, "not a rule; choose mean or max")

@@ -1,0 +1,71 @@
+"""The choices of every option, in one place (torch-free, so the CLI can import it at start-up).
+
+Each option is a ``Literal`` type for signatures (``residual: ResidualMode``) and the tuple of its
+values for checks and ``argparse`` choices (``choices=TASKS``); the tuples are derived from the
+types, so the two cannot drift apart.
+
+Example:
+    >>> from cddfuse.options import TASKS, RESIDUAL_MODES, check_choice
+    >>> TASKS
+    ('ivf', 'mif')
+    >>> RESIDUAL_MODES
+    ('vis', 'sum', 'none')
+    >>> check_choice("residual", "add", RESIDUAL_MODES)
+    Traceback (most recent call last):
+    ...
+    cddfuse.errors.UsageError: residual='add': unknown residual; choose one of vis, sum, none
+"""
+from __future__ import annotations
+
+from typing import Literal, Sequence, Tuple, TypeVar, get_args
+
+from .errors import UsageError
+
+__all__ = [
+    "Task", "TASKS",
+    "ResidualMode", "RESIDUAL_MODES", "ResidualChoice", "RESIDUAL_CHOICES",
+    "Method", "METHODS", "Normalize", "NORMALIZE_MODES", "ColorMode", "COLOR_MODES",
+    "Precision", "PRECISIONS", "Backend", "BACKENDS",
+    "check_choice",
+]
+
+#: ``ivf``: infrared + visible; ``mif``: medical (CT / PET / SPECT + MRI).
+Task = Literal["ivf", "mif"]
+TASKS: Tuple[Task, ...] = get_args(Task)
+
+#: The image added to the decoder's output before the sigmoid: the visible/MRI image, A + B, or nothing.
+ResidualMode = Literal["vis", "sum", "none"]
+RESIDUAL_MODES: Tuple[ResidualMode, ...] = get_args(ResidualMode)
+
+#: A residual mode, or ``auto``: what the weights were trained for (see ``cddfuse.fusion.resolve_residual``).
+ResidualChoice = Literal["auto", "vis", "sum", "none"]
+RESIDUAL_CHOICES: Tuple[ResidualChoice, ...] = get_args(ResidualChoice)
+
+#: The network, or the baseline rules mean = (A + B) / 2 and max = max(A, B).
+Method = Literal["cddfuse", "mean", "max"]
+METHODS: Tuple[Method, ...] = get_args(Method)
+
+#: ``minmax``: stretch the fused luminance to [0, 1] (the authors' protocol); ``none``: keep it.
+Normalize = Literal["minmax", "none"]
+NORMALIZE_MODES: Tuple[Normalize, ...] = get_args(Normalize)
+
+#: ``auto``: colour output when a source is colour; ``gray``: always gray.
+ColorMode = Literal["auto", "gray"]
+COLOR_MODES: Tuple[ColorMode, ...] = get_args(ColorMode)
+
+#: Arithmetic of the network: fp32 (exact to the paper), tf32 (CUDA tensor cores), bf16.
+Precision = Literal["fp32", "tf32", "bf16"]
+PRECISIONS: Tuple[Precision, ...] = get_args(Precision)
+
+#: What runs the network: PyTorch, or ONNX Runtime on the exported graph.
+Backend = Literal["torch", "onnx"]
+BACKENDS: Tuple[Backend, ...] = get_args(Backend)
+
+_T = TypeVar("_T", bound=str)
+
+
+def check_choice(name: str, value: object, choices: Sequence[_T]) -> _T:
+    """``value`` if it is one of ``choices``, else a :class:`~cddfuse.errors.UsageError` naming ``name``."""
+    if value not in choices:
+        raise UsageError.invalid(name, value, f"unknown {name}; choose one of {', '.join(choices)}")
+    return value  # type: ignore[return-value]
