@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-__all__ = ["CDDFuseError", "UsageError", "CheckpointError", "ImageReadError"]
+__all__ = ["CDDFuseError", "UsageError", "CheckpointError", "ImageReadError", "CDDFuseWarning"]
 
 
 class CDDFuseError(Exception):
@@ -15,9 +15,14 @@ class CDDFuseError(Exception):
 
     exit_code = 1
 
+    def __init__(self, message: str = "", *, cli: Optional[str] = None) -> None:
+        super().__init__(message)
+        self._cli = cli
+
     def cli_message(self) -> str:
-        """The message as the command line shows it."""
-        return str(self)
+        """The message as the command line shows it (``cli=`` when the library wording names Python
+        arguments that the command line spells as flags)."""
+        return self._cli if self._cli is not None else str(self)
 
 
 class UsageError(CDDFuseError, ValueError):
@@ -30,8 +35,8 @@ class UsageError(CDDFuseError, ValueError):
     exit_code = 2
 
     def __init__(self, message: str, *, parameter: Optional[str] = None, value: object = None,
-                 reason: Optional[str] = None) -> None:
-        super().__init__(message)
+                 reason: Optional[str] = None, cli: Optional[str] = None) -> None:
+        super().__init__(message, cli=cli)
         self.parameter, self.value, self.reason = parameter, value, reason
 
     @classmethod
@@ -41,7 +46,7 @@ class UsageError(CDDFuseError, ValueError):
 
     def cli_message(self) -> str:
         if self.parameter is None:
-            return str(self)
+            return super().cli_message()
         return f"--{self.parameter.replace('_', '-')} {self.value}: {self.reason}"
 
 
@@ -51,3 +56,12 @@ class CheckpointError(CDDFuseError):
 
 class ImageReadError(CDDFuseError):
     """An image file is missing, unreadable or not an image."""
+
+
+class CDDFuseWarning(UserWarning):
+    """Something works but is probably not what the user wants (e.g. a very small tile). The command line
+    prints it as one line, ``cddfuse fuse: warning: ...``."""
+
+    def __init__(self, message: str, *, cli: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.cli = cli if cli is not None else message

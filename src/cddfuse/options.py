@@ -26,7 +26,7 @@ __all__ = [
     "ResidualMode", "RESIDUAL_MODES", "ResidualChoice", "RESIDUAL_CHOICES",
     "Method", "METHODS", "Normalize", "NORMALIZE_MODES", "ColorMode", "COLOR_MODES",
     "Precision", "PRECISIONS", "Backend", "BACKENDS",
-    "check_choice",
+    "check_choice", "DEFAULT_MAX_PIXELS",
 ]
 
 #: ``ivf``: infrared + visible; ``mif``: medical (CT / PET / SPECT + MRI).
@@ -60,6 +60,12 @@ PRECISIONS: Tuple[Precision, ...] = get_args(Precision)
 #: What runs the network: PyTorch, or ONNX Runtime on the exported graph.
 Backend = Literal["torch", "onnx"]
 BACKENDS: Tuple[Backend, ...] = get_args(Backend)
+
+#: Images with more pixels than this are refused from their header, before decoding, unless the caller
+#: raises the limit (``max_pixels=``, ``--max-pixels``): 100 megapixels (e.g. 10000 x 10000) -- far above
+#: any camera or scanner in this field, far below what a malicious header can claim (a 900-megapixel
+#: PNG can be an 854 KB file). Decoding a 100-megapixel 16-bit RGB image takes 600 MB.
+DEFAULT_MAX_PIXELS = 100_000_000
 
 _T = TypeVar("_T", bound=str)
 

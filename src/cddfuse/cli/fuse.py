@@ -6,7 +6,16 @@ import sys
 from pathlib import Path
 
 from ..errors import CDDFuseError, UsageError
-from ..options import BACKENDS, COLOR_MODES, METHODS, NORMALIZE_MODES, PRECISIONS, RESIDUAL_CHOICES, TASKS
+from ..options import (
+    BACKENDS,
+    COLOR_MODES,
+    DEFAULT_MAX_PIXELS,
+    METHODS,
+    NORMALIZE_MODES,
+    PRECISIONS,
+    RESIDUAL_CHOICES,
+    TASKS,
+)
 
 HELP = "fuse an infrared/functional image with a visible/MRI image (files or folders)"
 
@@ -58,6 +67,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argp
     p.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="bits per channel of PNG/TIFF output")
     p.add_argument("--resize", action="store_true",
                    help="if the sources differ in size, resample VIS to the size of IR (default: error)")
+    p.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help=f"refuse images with more pixels, read from the header before decoding (default "
+                        f"{DEFAULT_MAX_PIXELS:,}; protects against decompression bombs)")
     p.add_argument("--ext", default=".png", help="output extension in folder mode (default .png)")
     p.add_argument("--overwrite", action="store_true", help="folder mode: redo outputs that already exist")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -97,7 +109,7 @@ def _make_fuser(args: argparse.Namespace):  # -> Fuser (import deferred: torch s
     if args.weights is not None and args.method != "cddfuse":
         raise UsageError(f"--weights is only used with --method cddfuse, not with --method {args.method}")
     return Fuser(weights=args.weights, task=args.task, method=args.method, residual=args.residual,
-                 normalize=args.normalize, color=args.color, device=args.device,
+                 normalize=args.normalize, color=args.color, device=args.device, max_pixels=args.max_pixels,
                  tile=getattr(args, "tile", None), max_memory=getattr(args, "max_memory", None),
                  precision=getattr(args, "precision", "fp32"), backend=getattr(args, "backend", "torch"))
 
@@ -111,11 +123,21 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("IR and VIS must both be files or both be folders")
     if ir.is_dir():
         return _run_folders(args, ir, vis, out)
+    from .._fileutil import check_writable_folder, remove_stale_temporaries, same_file
     from ..io.image import check_output_path, write_image
 
     if out.is_dir():
         out = out / (ir.stem + _extension(args.ext))
     check_output_path(out, args.bit_depth)
+    for source, name in ((ir, "IR"), (vis, "VIS")):
+        if same_file(out, source):
+            raise UsageError(f"-o {out} is the {name} source ({source}); a source is never overwritten -- "
+                             "choose another output name")
+    try:
+        check_writable_folder(out.parent)
+    except OSError as e:
+        raise CDDFuseError(f"cannot write {out}: {e.strerror or e}") from None
+    remove_stale_temporaries(out.parent, out.name)  # left beside it by a run that was killed
     result = _make_fuser(args).fuse(ir, vis, resize=args.resize)
     write_image(out, result, bit_depth=args.bit_depth)
     if not args.quiet:
@@ -134,11 +156,11 @@ def _run_folders(args: argparse.Namespace, ir: Path, vis: Path, out: Path) -> in
 
     if out.exists() and not out.is_dir():
         raise UsageError(f"-o {out} is a file; in folder mode it must be a folder")
-    report = fuse_folders(lambda: _make_fuser(args), ir, vis, out, ext=_extension(args.ext), bit_depth=args.bit_depth,
+    report = fuse_folders(lambda: _make_fuser(args), ir, vis, out, ext=args.ext, bit_depth=args.bit_depth,
                           resize=args.resize, overwrite=args.overwrite, batch_size=args.batch_size,
-                          progress=not args.quiet, log=lambda line: tqdm.write(line, file=sys.stderr))
+                          progress=not args.quiet and sys.stderr.isatty(),
+                          log=lambda line: tqdm.write(line, file=sys.stderr))
     print(report.summary(), file=sys.stderr)
     if report.failed:
         print(f"failed pairs: {', '.join(report.failed)}", file=sys.stderr)
-        return 1
-    return 0
+    return 0 if report.ok else 1

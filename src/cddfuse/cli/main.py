@@ -12,10 +12,11 @@ import importlib
 import signal
 import sys
 import threading
-from typing import List, Optional
+import warnings
+from typing import Any, Callable, List, Optional
 
 from .. import __version__
-from ..errors import CDDFuseError
+from ..errors import CDDFuseError, CDDFuseWarning
 
 SUBCOMMANDS = ("fuse", "eval", "bench", "prepare", "train")
 
@@ -60,6 +61,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning(args.command)  # type: ignore[assignment]
+        return _run(args)
+
+
+def _one_line_warning(command: str) -> Callable[..., None]:
+    def show(message: Warning, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        text = message.cli if isinstance(message, CDDFuseWarning) else str(message)
+        print(f"cddfuse {command}: warning: {text}", file=sys.stderr)
+    return show
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except CDDFuseError as e:

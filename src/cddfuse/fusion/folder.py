@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING, Callable, Deque, Dict, Iterator, List, Optiona
 
 import numpy as np
 
-from .._fileutil import TMP_MARK
+from .._fileutil import check_writable_folder, is_inside, remove_stale_temporaries
 from ..errors import CDDFuseError, UsageError
-from ..io.image import check_output_path, read_image, write_image
+from ..io.image import ImageWriteError, check_extension, read_image, write_image
 from ..io.pairs import PairListing, match_pairs
 
 if TYPE_CHECKING:
@@ -65,16 +65,18 @@ class FolderReport:
     failed: Dict[str, str] = field(default_factory=dict)  # stem -> one-line reason
     only_a: List[str] = field(default_factory=list)
     only_b: List[str] = field(default_factory=list)
+    stopped: Optional[str] = None  # why the run stopped before the end (e.g. the disk is full)
 
     @property
     def ok(self) -> bool:
-        """True when no pair failed (unmatched names are not failures)."""
-        return not self.failed
+        """True when no pair failed and the run was not stopped (unmatched names are not failures)."""
+        return not self.failed and self.stopped is None
 
     def summary(self) -> str:
         """``3 fused, 1 already done (skipped), 0 failed, 2 unmatched -> out``"""
-        return (f"{len(self.done)} fused, {len(self.skipped)} already done (skipped), {len(self.failed)} failed, "
+        text = (f"{len(self.done)} fused, {len(self.skipped)} already done (skipped), {len(self.failed)} failed, "
                 f"{len(self.only_a) + len(self.only_b)} unmatched -> {self.out_dir}")
+        return text + (f"; stopped early: {self.stopped}" if self.stopped else "")
 
 
 def _one_line(e: BaseException) -> str:
@@ -127,23 +129,34 @@ def fuse_folders(
     Returns:
         the :class:`FolderReport`; ``report.ok`` is False when a pair failed.
 
+    A source is never written: an output folder that is, or contains, one of the input folders is
+    refused. When the disk fills up (or the file system turns read-only) the run stops after the
+    pair being written, with the report (``report.stopped``); a single output that cannot be written
+    fails that pair only.
+
     Raises:
-        UsageError: ``out_dir`` is a file, a bad ``ext``/``bit_depth``, two files with one stem.
-        CDDFuseError: the folders have no pair in common.
+        UsageError: ``out_dir`` is a file or would hold the sources, a bad ``ext``/``bit_depth``, two
+            files with one stem.
+        CDDFuseError: the folders have no pair in common; ``out_dir`` cannot be written to.
     """
     dir_a, dir_b, out_dir = Path(dir_a), Path(dir_b), Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"{out_dir} is a file; the output of folder fusion must be a folder")
-    ext = ext if ext.startswith(".") else "." + ext
-    check_output_path(Path("x" + ext), bit_depth)
+    for source in (dir_a, dir_b):
+        if is_inside(source, [out_dir]):
+            raise UsageError(f"the output folder {out_dir} is or contains the source folder {source}; the sources "
+                             "would be overwritten or mixed with the results -- choose another output folder")
+    ext = check_extension(ext if ext.startswith(".") else "." + ext, bit_depth, f"extension {ext}")
     listing = _list_pairs(dir_a, dir_b)
     report = FolderReport(out_dir, only_a=listing.only_a, only_b=listing.only_b)
     unmatched = listing.unmatched_message(dir_a, dir_b)
     if unmatched and log is not None:
         log(f"warning: {unmatched}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob(f".*{TMP_MARK}"):  # left by a run that was killed (SIGKILL, power loss)
-        stale.unlink(missing_ok=True)
+    try:
+        check_writable_folder(out_dir)
+    except OSError as e:
+        raise CDDFuseError(f"cannot write to the output folder {out_dir}: {e.strerror or e}") from None
+    remove_stale_temporaries(out_dir)  # left by a run that was killed (SIGKILL, power loss)
     todo: List[Tuple[str, Path, Path, Path]] = []
     for stem, path_a, path_b in listing.pairs:
         dest = out_dir / (stem + ext)
@@ -152,11 +165,12 @@ def fuse_folders(
         else:
             todo.append((stem, path_a, path_b, dest))
     if todo:
-        if callable(fuser) and not hasattr(fuser, "fuse"):
-            fuser = fuser()
+        from .fuser import Fuser
+
+        model = fuser if isinstance(fuser, Fuser) else fuser()
         if batch_size is None:
-            batch_size = CUDA_BATCH_SIZE if fuser.device.type == "cuda" else 1
-        _Pipeline(fuser, report, batch_size=batch_size, resize=resize, bit_depth=bit_depth, log=log).run(
+            batch_size = CUDA_BATCH_SIZE if model.device.type == "cuda" else 1
+        _Pipeline(model, report, batch_size=batch_size, resize=resize, bit_depth=bit_depth, log=log).run(
             todo, progress)
     return report
 
@@ -196,7 +210,7 @@ class _Pipeline:
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cddfuse-write")
         try:
             self._read_ahead(queue)
-            while self.ahead:
+            while self.ahead and self.report.stopped is None:
                 batch = self._next_batch()
                 self._read_ahead(queue)
                 label = batch[0].stem if len(batch) == 1 else f"{batch[0].stem} (+{len(batch) - 1})"
@@ -262,6 +276,8 @@ class _Pipeline:
                 self.report.done.append(stem)
             except _PAIR_ERRORS as e:
                 self._fail(stem, e)
+                if isinstance(e, ImageWriteError) and e.disk_full:
+                    self.report.stopped = str(e)  # every further write would fail too
             self.bar.update(1)
 
     def _fail(self, stem: str, e: BaseException) -> None:

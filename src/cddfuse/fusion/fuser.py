@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -10,9 +11,9 @@ import cv2
 import numpy as np
 import torch
 
-from ..errors import CDDFuseError, UsageError
+from ..errors import CDDFuseError, CDDFuseWarning, UsageError
 from ..io.color import YCbCrImage, merge_luminance, split_luminance
-from ..io.image import read_image
+from ..io.image import DEFAULT_MAX_PIXELS, probe_image, read_image
 from ..models.cddfuse import CDDFuse
 from ..models.pretrained import pretrained_path
 from ..models.weights import WeightsInfo, load_weights
@@ -55,10 +56,32 @@ def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.dev
     return dev
 
 
-def _load_source(x: ImageLike, name: str) -> np.ndarray:
+#: Smallest memory budget that can be met: PyTorch and the model alone take about half a gigabyte.
+MIN_MEMORY_BUDGET = 512 * 2**20
+#: Tiles below this size are refused; below ``SMALL_TILE`` they are allowed with a warning (each tile
+#: recomputes a border around itself, so tiny tiles multiply the work: ``--tile 1`` took 230 s for a
+#: 96x72 pair that takes 0.1 s whole).
+MIN_TILE, SMALL_TILE = 4, 32
+
+
+def cpu_bf16_feature() -> Optional[str]:
+    """The CPU feature that makes bfloat16 fast here (``"amx_bf16"`` or ``"avx512_bf16"``), or None."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return None
+    return next((feature for feature in ("amx_bf16", "avx512_bf16") if feature in flags), None)
+
+
+def _is_path(x: ImageLike) -> bool:
+    return isinstance(x, (str, os.PathLike))
+
+
+def _load_source(x: ImageLike, name: str, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Any supported input -> integer (uint8/uint16) or float [0,1] array, ``(H,W)`` or ``(H,W,3)`` RGB."""
-    if isinstance(x, (str, os.PathLike)):
-        return read_image(x, keep_integer=True)
+    if _is_path(x):
+        return read_image(x, keep_integer=True, max_pixels=max_pixels)
     if isinstance(x, np.ndarray):
         arr = x
     elif hasattr(x, "mode") and hasattr(x, "convert"):  # PIL image
@@ -76,18 +99,19 @@ def _load_source(x: ImageLike, name: str) -> np.ndarray:
         arr = arr[..., 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
         raise UsageError(f"{name}: expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {arr.shape}")
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise UsageError(f"{name}: empty image (shape {arr.shape})")
     if np.issubdtype(arr.dtype, np.floating):
         if not np.all(np.isfinite(arr)):
             raise UsageError(f"{name}: the array contains NaN or infinite values")
         if arr.min() < 0 or arr.max() > 1:
-            raise UsageError(f"{name}: float images must be in [0, 1] (got {arr.min():.3g}..{arr.max():.3g}); divide by 255")
+            raise UsageError(f"{name}: float images must be in [0, 1] (got {arr.min():.3g}..{arr.max():.3g}); "
+                             "divide by 255")
         arr = arr.astype(np.float32)
     elif arr.dtype not in (np.uint8, np.uint16):
         raise UsageError(f"{name}: unsupported dtype {arr.dtype}; use uint8, uint16 or float in [0, 1]")
     if arr.ndim == 3 and np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2]):
         arr = np.ascontiguousarray(arr[..., 0])
-    if arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise UsageError(f"{name}: empty image")
     return arr
 
 
@@ -99,6 +123,12 @@ def _resize_to(arr: np.ndarray, hw: Tuple[int, int]) -> np.ndarray:
 
 def _size(arr: np.ndarray) -> str:
     return f"{arr.shape[1]}x{arr.shape[0]}"
+
+
+def _size_error(size_a: str, size_b: str) -> CDDFuseError:
+    text = f"the two sources differ in size ({size_a} vs {size_b}); register them first, or pass "
+    return CDDFuseError(text + "resize=True to resample the second to the first",
+                        cli=text + "--resize to resample VIS to the size of IR")
 
 
 @dataclass
@@ -160,6 +190,7 @@ class Fuser:
         max_memory: Union[str, int, None] = None,
         precision: Precision = "fp32",
         backend: Backend = "torch",
+        max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
     ) -> None:
         """See the class docstring for the first arguments. Performance options (same results):
 
@@ -173,6 +204,8 @@ class Fuser:
             precision: ``"fp32"`` (default), ``"tf32"`` (CUDA only: TF32 tensor cores for
                 convolutions and matrix products) or ``"bf16"`` (bfloat16 autocast; outputs differ
                 from fp32 by up to ~1e-2).
+            max_pixels: images read from files with more pixels are refused from their header, before
+                decoding (default 100 megapixels; ``None``: no limit).
             backend: ``"torch"`` (default) or ``"onnx"`` (ONNX Runtime on the exported network,
                 whole image at once; needs ``pip install cddfuse[onnx]``).
         """
@@ -199,15 +232,31 @@ class Fuser:
             resolve_residual(residual, self.task, self.info) if self.model is not None else None)
         from ..models.tiled import parse_memory
 
-        if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 1):
-            raise UsageError.invalid("tile", tile, "must be a positive number of pixels")
+        if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < MIN_TILE):
+            raise UsageError.invalid("tile", tile, f"must be a number of pixels, at least {MIN_TILE}")
+        if tile is not None and tile < SMALL_TILE:
+            warnings.warn(CDDFuseWarning(f"tile={tile} is very small: every tile recomputes a border around "
+                                         "itself, so small tiles multiply the work (128 is fastest on CPU)",
+                                         cli=f"--tile {tile} is very small: every tile recomputes a border around "
+                                             "itself, so small tiles multiply the work (128 is fastest on CPU)"),
+                          stacklevel=2)
         try:
             self.max_memory = parse_memory(max_memory)
         except ValueError as e:
             raise UsageError.invalid("max_memory", max_memory, str(e)) from None
+        if self.max_memory is not None and self.max_memory < MIN_MEMORY_BUDGET:
+            raise UsageError.invalid("max_memory", max_memory, "cannot be met: PyTorch and the model alone take "
+                                     "about half a gigabyte; give at least 512M")
+        if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int)
+                                       or max_pixels < 1):
+            raise UsageError.invalid("max_pixels", max_pixels, "must be a positive number of pixels, or None")
+        self.max_pixels = max_pixels
         if precision == "tf32" and self.device.type != "cuda":
             raise UsageError.invalid("precision", precision,
                                      "needs a CUDA GPU (TF32 is a tensor-core format); use fp32 or bf16")
+        if precision == "bf16" and self.device.type == "cpu" and method == "cddfuse" and cpu_bf16_feature() is None:
+            raise UsageError.invalid("precision", precision, "on CPU needs AMX or AVX512-BF16, which this processor "
+                                     "lacks (bfloat16 would be slower than fp32 here); use fp32, or a CUDA GPU")
         self.tile, self.precision, self.backend = tile, precision, backend
         self._onnx: Any = None
         if backend == "onnx" and self.model is not None:
@@ -269,19 +318,23 @@ class Fuser:
 
     def _prepare(self, a: ImageLike, b: ImageLike, resize: bool) -> Tuple[YCbCrImage, YCbCrImage]:
         """Load both sources (same size, or ``b`` resampled with ``resize``) and split off their luminance."""
-        arr_a = _load_source(a, "first source (infrared/functional)")
-        arr_b = _load_source(b, "second source (visible/MRI)")
+        if _is_path(a) and _is_path(b) and not resize:  # sizes from the headers, before decoding either
+            header_a, header_b = probe_image(a, self.max_pixels), probe_image(b, self.max_pixels)
+            if (header_a.width, header_a.height) != (header_b.width, header_b.height):
+                raise _size_error(header_a.size, header_b.size)
+        arr_a = _load_source(a, "first source (infrared/functional)", self.max_pixels)
+        arr_b = _load_source(b, "second source (visible/MRI)", self.max_pixels)
         if arr_a.shape[:2] != arr_b.shape[:2]:
             if not resize:
-                raise CDDFuseError(
-                    f"the two sources differ in size ({_size(arr_a)} vs {_size(arr_b)}); register them first, "
-                    "or pass --resize (resize=True) to resample the second to the first"
-                )
+                raise _size_error(_size(arr_a), _size(arr_b))
             arr_b = _resize_to(arr_b, arr_a.shape[:2])
         return split_luminance(arr_a), split_luminance(arr_b)
 
     def _finish(self, raw: np.ndarray, sa: YCbCrImage, sb: YCbCrImage) -> FusionResult:
         """Normalise one pair's raw output (over its whole image) and put the colour back."""
+        if not np.all(np.isfinite(raw)):
+            raise CDDFuseError("the fusion produced NaN or infinite values (broken weights, or a numeric failure "
+                               f"in {self.precision}); no image is made from it")
         y = minmax_normalize(raw) if self.normalize == "minmax" else np.clip(raw, 0.0, 1.0).astype(np.float32)
         chroma: Optional[YCbCrImage] = None
         chroma_from: Optional[str] = None

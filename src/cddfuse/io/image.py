@@ -5,24 +5,139 @@ palette images; 8- and 16-bit integers (scaled by the dtype's range to [0, 1]) a
 (taken as [0, 1]). The alpha channel is ignored. Arrays come back as float32 ``(H, W)`` for gray
 content or ``(H, W, 3)`` **RGB** for colour content.
 
+Reading is defensive: only regular files are opened (a FIFO would block forever), the header is
+read first (:func:`probe_image`) and images above a pixel limit are refused before anything is
+decoded (a 900-megapixel PNG can be an 854 KB file), float pixels must be finite and in [0, 1],
+and a JPEG's EXIF orientation is applied -- everywhere, as OpenCV's ``imread`` (the authors'
+reader, used by the metrics) does.
+
 Writing is atomic (a temporary file renamed into place), so an interrupted run never leaves a
-half-written image behind.
+half-written image behind, and refuses a non-finite image.
 """
 from __future__ import annotations
 
+import errno
 import os
+import stat
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import cv2
 import numpy as np
 
 from .._fileutil import atomic_write_bytes
-from ..errors import ImageReadError, UsageError
+from ..errors import CDDFuseError, ImageReadError, UsageError
+from ..options import DEFAULT_MAX_PIXELS
 
-__all__ = ["read_image", "write_image", "check_output_path", "to_float01", "OUTPUT_EXTENSIONS", "is_gray_content"]
+__all__ = ["read_image", "write_image", "probe_image", "ImageHeader", "check_output_path", "check_extension",
+           "to_float01", "OUTPUT_EXTENSIONS", "DEFAULT_MAX_PIXELS", "ImageWriteError", "is_gray_content"]
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+# OpenCV prints warnings of its own ("[ WARN:0@...] PNG input buffer is incomplete") before our
+# error; our messages say the same in words.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+_DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR  # keeps 8/16-bit/float and colour; applies EXIF rotation
+
+
+class ImageWriteError(CDDFuseError):
+    """An image could not be written (permissions, full disk...). ``errno`` tells which."""
+
+    def __init__(self, message: str, errno_value: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.errno = errno_value
+
+    @property
+    def disk_full(self) -> bool:
+        """True for errors that will hit every further write too (full disk, quota, read-only file system)."""
+        return self.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file's header says, before anything is decoded (width and height as displayed,
+    i.e. after the EXIF orientation)."""
+
+    width: int
+    height: int
+    format: str
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+def _regular_file(path: PathLike) -> Path:
+    p = Path(path)
+    try:
+        mode = os.stat(p).st_mode
+    except FileNotFoundError:
+        raise ImageReadError(f"{p}: no such file") from None
+    except OSError as e:
+        raise ImageReadError(f"{p}: cannot read file: {e.strerror or e}") from None
+    if stat.S_ISDIR(mode):
+        raise ImageReadError(f"{p}: is a folder, expected an image file")
+    if not stat.S_ISREG(mode):
+        raise ImageReadError(f"{p}: not a regular file (a pipe, socket or device); give an image file")
+    return p
+
+
+def probe_image(path: PathLike, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> ImageHeader:
+    """Read only the header of an image file: its size and format.
+
+    Args:
+        path: a PNG, JPEG, BMP or TIFF file.
+        max_pixels: refuse images with more pixels (``None``: no limit).
+
+    Raises:
+        ImageReadError: not a regular file, no image header, or more pixels than ``max_pixels``.
+
+    Example:
+        >>> import tempfile, numpy as np
+        >>> path = write_image(tempfile.mkdtemp() + "/x.png", np.zeros((3, 5)))
+        >>> probe_image(path)
+        ImageHeader(width=5, height=3, format='PNG')
+        >>> probe_image(path, max_pixels=10)
+        Traceback (most recent call last):
+        ...
+        cddfuse.errors.ImageReadError: ...x.png: 5x3 pixels is more than the limit of 10; ...
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    p = _regular_file(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's own decompression-bomb warning: we check below
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                with Image.open(p) as im:
+                    width, height, fmt = im.size[0], im.size[1], str(im.format)
+                    orientation = im.getexif().get(0x0112, 1) if fmt == "JPEG" else 1
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        if isinstance(e, OSError) and not isinstance(e, UnidentifiedImageError) and e.errno is not None:
+            raise ImageReadError(f"{p}: cannot read file: {e.strerror or e}") from None
+        raise ImageReadError(_NOT_AN_IMAGE.format(p)) from None
+    if orientation in (5, 6, 7, 8):  # displayed rotated by 90 degrees
+        width, height = height, width
+    header = ImageHeader(width, height, fmt)
+    if max_pixels is not None and header.pixels > max_pixels:
+        text = f"{p}: {header.size} pixels is more than the limit of {max_pixels}; if the image is genuine, raise "
+        raise ImageReadError(text + "max_pixels", cli=text + "it with --max-pixels")
+    if header.pixels == 0:
+        raise ImageReadError(f"{p}: the header says the image is empty ({header.size})")
+    return header
+
+
+_NOT_AN_IMAGE = "{}: not a readable image (supported: PNG, JPEG, BMP, TIFF); check the file is complete and an image"
 
 #: Extensions :func:`write_image` can write.
 OUTPUT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy")
@@ -53,33 +168,35 @@ def is_gray_content(rgb: np.ndarray) -> bool:
     return bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]))
 
 
-def read_image(path: PathLike, *, keep_integer: bool = False) -> np.ndarray:
+def read_image(path: PathLike, *, keep_integer: bool = False,
+               max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read an image file as float32 in [0, 1]: ``(H, W)`` gray or ``(H, W, 3)`` RGB.
 
     Args:
         path: image file (PNG, JPEG, BMP, TIFF; 8/16-bit; gray, RGB, RGBA, palette).
-        keep_integer: return the decoded integer array (uint8/uint16) instead of float32.
+        keep_integer: return the decoded integer array (uint8/uint16) instead of float32 (float
+            files come back as float32 either way).
+        max_pixels: refuse larger images, from the header, before decoding (``None``: no limit).
 
     RGB files whose three channels are equal are returned as gray ``(H, W)``.
 
     Raises:
-        ImageReadError: the file is missing, a folder, or not a readable image (the message
-            says which and names the file).
+        ImageReadError: the file is missing, a folder, not a regular file, not a readable image,
+            larger than ``max_pixels``, or holds float pixels that are not finite or not in [0, 1]
+            (the message says which and names the file).
     """
     p = Path(path)
-    if not p.exists():
-        raise ImageReadError(f"{p}: no such file")
-    if p.is_dir():
-        raise ImageReadError(f"{p}: is a folder, expected an image file")
+    probe_image(p, max_pixels)
     try:
         data = np.fromfile(str(p), dtype=np.uint8)
     except OSError as e:
         raise ImageReadError(f"{p}: cannot read file: {e.strerror or e}") from None
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    try:
+        img = cv2.imdecode(data, _DECODE_FLAGS) if data.size else None
+    except cv2.error:
+        img = None
     if img is None:
-        raise ImageReadError(
-            f"{p}: not a readable image (supported: PNG, JPEG, BMP, TIFF); check the file is complete and an image"
-        )
+        raise ImageReadError(_NOT_AN_IMAGE.format(p))
     if img.ndim == 3:
         if img.shape[2] == 1:
             img = img[..., 0]
@@ -92,6 +209,13 @@ def read_image(path: PathLike, *, keep_integer: bool = False) -> np.ndarray:
                 img = np.ascontiguousarray(img[..., 0])
     elif img.ndim != 2:
         raise ImageReadError(f"{p}: unsupported image layout {img.shape}")
+    if np.issubdtype(img.dtype, np.floating):
+        if not np.all(np.isfinite(img)):
+            raise ImageReadError(f"{p}: the image contains NaN or infinite pixel values")
+        if img.min() < 0 or img.max() > 1:
+            raise ImageReadError(f"{p}: float images must hold values in [0, 1], this one has "
+                                 f"{float(img.min()):.4g}..{float(img.max()):.4g}; rescale it or save it as 8/16-bit")
+        img = img.astype(np.float32)
     if keep_integer:
         return img
     try:
@@ -106,6 +230,23 @@ def _quantize(img: np.ndarray, bit_depth: int) -> np.ndarray:
     return q.astype(np.uint8 if bit_depth == 8 else np.uint16)
 
 
+def check_extension(ext: str, bit_depth: int = 8, what: str = "output") -> str:
+    """The lower-case extension if :func:`write_image` can write that format at ``bit_depth``.
+
+    Raises:
+        UsageError: unsupported extension, or a bit depth the format cannot hold.
+    """
+    ext = ext.lower()
+    if ext not in OUTPUT_EXTENSIONS:
+        raise UsageError(f"{what}: cannot write {ext or 'files without extension'}; "
+                         f"use one of {', '.join(OUTPUT_EXTENSIONS)}")
+    if bit_depth not in (8, 16):
+        raise UsageError.invalid("bit_depth", bit_depth, "must be 8 or 16")
+    if bit_depth == 16 and ext not in _SIXTEEN_BIT_OK and ext != ".npy":  # .npy keeps float32
+        raise UsageError(f"{what}: {ext} cannot hold 16-bit images; use .png or .tif, or an 8-bit depth")
+    return ext
+
+
 def check_output_path(path: PathLike, bit_depth: int = 8) -> Path:
     """``path`` as a :class:`~pathlib.Path` if :func:`write_image` can write that format at ``bit_depth``.
 
@@ -115,13 +256,7 @@ def check_output_path(path: PathLike, bit_depth: int = 8) -> Path:
         UsageError: unsupported extension, or a bit depth the format cannot hold.
     """
     p = Path(path)
-    ext = p.suffix.lower()
-    if ext not in OUTPUT_EXTENSIONS:
-        raise UsageError(f"{p}: cannot write {ext or 'files without extension'}; use one of {', '.join(OUTPUT_EXTENSIONS)}")
-    if bit_depth not in (8, 16):
-        raise UsageError.invalid("bit_depth", bit_depth, "must be 8 or 16")
-    if bit_depth == 16 and ext not in _SIXTEEN_BIT_OK and ext != ".npy":  # .npy keeps float32
-        raise UsageError(f"{p}: {ext} cannot hold 16-bit images; use .png or .tif, or an 8-bit depth")
+    check_extension(p.suffix, bit_depth, str(p))
     return p
 
 
@@ -136,17 +271,21 @@ def write_image(path: PathLike, img: np.ndarray, *, bit_depth: int = 8) -> Path:
 
     Raises:
         UsageError: unsupported extension or bit depth for the format.
+        CDDFuseError: the image holds NaN or infinite values (it is never written).
+        ImageWriteError: the file system refused (permissions, full disk); no partial file is left.
     """
     p = check_output_path(path, bit_depth)
     ext = p.suffix.lower()
     if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
         raise ValueError(f"expected an (H, W) or (H, W, 3) image, got shape {img.shape}")
+    if not np.all(np.isfinite(img)):
+        raise CDDFuseError(f"{p}: not written: the image contains NaN or infinite values")
     if ext == ".npy":
         import io
 
         buf = io.BytesIO()
         np.save(buf, np.asarray(img, dtype=np.float32))
-        return atomic_write_bytes(p, buf.getvalue())
+        return _write_bytes(p, buf.getvalue())
     q = _quantize(img, bit_depth)
     if q.ndim == 3:
         q = np.ascontiguousarray(q[..., ::-1])  # RGB -> BGR for OpenCV
@@ -154,4 +293,11 @@ def write_image(path: PathLike, img: np.ndarray, *, bit_depth: int = 8) -> Path:
     ok, enc = cv2.imencode(ext, q, params)
     if not ok:  # pragma: no cover - OpenCV refuses only exotic combinations
         raise UsageError(f"{p}: OpenCV could not encode this image as {ext}")
-    return atomic_write_bytes(p, enc.tobytes())
+    return _write_bytes(p, enc.tobytes())
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
+    try:
+        return atomic_write_bytes(path, data)
+    except OSError as e:
+        raise ImageWriteError(f"cannot write {path}: {e.strerror or e}", e.errno) from None
