@@ -55,7 +55,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argp
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import UsageError
+    from ..errors import CDDFuseError, UsageError
     from ..train import data as D
 
     out = Path(args.output)
@@ -63,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"-o {out}: the cache file must end in .h5, .hdf5 or .npz")
     if out.exists() and not args.overwrite:
         raise UsageError(f"{out} exists; use --overwrite to replace it")
+    if out.is_dir():
+        raise CDDFuseError(f"{out} is a folder, not a cache file; give a file name such as {out / 'train.h5'}")
     for name in ("patch_size", "stride", "crop_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
@@ -88,7 +90,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         data = D.load_image_pairs(pairs, args.crop_size, small, workers=args.workers, warn=warn, progress=progress)
     desc = D.describe(data, src)
-    D.write_cache(out, data, desc)
+    try:
+        D.write_cache(out, data, desc)
+    except OSError as e:  # full disk, permissions: the previous cache (if any) is untouched (atomic write)
+        raise CDDFuseError(f"cannot write {out}: {e.strerror or e}") from None
     info = data.info
     if info["mode"] == "patches":
         print(f"{out}: {info['samples']} patches of {info['patch_size']}x{info['patch_size']} from {info['pairs']} pairs "

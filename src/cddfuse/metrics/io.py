@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import cv2
 import numpy as np
 
 from ..errors import ImageReadError
+from ..io.image import probe_image
+from ..options import DEFAULT_MAX_PIXELS
 from ._validate import MetricInputError
 
 __all__ = ["read_gray", "rgb_to_gray", "quantize_like_authors", "PathLike"]
@@ -41,22 +43,29 @@ def rgb_to_gray(rgb: Any, order: str = "RGB") -> np.ndarray:
     return np.round(cv2.cvtColor(img, code))
 
 
-def read_gray(path: PathLike) -> np.ndarray:
+def read_gray(path: PathLike, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read an image file the way the CDDFuse evaluation does: float32 ``(H, W)`` on 0-255.
 
     ``cv2.imread`` in colour mode (gray files become three equal channels, an alpha channel is
     dropped, 16-bit files are reduced to 8 bits), converted to float32, ``COLOR_BGR2GRAY``
     (``0.299 R + 0.587 G + 0.114 B``) and rounded: their ``image_read_cv2(path, 'GRAY')``.
 
+    The header is read first (:func:`cddfuse.io.image.probe_image`): only regular files, and no image
+    above ``max_pixels`` is decoded.
+
     Raises:
-        ImageReadError: the file is missing or is not an image OpenCV can decode.
+        ImageReadError: the file is missing, not a regular file, too large, or not an image OpenCV can decode.
     """
     p = Path(path)
+    probe_image(p, max_pixels)
     try:
         data = np.fromfile(str(p), dtype=np.uint8)  # also works for non-ASCII paths on Windows
     except OSError as e:
         raise ImageReadError(f"cannot read {p}: {e.strerror or e}") from None
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    try:
+        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except cv2.error:
+        bgr = None
     if bgr is None:
         raise ImageReadError(f"cannot read {p}: not an image OpenCV can decode")
     return np.round(cv2.cvtColor(bgr.astype(np.float32), cv2.COLOR_BGR2GRAY))

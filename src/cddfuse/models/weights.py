@@ -171,19 +171,31 @@ def check_state_dict(model: CDDFuse, state_dict: Mapping[str, Tensor], path: Pat
 
 
 def read_official_checkpoint(path: PathLike) -> Dict[str, Tensor]:
-    """Load an authors'-format ``.pth`` safely (``weights_only=True``) as a flat state dict."""
+    """Load an authors'-format ``.pth`` safely (``weights_only=True``) as a flat state dict.
+
+    Files that are not PyTorch checkpoints at all (an image, random bytes) are named as such; files
+    that hold more than tensors (code, foreign objects) are refused without running anything, and
+    PyTorch's advice to turn the safety check off is never passed on.
+    """
     try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:
+            magic = f.read(4)
     except FileNotFoundError:
         raise _fail(path, "no such file") from None
+    except OSError as e:
+        raise _fail(path, f"cannot read: {e.strerror or e}") from None
+    if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):  # zip (torch.save) or a pickle stream
+        raise _fail(path, "not a PyTorch checkpoint or safetensors file")
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "weights_only" in msg or "Weights only" in msg:
+            raise _fail(path, _REFUSED) from None
+        msg = msg.split(". ")[0]  # torch's first sentence; the rest is advice about how files get corrupted
         raise _fail(path, f"cannot read as a PyTorch checkpoint (truncated or not a checkpoint?): {msg}") from None
-    except Exception as e:  # pickle.UnpicklingError for files holding code or foreign objects
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise _fail(
-            path, f"refused to load: the file contains more than tensors (only weights are loaded, never code): {msg}"
-        ) from None
+    except Exception:  # pickle.UnpicklingError for files holding code or foreign objects
+        raise _fail(path, _REFUSED) from None
     if not isinstance(ckpt, Mapping):
         raise _fail(path, f"not a CDDFuse checkpoint: holds a {type(ckpt).__name__}, expected a dict")
     if "model" in ckpt and isinstance(ckpt["model"], Mapping) and "DIDF_Encoder" not in ckpt:
@@ -191,6 +203,10 @@ def read_official_checkpoint(path: PathLike) -> Dict[str, Tensor]:
     if all(isinstance(v, Tensor) for v in ckpt.values()) and any(k.startswith("encoder.") for k in ckpt):
         return dict(ckpt)  # already a flat cddfuse state dict saved with torch.save
     return official_to_state_dict(ckpt, path)
+
+
+_REFUSED = ("refused to load: the file holds more than tensors (code or other objects); only weights are "
+            "loaded, never code -- use the authors' released .pth or a cddfuse .safetensors")
 
 
 def _official_defaults(path: Path) -> Tuple[Optional[str], Optional[str]]:
@@ -243,6 +259,10 @@ def load_weights(path: PathLike, *, device: Union[str, torch.device] = "cpu") ->
         task, residual = _official_defaults(p)
         info = WeightsInfo(task=task, residual=residual, normalize="minmax", config=infer_config(state),
                            source_format="official", path=str(p))
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise _fail(p, f"the weights hold NaN or infinite values (first in {key}); the file is broken -- "
+                           "use the last good checkpoint")
     model = CDDFuse(info.config)
     check_state_dict(model, state, p)
     model.load_state_dict(state, strict=True)
