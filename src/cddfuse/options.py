@@ -24,7 +24,7 @@ from .errors import UsageError
 __all__ = [
     "Task", "TASKS",
     "ResidualMode", "RESIDUAL_MODES", "ResidualChoice", "RESIDUAL_CHOICES",
-    "Method", "METHODS", "Normalize", "NORMALIZE_MODES", "ColorMode", "COLOR_MODES",
+    "Method", "METHODS", "Normalize", "NORMALIZE_MODES", "ColorMode", "COLOR_MODES", "ChromaMode", "CHROMA_MODES",
     "Precision", "PRECISIONS", "Backend", "BACKENDS",
     "check_choice", "DEFAULT_MAX_PIXELS",
 ]
@@ -52,6 +52,11 @@ NORMALIZE_MODES: Tuple[Normalize, ...] = get_args(Normalize)
 #: ``auto``: colour output when a source is colour; ``gray``: always gray.
 ColorMode = Literal["auto", "gray"]
 COLOR_MODES: Tuple[ColorMode, ...] = get_args(ColorMode)
+
+#: How a colour source's chroma goes back onto the fused luminance: ``saturation`` keeps each pixel's
+#: hue and saturation; ``ycbcr`` puts Cb/Cr back unchanged (the authors' scripts). See ``cddfuse.io.color``.
+ChromaMode = Literal["saturation", "ycbcr"]
+CHROMA_MODES: Tuple[ChromaMode, ...] = get_args(ChromaMode)
 
 #: Arithmetic of the network: fp32 (exact to the paper), tf32 (CUDA tensor cores), bf16.
 Precision = Literal["fp32", "tf32", "bf16"]

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import CDDFuseError, UsageError
 from ..options import (
     BACKENDS,
+    CHROMA_MODES,
     COLOR_MODES,
     DEFAULT_MAX_PIXELS,
     METHODS,
@@ -63,6 +64,10 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argp
                    help="minmax: stretch the fused luminance to the full range (the authors' protocol, default); none")
     p.add_argument("--color", choices=COLOR_MODES, default="auto",
                    help="auto: colour output when a source is colour (default); gray")
+    p.add_argument("--chroma", choices=CHROMA_MODES, default="saturation",
+                   help="colour output: saturation (default) keeps each pixel's hue and saturation where the fused "
+                        "luminance differs from the colour source's; ycbcr puts its Cb/Cr back unchanged (the "
+                        "authors' scripts)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available, default), cpu, cuda, cuda:N")
     p.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="bits per channel of PNG/TIFF output")
     p.add_argument("--resize", action="store_true",
@@ -109,7 +114,8 @@ def _make_fuser(args: argparse.Namespace):  # -> Fuser (import deferred: torch s
     if args.weights is not None and args.method != "cddfuse":
         raise UsageError(f"--weights is only used with --method cddfuse, not with --method {args.method}")
     return Fuser(weights=args.weights, task=args.task, method=args.method, residual=args.residual,
-                 normalize=args.normalize, color=args.color, device=args.device, max_pixels=args.max_pixels,
+                 normalize=args.normalize, color=args.color, chroma=args.chroma, device=args.device,
+                 max_pixels=args.max_pixels,
                  tile=getattr(args, "tile", None), max_memory=getattr(args, "max_memory", None),
                  precision=getattr(args, "precision", "fp32"), backend=getattr(args, "backend", "torch"))
 

@@ -19,12 +19,14 @@ from ..models.pretrained import pretrained_path
 from ..models.weights import WeightsInfo, load_weights
 from ..options import (
     BACKENDS,
+    CHROMA_MODES,
     COLOR_MODES,
     METHODS,
     NORMALIZE_MODES,
     PRECISIONS,
     TASKS,
     Backend,
+    ChromaMode,
     ColorMode,
     Method,
     Normalize,
@@ -163,6 +165,8 @@ class Fuser:
         normalize: ``"minmax"`` (the authors' protocol: stretch the fused luminance to [0, 1]) or
             ``"none"``.
         color: ``"auto"`` (colour output when a source is colour) or ``"gray"``.
+        chroma: how the colour goes back (keyword): ``"saturation"`` (default: each pixel keeps the
+            hue and saturation of the colour source) or ``"ycbcr"`` (the authors': Cb/Cr unchanged).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
 
     Sources: ``a`` is the infrared / functional image (IR, CT, PET, SPECT), ``b`` the visible / MRI
@@ -191,6 +195,7 @@ class Fuser:
         precision: Precision = "fp32",
         backend: Backend = "torch",
         max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
+        chroma: ChromaMode = "saturation",
     ) -> None:
         """See the class docstring for the first arguments. Performance options (same results):
 
@@ -214,11 +219,13 @@ class Fuser:
             check_choice("task", task, TASKS)
         check_choice("normalize", normalize, NORMALIZE_MODES)
         check_choice("color", color, COLOR_MODES)
+        check_choice("chroma", chroma, CHROMA_MODES)
         check_choice("precision", precision, PRECISIONS)
         check_choice("backend", backend, BACKENDS)
         self.method = method
         self.normalize = normalize
         self.color = color
+        self.chroma = chroma
         self.device = resolve_device(device)
         self.model: Optional[CDDFuse] = None
         self.info: Optional[WeightsInfo] = None
@@ -343,7 +350,7 @@ class Fuser:
                 chroma, chroma_from = sb, "b"
             elif sa.is_color:
                 chroma, chroma_from = sa, "a"
-        image = merge_luminance(y, chroma) if chroma is not None else y
+        image = merge_luminance(y, chroma, self.chroma) if chroma is not None else y
         return FusionResult(image=image, luminance=y, raw=raw, residual=self.residual, chroma_from=chroma_from)
 
     def fuse_detailed(self, a: ImageLike, b: ImageLike, *, resize: bool = False) -> FusionResult:

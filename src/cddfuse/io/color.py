@@ -7,9 +7,19 @@ convention)::
     Y  = 0.299 R + 0.587 G + 0.114 B
     Cb = 0.5 + 0.564 (B - Y),   Cr = 0.5 + 0.713 (R - Y)          (all in [0, 1])
 
-Its Y is fused with the other source and its Cb/Cr are put back. Because Cb/Cr are kept, the hue
-angle ``atan2(Cr - 0.5, Cb - 0.5)`` of every pixel is unchanged wherever the result is not clipped:
-medical colour maps survive.
+Its Y is fused with the other source and its colour is put back (:func:`merge_luminance`), in
+one of two ways:
+
+* ``"ycbcr"`` (the authors' scripts): Cb/Cr put back unchanged. The hue angle
+  ``atan2(Cr - 0.5, Cb - 0.5)`` survives wherever the result is not clipped, but the colour's
+  strength does not follow the luminance: where fusion brightens a dark pixel a lot (night scenes
+  lit by the infrared image), the same Cb/Cr on a much larger Y look washed out, and channels
+  clipped at 1 turn hues yellowish.
+* ``"saturation"`` (default): the chroma offsets ``(Cb - 0.5, Cr - 0.5)`` are scaled by
+  ``Y_fused / Y_source`` (at most :data:`MAX_CHROMA_GAIN`), which is exactly what scaling the
+  source's RGB by that factor does -- hue and saturation are kept -- and a pixel that would leave
+  the RGB cube is desaturated toward gray at its luminance instead of being clipped channel by
+  channel (its fused luminance stays exact and its hue unchanged).
 
 For integer images the luminance is rounded to the source's own grid exactly like the gray
 conversion of the authors' scripts (``round(cv2.cvtColor(BGR2GRAY))`` on the 0-255 scale), so
@@ -27,9 +37,15 @@ import torch
 
 from .image import to_float01
 
-__all__ = ["YCbCrImage", "split_luminance", "rgb_to_ycbcr", "ycbcr_to_rgb", "merge_luminance", "luminance"]
+__all__ = ["YCbCrImage", "split_luminance", "rgb_to_ycbcr", "ycbcr_to_rgb", "merge_luminance", "luminance",
+           "MAX_CHROMA_GAIN"]
 
 _Y_WEIGHTS = (0.299, 0.587, 0.114)
+
+#: ``"saturation"`` chroma: the largest factor by which a pixel's chroma is amplified. The chroma of a
+#: nearly black pixel is mostly sensor and JPEG noise; amplified without bound it would become
+#: coloured speckle where the infrared image lights up a dark area.
+MAX_CHROMA_GAIN = 4.0
 
 
 def _to_chw(rgb: np.ndarray) -> torch.Tensor:
@@ -94,8 +110,41 @@ def split_luminance(img: np.ndarray) -> YCbCrImage:
     return YCbCrImage(y, ycc[..., 1].copy(), ycc[..., 2].copy())
 
 
-def merge_luminance(y: np.ndarray, chroma: YCbCrImage) -> np.ndarray:
-    """Put the chroma of a colour source back onto a fused luminance ``y``; returns RGB in [0, 1]."""
+def merge_luminance(y: np.ndarray, chroma: YCbCrImage, mode: str = "saturation") -> np.ndarray:
+    """Put the colour of a source back onto a fused luminance ``y``; returns RGB float32 in [0, 1].
+
+    Args:
+        y: fused luminance ``(H, W)`` in [0, 1].
+        chroma: the colour source, split by :func:`split_luminance`.
+        mode: ``"saturation"`` (keep hue and saturation; see the module docstring) or ``"ycbcr"``
+            (the authors': Cb/Cr unchanged, then clipped).
+
+    Example:
+        >>> src = split_luminance(np.array([[[0.2, 0.1, 0.05]]], dtype=np.float32))  # a dark orange
+        >>> out = merge_luminance(np.array([[0.4]], np.float32), src)                 # fused twice as bright
+        >>> np.round(out / out.max(), 3)                                              # same colour, brighter
+        array([[[1.  , 0.5 , 0.25]]], dtype=float32)
+    """
     if not chroma.is_color:
         raise ValueError("the chroma source is gray")
-    return ycbcr_to_rgb(np.stack([y.astype(np.float32), chroma.cb, chroma.cr], axis=-1))
+    assert chroma.cb is not None and chroma.cr is not None
+    y = y.astype(np.float32)
+    if mode == "ycbcr":
+        return ycbcr_to_rgb(np.stack([y, chroma.cb, chroma.cr], axis=-1))
+    if mode != "saturation":
+        raise ValueError(f"unknown chroma mode {mode!r}; choose saturation or ycbcr")
+    gain = np.minimum(y / np.maximum(chroma.y, np.float32(1e-6)), np.float32(MAX_CHROMA_GAIN))
+    cb = (chroma.cb - np.float32(0.5)) * gain + np.float32(0.5)
+    cr = (chroma.cr - np.float32(0.5)) * gain + np.float32(0.5)
+    rgb = ycbcr_to_rgb(np.stack([y, cb, cr], axis=-1), clip=False)
+    return _desaturate_into_gamut(rgb, y)
+
+
+def _desaturate_into_gamut(rgb: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Move out-of-range pixels toward gray ``y`` (same luminance, same hue) until they fit in [0, 1]."""
+    offset = rgb - y[..., None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        room = np.where(offset > 0, (1.0 - y[..., None]) / offset,
+                        np.where(offset < 0, y[..., None] / -offset, np.inf))
+    t = np.clip(room.min(axis=-1), 0.0, 1.0)
+    return np.clip(y[..., None] + offset * t[..., None], 0.0, 1.0).astype(np.float32)
