@@ -12,7 +12,7 @@ What it measures (every measurement in a fresh subprocess, so peak RSS is per ru
 * latency for one pair at 256x256, 640x480 and 768x576: the straightforward eager implementation
   (:mod:`cddfuse.models.reference`, the authors' layer-by-layer code, sources encoded one after the
   other), the module (:class:`cddfuse.models.CDDFuse`) and the optimised path
-  (:func:`cddfuse.models.tiled.tiled_fuse` with the tile :func:`~cddfuse.models.tiled.choose_tile`
+  (:func:`cddfuse.engine.tiled_fuse` with the tile :func:`~cddfuse.engine.choose_tile`
   picks), with the largest output difference to the straightforward path;
 * the levers one by one at 640x480 (cumulative ladder), threads, torch.compile, ONNX Runtime;
 * achieved GFLOP/s per layer type of the optimised path (torch profiler) against the peaks;
@@ -168,10 +168,10 @@ def child(spec: Dict[str, Any]) -> Dict[str, Any]:
         with torch.inference_mode():
             out, ts = _timeit(lambda: net(ta, tb, "vis"), reps)
     elif variant == "engine":
-        from cddfuse.models import tiled
+        from cddfuse import engine
 
         if tile == "auto":
-            t, on_disk = tiled.choose_tile(h, w, device="cpu", config=model.config,
+            t, on_disk = engine.choose_tile(h, w, device="cpu", config=model.config,
                                            memory_budget=spec.get("budget"))
         else:
             t, on_disk = tile, False
@@ -181,17 +181,17 @@ def child(spec: Dict[str, Any]) -> Dict[str, Any]:
                   memory_budget=spec.get("budget"), workers=spec.get("workers"))
         if spec.get("numpy_out"):
             out_arr = np.empty((h, w), np.float32)
-            out, ts = _timeit(lambda: tiled.tiled_fuse(model, ya, yb, "vis", out=out_arr,
+            out, ts = _timeit(lambda: engine.tiled_fuse(model, ya, yb, "vis", out=out_arr,
                                                        progress=lambda i, n: passes.append(time.perf_counter()),
                                                        **kw), reps)
             out = torch.from_numpy(out)[None, None]
         else:
-            out, ts = _timeit(lambda: tiled.tiled_fuse(model, ta, tb, "vis",
+            out, ts = _timeit(lambda: engine.tiled_fuse(model, ta, tb, "vis",
                                                        progress=lambda i, n: passes.append(time.perf_counter()),
                                                        **kw), reps)
         res["pass_starts"] = passes[-11:]
     elif variant == "onnx":
-        from cddfuse.models.onnx import OnnxFuser
+        from cddfuse.engine.onnx import OnnxFuser
 
         t0 = time.perf_counter()
         f = OnnxFuser(model, residual="vis", threads=int(spec.get("threads", 2)))
@@ -229,15 +229,15 @@ def _child_profile(spec, res, model, ta, tb):
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from cddfuse.models import tiled
+    from cddfuse import engine
 
     h, w = spec["size"]
-    t, _ = tiled.choose_tile(h, w, device="cpu", config=model.config)
+    t, _ = engine.choose_tile(h, w, device="cpu", config=model.config)
     # one tile at a time (workers=1): the profiler attributes every op to its layer type
-    tiled.tiled_fuse(model, ta, tb, "vis", tile=t, workers=1)  # warm-up (oneDNN primitives)
+    engine.tiled_fuse(model, ta, tb, "vis", tile=t, workers=1)  # warm-up (oneDNN primitives)
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         t0 = time.perf_counter()
-        tiled.tiled_fuse(model, ta, tb, "vis", tile=t, workers=1)
+        engine.tiled_fuse(model, ta, tb, "vis", tile=t, workers=1)
         wall = time.perf_counter() - t0
     conv_ops = {"mkldnn::_convolution_pointwise", "aten::mkldnn_convolution", "aten::convolution",
                 "aten::_convolution", "aten::conv2d"}
@@ -638,7 +638,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _speed_tile() -> int:
-    from cddfuse.models.tiled import CPU_SPEED_TILE
+    from cddfuse.engine import CPU_SPEED_TILE
 
     return CPU_SPEED_TILE
 
@@ -697,7 +697,7 @@ def render(R: Dict[str, Any], args) -> str:
         L += ["", "\\* published FLOPs (2 x multiply-adds) / time: directly comparable with the peaks above "
               "(the optimised path does fewer FLOPs, so this can exceed what it executes).",
               f"Optimised path tile: {lat[1]['optimised'].get('tile')} px (exact tiling; see "
-              "`cddfuse.models.tiled.CPU_SPEED_TILE`). 'first' includes one-time oneDNN primitive creation.", ""]
+              "`cddfuse.engine.CPU_SPEED_TILE`). 'first' includes one-time oneDNN primitive creation.", ""]
     lev = R.get("levers")
     if lev:
         L += ["## Levers, one at a time (640x480, cumulative unless marked alternative)", "",
@@ -753,7 +753,7 @@ def render(R: Dict[str, Any], args) -> str:
                      f"{'disk' if r.get('on_disk') else 'memory'} | {_disturbed(r)} |")
         L += ["", "Peak RSS includes the interpreter, torch and the model (~300 MiB at start-up) and the input and "
               "output images; feature maps on disk live in unlinked temporary files (page cache, not RSS). "
-              "With a budget, `cddfuse.models.tiled.MemoryGuard` hands freed heap memory back to the system "
+              "With a budget, `cddfuse.engine.MemoryGuard` hands freed heap memory back to the system "
               "whenever the resident size passes the budget less one tile's working memory, so a run sits "
               "just under a generous budget by design (freed memory is kept for reuse until then); the "
               "smaller budgets show what it actually needs.", ""]

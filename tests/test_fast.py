@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from cddfuse.models._fast import FastWeights, fused_ops_available
+from cddfuse.engine import FastWeights, fused_ops_available, tiled_fuse
 from cddfuse.models.reference import ReferenceCDDFuse, reference_from
-from cddfuse.models.tiled import tiled_fuse
 from .conftest import SHARED, make_random_model
 from .conftest import need as _need
 
@@ -140,7 +139,7 @@ def test_fuser_batches_same_size_pairs(tmp_path):
 def test_onnx_backend_matches_torch(tmp_path):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from cddfuse.models.onnx import OnnxFuser, export_onnx
+    from cddfuse.engine.onnx import OnnxFuser, export_onnx
 
     model = _random_model(8, **TINY)
     path = export_onnx(model, tmp_path / "tiny.onnx", residual="sum")

@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from cddfuse.models import CDDFuseConfig
-from cddfuse.models import tiled as tiled_module
-from cddfuse.models._fast import n_passes
-from cddfuse.models.tiled import (
+from cddfuse._malloc import resident_memory
+from cddfuse.engine import (
     MemoryGuard,
     auto_tile,
     estimate_memory,
+    n_passes,
     parse_memory,
     plan_tiles,
-    resident_memory,
     tiled_fuse,
 )
+from cddfuse.engine import engine as engine_module
+from cddfuse.models import CDDFuseConfig
 
 from .conftest import SHARED, make_random_model
 from .conftest import need as _need
@@ -214,7 +214,7 @@ def test_tiled_fuse_uses_the_guard_with_a_budget(tiny, monkeypatch):
             super().__init__(limit)
             made.append(self)
 
-    monkeypatch.setattr(tiled_module, "MemoryGuard", Recording)
+    monkeypatch.setattr(engine_module, "MemoryGuard", Recording)
     a, b = _pair(30, 34, seed=4)
     got = tiled_fuse(tiny, a, b, tile=16, memory_budget=2**20, workers=1)
     assert float((got - _untiled(tiny, a, b)).abs().max()) <= 1e-4
@@ -226,20 +226,20 @@ def test_tiled_fuse_uses_the_guard_with_a_budget(tiny, monkeypatch):
 
 
 def test_map_pool_reuses_buffers_of_the_same_shape():
-    from cddfuse.models._fast import MapPool, MemStore
+    from cddfuse.engine.stores import MapPool, MemoryStore
 
     pool = MapPool()
-    first = MemStore(2, 6, 5, 3, torch.float32, torch.device("cpu"), pool=pool)
+    first = MemoryStore(2, 6, 5, 3, torch.float32, torch.device("cpu"), pool=pool)
     first.write((0, 3, 0, 5), torch.ones(2, 3, 5, 3))
-    storage = first.t.data_ptr()
+    storage = first.tensor.data_ptr()
     first.close()
-    other = MemStore(1, 6, 5, 3, torch.float32, torch.device("cpu"), pool=pool)  # another shape: fresh
+    other = MemoryStore(1, 6, 5, 3, torch.float32, torch.device("cpu"), pool=pool)  # another shape: fresh
     other.write((0, 3, 0, 5), torch.ones(1, 3, 5, 3))
-    assert other.t.data_ptr() != storage
-    again = MemStore(2, 6, 5, 3, torch.float32, torch.device("cpu"), pool=pool)
+    assert other.tensor.data_ptr() != storage
+    again = MemoryStore(2, 6, 5, 3, torch.float32, torch.device("cpu"), pool=pool)
     again.write((3, 6, 0, 5), torch.full((2, 3, 5, 3), 2.0))
-    assert again.t.data_ptr() == storage  # the first map's buffer, reused
-    assert float(again.read((3, 6, 0, 5)).t.min()) == 2.0
+    assert again.tensor.data_ptr() == storage  # the first map's buffer, reused
+    assert float(again.read((3, 6, 0, 5)).tensor.min()) == 2.0
 
 
 def test_fuser_tile_option_matches_untiled(tmp_path):

@@ -201,7 +201,7 @@ class Fuser:
 
         Args:
             tile: run the network tile by tile with tiles of at most ``tile x tile`` pixels (exact:
-                the result does not depend on the tile size; see :mod:`cddfuse.models.tiled`).
+                the result does not depend on the tile size; see :mod:`cddfuse.engine`).
                 ``None``: chosen automatically -- on CPU cache-sized tiles (faster), and smaller
                 ones or disk-backed feature maps when the image would not fit ``max_memory``.
             max_memory: memory budget for one pair, bytes or ``"3G"``/``"512M"``; ``None``: the
@@ -237,7 +237,7 @@ class Fuser:
         self.task: Task = task or (self.info.task if self.info and self.info.task else "ivf")  # type: ignore[assignment]
         self.residual: Optional[ResidualMode] = (
             resolve_residual(residual, self.task, self.info) if self.model is not None else None)
-        from ..models.tiled import parse_memory
+        from ..engine.memory import parse_memory
 
         if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < MIN_TILE):
             raise UsageError.invalid("tile", tile, f"must be a number of pixels, at least {MIN_TILE}")
@@ -271,7 +271,7 @@ class Fuser:
                 raise UsageError.invalid("backend", backend, "runs whole images in fp32; drop tile/precision, "
                                          "or use backend='torch'")
             try:
-                from ..models.onnx import OnnxFuser
+                from ..engine.onnx import OnnxFuser
 
                 self._onnx = OnnxFuser(self.model, residual=self.residual)
             except ImportError as e:
@@ -283,43 +283,26 @@ class Fuser:
         """Fuse two luminance images ``(H, W)`` float in [0, 1]; returns the raw ``(H, W)`` output.
 
         ``(N, H, W)`` stacks of same-size pairs are fused as one batch (``(N, H, W)`` out).
-        On CPU (and whenever tiles are asked for or needed) the optimised, exactly tiled engine
-        of :mod:`cddfuse.models.tiled` runs; on CUDA the whole image goes through the module, and
-        through the tiled engine when it runs out of memory.
+        The network runs through :func:`cddfuse.engine.fuse_tensors`: on CPU (and whenever tiles
+        are asked for or needed) the optimised, exactly tiled engine; on CUDA the whole image
+        through the module, and through the tiled engine when it runs out of memory.
         """
         if self.method != "cddfuse":
             return fuse_rule(self.method, ya, yb)
         assert self.model is not None and self.residual is not None
         if ya.shape != yb.shape or ya.ndim not in (2, 3):
-            raise UsageError(f"expected two (H, W) or (N, H, W) luminance arrays of one shape, got {ya.shape} and {yb.shape}")
+            raise UsageError(f"expected two (H, W) or (N, H, W) luminance arrays of one shape, got {ya.shape} "
+                             f"and {yb.shape}")
         if self._onnx is not None:
             return self._onnx.fuse_luminance(np.asarray(ya, np.float32), np.asarray(yb, np.float32))
-        from ..models import tiled
+        from ..engine import fuse_tensors
 
         batched = ya.ndim == 3
         ta = torch.from_numpy(np.ascontiguousarray(ya, dtype=np.float32))
         tb = torch.from_numpy(np.ascontiguousarray(yb, dtype=np.float32))
         ta, tb = (ta[:, None], tb[:, None]) if batched else (ta[None, None], tb[None, None])
-        pairs, h, w = ta.shape[0], ta.shape[2], ta.shape[3]
-        cfg = self.model.config
-        cuda = self.device.type == "cuda"
-        with tiled.precision_context(self.precision, self.device):
-            out = None
-            if cuda and self.tile is None and self.max_memory is None:
-                try:
-                    out = self.model(ta.to(self.device), tb.to(self.device), residual=self.residual)
-                except torch.cuda.OutOfMemoryError:
-                    torch.cuda.empty_cache()  # retry below, tile by tile
-            if out is None:
-                budget = self.max_memory
-                if budget is None and cuda:
-                    budget = torch.cuda.mem_get_info(self.device)[0]
-                tile, on_disk = tiled.choose_tile(h, w, device=self.device, tile=self.tile, memory_budget=budget,
-                                                  config=cfg, pairs=pairs)
-                dtype = torch.bfloat16 if self.precision == "bf16" else None
-                out = tiled.tiled_fuse(self.model, ta, tb, self.residual, tile=tile, store="disk" if on_disk else "memory",
-                                       dtype=dtype, ops="plain" if dtype is not None else "auto",
-                                       memory_budget=self.max_memory)
+        out = fuse_tensors(self.model, ta, tb, self.residual, device=self.device, tile=self.tile,
+                           max_memory=self.max_memory, precision=self.precision)
         out = out[:, 0] if batched else out[0, 0]
         return out.float().cpu().numpy()
 

@@ -4,8 +4,8 @@ This follows the authors' code operation by operation (``to_3d``/``to_4d`` trans
 every LayerNorm, ``rearrange``-style reshapes around the channel attention, a full 3x3
 convolution after the 1x1 in the Lite Transformer's attention, ``torch.cat`` everywhere) and
 is kept deliberately naive. It is used by the tests and ``benchmarks/run_all.py`` to check that
-:class:`cddfuse.models.cddfuse.CDDFuse`, :mod:`cddfuse.models._fast` and
-:func:`cddfuse.models.tiled.tiled_fuse` compute the same function, and to measure what the
+:class:`cddfuse.models.cddfuse.CDDFuse` and the inference engine (:mod:`cddfuse.engine`, e.g.
+:func:`cddfuse.engine.tiled_fuse`) compute the same function, and to measure what the
 optimisations buy. It is not meant for production use.
 
 The module tree and parameter names equal :class:`~cddfuse.models.cddfuse.CDDFuse`'s, so the

@@ -2,14 +2,25 @@
 
 ``onnx`` and ``onnxruntime`` are imported only when these functions are called.
 
-Example:
-    >>> from cddfuse.models.onnx import export_onnx, OnnxFuser           # doctest: +SKIP
-    >>> export_onnx(model, "cddfuse_ivf.onnx", residual="vis")           # doctest: +SKIP
-    >>> fused = OnnxFuser("cddfuse_ivf.onnx").fuse_luminance(ya, yb)     # doctest: +SKIP
-
 The graph takes ``a`` and ``b`` of shape ``(N, 1, H, W)`` float32 (any N, H, W) and returns the
 network output ``(N, 1, H, W)`` after the sigmoid, with the residual mode fixed at export time.
 ONNX Runtime runs the whole image at once (no tiling): use the torch backend for large images.
+
+Example (skipped where the extras are not installed):
+    >>> import pytest
+    >>> _ = pytest.importorskip("onnx"), pytest.importorskip("onnxruntime")
+    >>> import tempfile, numpy as np, torch
+    >>> from cddfuse.models import CDDFuse, CDDFuseConfig
+    >>> _ = torch.manual_seed(0)
+    >>> model = CDDFuse(CDDFuseConfig(dim=8, num_heads=2, encoder_blocks=1, decoder_blocks=1)).eval()
+    >>> ya, yb = np.random.default_rng(0).random((2, 24, 30), dtype=np.float32)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = export_onnx(model, f"{folder}/tiny.onnx", residual="vis")
+    ...     fused = OnnxFuser(path, threads=1).fuse_luminance(ya, yb)
+    >>> with torch.inference_mode():
+    ...     want = model(torch.from_numpy(ya)[None, None], torch.from_numpy(yb)[None, None])[0, 0].numpy()
+    >>> fused.shape, bool(np.abs(fused - want).max() <= 1e-4)
+    ((24, 30), True)
 """
 from __future__ import annotations
 
@@ -17,7 +28,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Union
 
 import numpy as np
 import torch
@@ -30,6 +41,7 @@ OPSET = 17  # LayerNormalization is a single op from opset 17
 
 
 def onnx_available() -> bool:
+    """Whether ONNX Runtime is installed (``pip install cddfuse[onnx]``)."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -48,7 +60,7 @@ class _Wrapped(nn.Module):
 
 
 def export_onnx(model: nn.Module, path: PathLike, *, residual: str = "vis", opset: int = OPSET,
-                sample_size: tuple = (64, 64)) -> Path:
+                sample_size: tuple[int, int] = (64, 64)) -> Path:
     """Write ``model`` (a :class:`~cddfuse.models.cddfuse.CDDFuse`) as ONNX with dynamic N, H, W.
 
     Args:
@@ -89,13 +101,13 @@ class OnnxFuser:
         providers: ONNX Runtime execution providers (default: CUDA when available, then CPU).
     """
 
-    def __init__(self, model_or_path: Union[PathLike, nn.Module], *, residual: str = "vis",
-                 threads: Optional[int] = None, providers: Optional[list] = None) -> None:
+    def __init__(self, model_or_path: PathLike | nn.Module, *, residual: str = "vis",
+                 threads: int | None = None, providers: list[str] | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError as e:  # pragma: no cover - depends on the installation
             raise ImportError("the ONNX backend needs onnxruntime: pip install 'cddfuse[onnx]'") from e
-        self._tmp: Optional[tempfile.TemporaryDirectory] = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if isinstance(model_or_path, nn.Module):
             self._tmp = tempfile.TemporaryDirectory(prefix="cddfuse-onnx-")
             path = export_onnx(model_or_path, Path(self._tmp.name) / "cddfuse.onnx", residual=residual)
