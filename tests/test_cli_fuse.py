@@ -60,19 +60,25 @@ def test_roadscene_colour_pair_and_gray_option(test_data, tiny_weights, tmp_path
     assert colour.ndim == 3 and gray.ndim == 2 and colour.shape[:2] == gray.shape == (351, 505)
 
 
-def test_mri_pet_pair_keeps_colour_map(test_data, tiny_weights, tmp_path):
+@pytest.mark.parametrize("chroma", ["ycbcr", "saturation"])
+def test_mri_pet_pair_keeps_colour_map(test_data, tiny_weights, tmp_path, chroma):
     from cddfuse.io.color import rgb_to_ycbcr
 
     out = tmp_path / "pet.png"
     assert main(["fuse", str(test_data / PET[0]), str(test_data / PET[1]), "-o", str(out), "--task", "mif",
-                 "--weights", str(tiny_weights), "--device", "cpu", "-q"]) == 0
+                 "--weights", str(tiny_weights), "--device", "cpu", "-q", "--chroma", chroma]) == 0
     fused, pet = read_image(out), read_image(test_data / PET[0])
     c_in, c_out = rgb_to_ycbcr(pet), rgb_to_ycbcr(fused)
     coloured = np.hypot(c_in[..., 1] - 0.5, c_in[..., 2] - 0.5) > 0.1
     unclipped = np.all((fused > 0.01) & (fused < 0.99), axis=-1)
     m = coloured & unclipped
     assert m.sum() > 500
-    assert np.median(np.abs(c_out[..., 1:][m] - c_in[..., 1:][m])) < 2 / 255
+    if chroma == "ycbcr":  # the authors' way: Cb/Cr put back as they were
+        assert np.median(np.abs(c_out[..., 1:][m] - c_in[..., 1:][m])) < 2 / 255
+    hue_in = np.degrees(np.arctan2(c_in[..., 2] - 0.5, c_in[..., 1] - 0.5))[m]
+    hue_out = np.degrees(np.arctan2(c_out[..., 2] - 0.5, c_out[..., 1] - 0.5))[m]
+    dh = np.abs(hue_out - hue_in)
+    assert np.median(np.minimum(dh, 360 - dh)) < 2.0  # every mode keeps the colour map's hues
 
 
 def test_npy_and_sixteen_bit_outputs(test_data, tiny_weights, tmp_path):

@@ -59,10 +59,19 @@ def rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:
 
 
 def ycbcr_to_rgb(ycbcr: np.ndarray, clip: bool = True) -> np.ndarray:
-    """Inverse of :func:`rgb_to_ycbcr`; the result is clipped to [0, 1] unless ``clip=False``."""
-    with torch.inference_mode():
-        out = kornia.color.ycbcr_to_rgb(_to_chw(ycbcr)).permute(1, 2, 0).numpy()
-    return np.clip(out, 0.0, 1.0) if clip else out.copy()
+    """Inverse of :func:`rgb_to_ycbcr`; the result is clipped to [0, 1] unless ``clip=False``.
+
+    kornia's inverse always clamps, so the unclipped one (needed to move out-of-gamut colours toward
+    gray instead of clipping them) is its linear part, written out: the exact inverse of kornia's
+    forward coefficients.
+    """
+    if clip:
+        with torch.inference_mode():
+            return kornia.color.ycbcr_to_rgb(_to_chw(ycbcr)).permute(1, 2, 0).numpy().copy()
+    y, cb, cr = (ycbcr[..., i].astype(np.float32) - np.float32(0.5 if i else 0.0) for i in range(3))
+    r_off, b_off = cr / np.float32(0.713), cb / np.float32(0.564)  # R - Y, B - Y
+    g_off = -(np.float32(_Y_WEIGHTS[0]) * r_off + np.float32(_Y_WEIGHTS[2]) * b_off) / np.float32(_Y_WEIGHTS[1])
+    return np.stack([y + r_off, y + g_off, y + b_off], axis=-1)
 
 
 def luminance(img: np.ndarray) -> np.ndarray:
