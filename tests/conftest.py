@@ -7,8 +7,11 @@ with a reason, except under CI (environment variable ``CI`` set), where that is 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -51,19 +54,50 @@ def seed1_checkpoint(reference_dir: Path) -> Path:
     return need(reference_dir / "official_format_seed1.pth")
 
 
+@pytest.fixture(scope="session")
+def seed1_model(seed1_checkpoint: Path):
+    """The authors' seed-1 checkpoint loaded into :class:`CDDFuse` (eval mode, CPU). Do not modify it."""
+    from cddfuse.models.weights import load_weights
+
+    model, _ = load_weights(seed1_checkpoint)
+    return model
+
+
+@pytest.fixture(scope="session")
+def parity(reference_dir: Path) -> Iterator[Any]:
+    """The authors' intermediate tensors on two crops (``parity_seed1.npz``; keys in reference/README.md)."""
+    with np.load(need(reference_dir / "parity_seed1.npz")) as data:
+        yield data
+
+
+def _devices() -> list[str]:
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=_devices())
+def device(request: pytest.FixtureRequest) -> torch.device:
+    """Every device this machine has (the CPU, and CUDA where a GPU exists), one test each."""
+    return torch.device(request.param)
+
+
+def perturb_parameters(module: torch.nn.Module) -> torch.nn.Module:
+    """Perturb (in place, from the global RNG) the parameters that start at constants -- LayerNorm
+    weights and biases, attention temperatures and scales -- so that every parameter matters."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith(("body.weight", "temperature", "scale")):
+                p.add_(0.2 * torch.randn_like(p))
+            elif name.endswith("body.bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    return module
+
+
 def make_random_model(seed: int = 0, **sizes):
     """A CDDFuse with reproducible non-trivial random weights (LayerNorm and temperatures perturbed)."""
     from cddfuse.models import CDDFuse, CDDFuseConfig
 
     torch.manual_seed(seed)
-    model = CDDFuse(CDDFuseConfig(**sizes))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("body.weight", "temperature", "scale")):
-                p.add_(0.2 * torch.randn_like(p))
-            elif name.endswith("body.bias"):
-                p.add_(0.1 * torch.randn_like(p))
-    return model.eval()
+    return perturb_parameters(CDDFuse(CDDFuseConfig(**sizes))).eval()
 
 
 @pytest.fixture(scope="session")

@@ -8,23 +8,11 @@ import pytest
 import torch
 
 from cddfuse.models import CDDFuse, CDDFuseConfig, count_parameters, residual_image
-from cddfuse.models.weights import load_weights
 
 from .conftest import TINY_SIZES, make_random_model
 
 PARITY_KEYS = ("vi_base", "vi_detail", "vi_shallow", "ir_base", "ir_detail", "fused_base", "fused_detail",
                "out_vi_residual", "out_sum_residual", "out_no_residual", "out_vi_residual_minmax")
-
-
-@pytest.fixture(scope="module")
-def seed1_model(seed1_checkpoint):
-    model, info = load_weights(seed1_checkpoint)
-    return model
-
-
-@pytest.fixture(scope="module")
-def parity(reference_dir):
-    return np.load(reference_dir / "parity_seed1.npz")
 
 
 def test_paper_parameter_count():
@@ -64,7 +52,8 @@ def test_parity_with_authors_code(seed1_model, parity, case):
         assert err <= 1e-5, f"{case}{key}: max abs error {err:.3g}"
 
 
-@pytest.mark.parametrize("mode,key", [("vis", "out_vi_residual"), ("sum", "out_sum_residual"), ("none", "out_no_residual")])
+@pytest.mark.parametrize("mode,key", [("vis", "out_vi_residual"), ("sum", "out_sum_residual"),
+                                      ("none", "out_no_residual")])
 def test_forward_equals_reference_per_residual_mode(seed1_model, parity, mode, key):
     ir = torch.from_numpy(parity["case0_ir"])[None, None]
     vi = torch.from_numpy(parity["case0_vi"])[None, None]
@@ -104,14 +93,24 @@ def test_residual_image_modes():
         residual_image(a, b, "ir")
 
 
-def test_bad_inputs_and_sizes():
+def test_sources_of_different_shapes_are_refused():
     model = make_random_model(3, **TINY_SIZES)
     with pytest.raises(ValueError, match="same shape"):
         model(torch.rand(1, 1, 4, 4), torch.rand(1, 1, 4, 5))
+
+
+def test_sources_with_wrong_channel_count_are_refused():
+    model = make_random_model(3, **TINY_SIZES)
     with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
         model(torch.rand(1, 3, 4, 4), torch.rand(1, 3, 4, 4))
+
+
+def test_config_heads_must_divide_dim():
     with pytest.raises(ValueError, match="num_heads must divide dim"):
         CDDFuseConfig(dim=10, num_heads=4)
+
+
+def test_config_from_dict_refuses_unknown_fields():
     with pytest.raises(ValueError, match="unknown model size"):
         CDDFuseConfig.from_dict({"dim": 8, "depth": 3})
 

@@ -174,6 +174,17 @@ class Fuser:
     ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA) or a PIL image.
 
     Example:
+        With the bundled infrared-visible weights, on arrays (gray float in [0, 1]):
+
+        >>> import numpy as np
+        >>> fuser = Fuser(task="ivf", device="cpu")
+        >>> ir, vis = np.random.default_rng(0).random((2, 24, 32))
+        >>> out = fuser.fuse(ir, vis)
+        >>> out.shape, out.dtype, float(out.min()), float(out.max())   # min-max normalised
+        ((24, 32), dtype('float32'), 0.0, 1.0)
+
+        With the authors' checkpoint, on files:
+
         >>> fuser = Fuser(weights="CDDFuse_IVF.pth")                  # doctest: +SKIP
         >>> out = fuser.fuse("ir/01.png", "vi/01.png")                 # doctest: +SKIP
         >>> out.shape, out.dtype                                       # doctest: +SKIP
