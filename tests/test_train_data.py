@@ -12,6 +12,7 @@ from cddfuse.cli.main import main as cli
 from cddfuse.errors import CDDFuseError, UsageError
 from cddfuse.train import config as C
 from cddfuse.train import data as D
+
 from .conftest import shared_path as _shared
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from cddfuse.cli.main import main as cli
+
 from .conftest import shared_path as _shared
 
 TINY_CONFIG = {

@@ -11,17 +11,21 @@ import copy
 import difflib
 import os
 import re
+from collections.abc import Iterable, Mapping
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+from typing import Any
 
 import yaml
 
 from ..errors import UsageError
+from ..models.cddfuse import CDDFuseConfig
 from ..options import RESIDUAL_MODES, TASKS
 
 __all__ = [
     "DEFAULTS",
     "PARTS",
+    "MODEL_SIZES",
     "RESUME_OVERRIDABLE",
     "default_config",
     "load_config",
@@ -35,22 +39,20 @@ __all__ = [
 #: The four separately optimised parts of CDDFuse (attribute names of :class:`cddfuse.models.CDDFuse`).
 PARTS = ("encoder", "decoder", "base_fuse", "detail_fuse")
 
+#: Network sizes a run does not choose: training works on luminance, one channel in and out.
+_FIXED_MODEL_SIZES = ("in_channels", "out_channels")
+
+#: The ``model`` section's sizes: :class:`~cddfuse.models.CDDFuseConfig`'s fields and defaults (the paper's).
+MODEL_SIZES: dict[str, Any] = {f.name: f.default for f in fields(CDDFuseConfig) if f.name not in _FIXED_MODEL_SIZES}
+
 #: The paper's recipe (Zhao et al., CVPR 2023; the authors' train.py) on MSRS.
-DEFAULTS: Dict[str, Any] = {
+DEFAULTS: dict[str, Any] = {
     "name": None,  # run name: the run directory is runs/<name> unless --run-dir is given
     "task": "ivf",  # ivf (infrared-visible) | mif (medical); written into the exported weights
     "seed": 0,  # model initialisation and data order
     "device": "auto",  # auto | cpu | cuda | cuda:N
     "model": {
-        "dim": 64,
-        "num_heads": 8,
-        "encoder_blocks": 4,
-        "decoder_blocks": 4,
-        "ffn_expansion": 2.0,
-        "base_ffn_expansion": 1.0,
-        "encoder_inn_layers": 3,
-        "fuse_inn_layers": 1,
-        "inn_expansion": 2.0,
+        **MODEL_SIZES,  # dim, num_heads, encoder_blocks, ...: CDDFuseConfig's, the paper's network
         "init": None,  # optional weights file (ours or the authors') to start from
     },
     "data": {
@@ -170,11 +172,11 @@ def _yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
-def default_config() -> Dict[str, Any]:
+def default_config() -> dict[str, Any]:
     return copy.deepcopy(DEFAULTS)
 
 
-def _flat_keys(d: Mapping[str, Any], prefix: str = "") -> List[str]:
+def _flat_keys(d: Mapping[str, Any], prefix: str = "") -> list[str]:
     out = []
     for k, v in d.items():
         out.append(prefix + k)
@@ -190,7 +192,7 @@ def _unknown(key: str, where: str) -> UsageError:
     return UsageError(f"unknown config key {key!r} in {where}{hint}")
 
 
-def merge(base: Dict[str, Any], update: Mapping[str, Any], where: str = "config", prefix: str = "") -> Dict[str, Any]:
+def merge(base: dict[str, Any], update: Mapping[str, Any], where: str = "config", prefix: str = "") -> dict[str, Any]:
     """Recursively merge ``update`` into ``base`` (in place); keys must exist in ``base``."""
     if not isinstance(update, Mapping):
         raise UsageError(f"{where}: {prefix.rstrip('.') or 'the file'} must be a mapping, got {type(update).__name__}")
@@ -207,7 +209,7 @@ def merge(base: Dict[str, Any], update: Mapping[str, Any], where: str = "config"
     return base
 
 
-def load_config(path: Optional[Union[str, os.PathLike]] = None) -> Dict[str, Any]:
+def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Defaults updated by the YAML file at ``path`` (if given). Relative data paths stay as written."""
     cfg = default_config()
     if path is None:
@@ -224,10 +226,10 @@ def load_config(path: Optional[Union[str, os.PathLike]] = None) -> Dict[str, Any
     return merge(cfg, doc, where=str(p))
 
 
-def _set_dotted(cfg: Dict[str, Any], key: str, value: Any, where: str) -> None:
+def _set_dotted(cfg: dict[str, Any], key: str, value: Any, where: str) -> None:
     parts = key.split(".")
     node: Any = cfg
-    for i, part in enumerate(parts[:-1]):
+    for _i, part in enumerate(parts[:-1]):
         if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
             raise _unknown(key, where)
         node = node[part]
@@ -242,7 +244,7 @@ def _set_dotted(cfg: Dict[str, Any], key: str, value: Any, where: str) -> None:
         node[last] = value
 
 
-def apply_overrides(cfg: Dict[str, Any], overrides: Iterable[str], where: str = "--set") -> List[str]:
+def apply_overrides(cfg: dict[str, Any], overrides: Iterable[str], where: str = "--set") -> list[str]:
     """Apply ``key=value`` strings (value parsed as YAML) to ``cfg`` in place; returns the keys set."""
     keys = []
     for item in overrides:
@@ -266,7 +268,8 @@ def _get(cfg: Mapping[str, Any], key: str) -> Any:
     return node
 
 
-def _num(cfg, key, *, integer=False, minimum=None, allow_none=False, strict_min=False):
+def _num(cfg: Mapping[str, Any], key: str, *, integer: bool = False, minimum: float | None = None,
+         allow_none: bool = False, strict_min: bool = False) -> None:
     v = _get(cfg, key)
     if v is None and allow_none:
         return
@@ -278,21 +281,25 @@ def _num(cfg, key, *, integer=False, minimum=None, allow_none=False, strict_min=
         raise UsageError(f"config {key} must be {'>' if strict_min else '>='} {minimum}, got {v!r}")
 
 
-def validate(cfg: Dict[str, Any]) -> Dict[str, Any]:
+def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     """Check types and ranges of every setting; raise :class:`UsageError` naming the key. Returns ``cfg``."""
     for key, choices in _CHOICES.items():
         if _get(cfg, key) not in choices:
             raise UsageError(f"config {key} must be one of {', '.join(choices)}; got {_get(cfg, key)!r}")
     _num(cfg, "seed", integer=True, minimum=0)
-    if not isinstance(cfg["device"], str) or not (cfg["device"] in ("auto", "cpu", "cuda") or cfg["device"].startswith("cuda:")):
+    dev = cfg["device"]
+    if not isinstance(dev, str) or not (dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:")):
         raise UsageError(f"config device must be auto, cpu, cuda or cuda:N; got {cfg['device']!r}")
-    for k in ("dim", "num_heads", "encoder_blocks", "decoder_blocks", "encoder_inn_layers", "fuse_inn_layers"):
-        _num(cfg, f"model.{k}", integer=True, minimum=0)
-    for k in ("ffn_expansion", "base_ffn_expansion", "inn_expansion"):
-        _num(cfg, f"model.{k}", minimum=0, strict_min=True)
+    for k, default in MODEL_SIZES.items():  # counts are integers >= 0, expansions positive numbers
+        if isinstance(default, int):
+            _num(cfg, f"model.{k}", integer=True, minimum=0)
+    for k, default in MODEL_SIZES.items():
+        if isinstance(default, float):
+            _num(cfg, f"model.{k}", minimum=0, strict_min=True)
     m = cfg["model"]
     if m["dim"] < 2 or m["dim"] % 2 or m["num_heads"] < 1 or m["dim"] % m["num_heads"]:
-        raise UsageError(f"config model.dim must be even and divisible by model.num_heads; got dim={m['dim']}, num_heads={m['num_heads']}")
+        raise UsageError(f"config model.dim must be even and divisible by model.num_heads; got dim={m['dim']}, "
+                         f"num_heads={m['num_heads']}")
     for k in ("patch_size", "stride", "crop_size", "crops_per_image"):
         _num(cfg, f"data.{k}", integer=True, minimum=1)
     _num(cfg, "data.contrast_threshold", minimum=0)
@@ -330,7 +337,8 @@ def validate(cfg: Dict[str, Any]) -> Dict[str, Any]:
     _num(cfg, "log.every_steps", integer=True, minimum=1)
     _num(cfg, "log.image_every_steps", integer=True, minimum=0)
     if not isinstance(cfg["train"]["cpu_malloc_tuning"], bool):
-        raise UsageError(f"config train.cpu_malloc_tuning must be true or false, got {cfg['train']['cpu_malloc_tuning']!r}")
+        raise UsageError("config train.cpu_malloc_tuning must be true or false, got "
+                         f"{cfg['train']['cpu_malloc_tuning']!r}")
     for k in ("tensorboard", "progress"):
         if not isinstance(cfg["log"][k], bool):
             raise UsageError(f"config log.{k} must be true or false, got {cfg['log'][k]!r}")
@@ -356,7 +364,7 @@ def validate(cfg: Dict[str, Any]) -> Dict[str, Any]:
     return cfg
 
 
-def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> List[str]:
+def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two configs."""
     out = []
     for k in set(old) | set(new):
@@ -372,7 +380,7 @@ def dump_config(cfg: Mapping[str, Any]) -> str:
     return yaml.safe_dump(dict(cfg), sort_keys=False, default_flow_style=None)
 
 
-def parse_duration(text: Union[str, float, int]) -> float:
+def parse_duration(text: str | float | int) -> float:
     """``"90"``, ``"90s"``, ``"45m"``, ``"1.5h"``, ``"2h30m"``, ``"1d"`` -> seconds."""
     if isinstance(text, (int, float)):
         secs = float(text)

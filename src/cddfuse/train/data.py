@@ -24,9 +24,10 @@ import itertools
 import json
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -50,6 +51,7 @@ __all__ = [
     "read_cache_meta",
     "RandomCropDataset",
     "ResumableDistributedSampler",
+    "TrainDataset",
     "build_dataset",
     "load_val_pairs",
     "CACHE_FORMAT",
@@ -95,7 +97,7 @@ def read_luminance(path: os.PathLike | str) -> np.ndarray:
 
 
 def find_pairs(dir_a: os.PathLike | str, dir_b: os.PathLike | str, unmatched: str = "error",
-               warn=None) -> List[Tuple[str, Path, Path]]:
+               warn: Callable[[str], None] | None = None) -> list[tuple[str, Path, Path]]:
     """Matched ``(stem, path_a, path_b)`` of two folders, with clear errors for bad data.
 
     Raises :class:`UsageError` for a missing folder, :class:`CDDFuseError` for an empty folder, no
@@ -130,7 +132,7 @@ def find_pairs(dir_a: os.PathLike | str, dir_b: os.PathLike | str, unmatched: st
     return listing.pairs
 
 
-def patch_origins(h: int, w: int, size: int, stride: int) -> List[Tuple[int, int]]:
+def patch_origins(h: int, w: int, size: int, stride: int) -> list[tuple[int, int]]:
     """Top-left corners of the paper's patch grid: ``range(0, H - size + 1, stride)`` x the same for W."""
     return [(y, x) for y in range(0, h - size + 1, stride) for x in range(0, w - size + 1, stride)]
 
@@ -143,7 +145,7 @@ def is_low_contrast(patch: np.ndarray, threshold: float = 0.1, lower: float = 10
     return bool((hi - lo) / hi < threshold)
 
 
-def _read_pair(item: Tuple[str, Path, Path]) -> Tuple[str, np.ndarray, np.ndarray]:
+def _read_pair(item: tuple[str, Path, Path]) -> tuple[str, np.ndarray, np.ndarray]:
     stem, pa, pb = item
     a, b = read_luminance(pa), read_luminance(pb)
     if a.shape != b.shape:
@@ -154,7 +156,8 @@ def _read_pair(item: Tuple[str, Path, Path]) -> Tuple[str, np.ndarray, np.ndarra
     return stem, a, b
 
 
-def _iter_pairs(pairs: Sequence[Tuple[str, Path, Path]], workers: int = 0) -> Iterator[Tuple[str, np.ndarray, np.ndarray]]:
+def _iter_pairs(pairs: Sequence[tuple[str, Path, Path]],
+                workers: int = 0) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """Decode pairs in order (in ``workers`` processes when > 0)."""
     if workers <= 0 or len(pairs) < 2:
         for item in pairs:
@@ -166,7 +169,7 @@ def _iter_pairs(pairs: Sequence[Tuple[str, Path, Path]], workers: int = 0) -> It
         yield from pool.imap(_read_pair, pairs, chunksize=4)
 
 
-def _check_small(small: List[str], total: int, what: str, policy: str, warn) -> None:
+def _check_small(small: list[str], total: int, what: str, policy: str, warn: Callable[[str], None] | None) -> None:
     if not small:
         return
     text = f"{len(small)} of {total} image pairs are smaller than the {what}: {short_list(small, 8)}"
@@ -186,28 +189,28 @@ class PatchSet:
     a: np.ndarray
     b: np.ndarray
     origin: np.ndarray
-    stems: List[str]
-    info: Dict[str, Any]
+    stems: list[str]
+    info: dict[str, Any]
 
 
 def extract_patch_pairs(
-    pairs: Sequence[Tuple[str, Path, Path]],
+    pairs: Sequence[tuple[str, Path, Path]],
     size: int = 128,
     stride: int = 200,
     threshold: float = 0.1,
     small_images: str = "error",
     workers: int = 0,
-    warn=None,
-    progress=None,
+    warn: Callable[[str], None] | None = None,
+    progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
 ) -> PatchSet:
     """The paper's preprocessing of ``pairs`` (see the module docstring)."""
-    a_list: List[np.ndarray] = []
-    b_list: List[np.ndarray] = []
-    origin: List[Tuple[int, int, int]] = []
-    stems: List[str] = []
-    small: List[str] = []
+    a_list: list[np.ndarray] = []
+    b_list: list[np.ndarray] = []
+    origin: list[tuple[int, int, int]] = []
+    stems: list[str] = []
+    small: list[str] = []
     dropped = 0
-    it = _iter_pairs(pairs, workers)
+    it: Iterable[tuple[str, np.ndarray, np.ndarray]] = _iter_pairs(pairs, workers)
     if progress is not None:
         it = progress(it)
     for stem, a, b in it:
@@ -236,30 +239,31 @@ def extract_patch_pairs(
         "pairs": len(stems), "samples": len(a_list), "dropped_low_contrast": dropped,
         "skipped_small": len(small),
     }
-    return PatchSet(np.stack(a_list)[:, None], np.stack(b_list)[:, None], np.asarray(origin, dtype=np.int32), stems, info)
+    return PatchSet(np.stack(a_list)[:, None], np.stack(b_list)[:, None], np.asarray(origin, dtype=np.int32), stems,
+                    info)
 
 
 @dataclass
 class ImageSet:
     """Whole luminance images of both sources (``random_crop`` mode)."""
 
-    a: List[np.ndarray]
-    b: List[np.ndarray]
-    stems: List[str]
-    info: Dict[str, Any]
+    a: list[np.ndarray]
+    b: list[np.ndarray]
+    stems: list[str]
+    info: dict[str, Any]
 
 
 def load_image_pairs(
-    pairs: Sequence[Tuple[str, Path, Path]],
+    pairs: Sequence[tuple[str, Path, Path]],
     crop_size: int = 128,
     small_images: str = "error",
     workers: int = 0,
-    warn=None,
-    progress=None,
+    warn: Callable[[str], None] | None = None,
+    progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
 ) -> ImageSet:
     """Decode whole pairs for ``random_crop`` mode, checking that each is at least ``crop_size``."""
     a_list, b_list, stems, small = [], [], [], []
-    it = _iter_pairs(pairs, workers)
+    it: Iterable[tuple[str, np.ndarray, np.ndarray]] = _iter_pairs(pairs, workers)
     if progress is not None:
         it = progress(it)
     for stem, a, b in it:
@@ -278,7 +282,7 @@ def _stems_digest(stems: Sequence[str]) -> str:
     return hashlib.sha1("\n".join(stems).encode("utf-8")).hexdigest()[:16]
 
 
-def describe(data: Any, sources: Dict[str, Any]) -> Dict[str, Any]:
+def describe(data: Any, sources: dict[str, Any]) -> dict[str, Any]:
     """JSON-able description of a prepared data set (stored in caches, checkpoints and weights)."""
     d = dict(data.info)
     d.update(sources)
@@ -286,7 +290,7 @@ def describe(data: Any, sources: Dict[str, Any]) -> Dict[str, Any]:
     return d
 
 
-def write_cache(path: os.PathLike | str, data: Any, description: Dict[str, Any]) -> Path:
+def write_cache(path: os.PathLike | str, data: Any, description: dict[str, Any]) -> Path:
     """Write a :class:`PatchSet` or :class:`ImageSet` to ``path`` (``.h5``/``.hdf5`` or ``.npz``), atomically."""
     dest = Path(path)
     ext = dest.suffix.lower()
@@ -312,7 +316,7 @@ def write_cache(path: os.PathLike | str, data: Any, description: Dict[str, Any])
                         ga.create_dataset(str(i), data=ia)
                         gb.create_dataset(str(i), data=ib)
     elif ext == ".npz":
-        arrays: Dict[str, np.ndarray] = {"meta": np.array(meta_json), "stems": np.array(stems_json)}
+        arrays: dict[str, np.ndarray] = {"meta": np.array(meta_json), "stems": np.array(stems_json)}
         if isinstance(data, PatchSet):
             arrays.update(a=data.a, b=data.b, origin=data.origin)
         else:
@@ -327,7 +331,7 @@ def write_cache(path: os.PathLike | str, data: Any, description: Dict[str, Any])
     return dest
 
 
-def read_cache(path: os.PathLike | str) -> Tuple[Any, Dict[str, Any]]:
+def read_cache(path: os.PathLike | str) -> tuple[Any, dict[str, Any]]:
     """Load a cache written by :func:`write_cache` -> (:class:`PatchSet` or :class:`ImageSet`, description)."""
     p = Path(path)
     if not p.is_file():
@@ -354,7 +358,8 @@ def read_cache(path: os.PathLike | str) -> Tuple[Any, Dict[str, Any]]:
                     data = PatchSet(z["a"], z["b"], z["origin"], stems, {})
                 else:
                     n = meta["pairs"]
-                    data = ImageSet([z[f"image_a_{i}"] for i in range(n)], [z[f"image_b_{i}"] for i in range(n)], stems, {})
+                    data = ImageSet([z[f"image_a_{i}"] for i in range(n)], [z[f"image_b_{i}"] for i in range(n)],
+                                    stems, {})
         else:
             raise UsageError(f"{p}: cache file must end in .h5, .hdf5 or .npz")
     except (OSError, KeyError, ValueError) as e:
@@ -378,7 +383,7 @@ class PatchDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:  # same patches every epoch
         pass
 
-    def __getitem__(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.from_numpy(self.a[i]), torch.from_numpy(self.b[i])
 
 
@@ -391,7 +396,7 @@ class LazyH5PatchDataset(Dataset):
     def __init__(self, path: os.PathLike | str, length: int) -> None:
         self.path, self.length = str(path), int(length)
         self._file = None
-        self._pid: Optional[int] = None
+        self._pid: int | None = None
 
     def __len__(self) -> int:
         return self.length
@@ -399,7 +404,7 @@ class LazyH5PatchDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         pass
 
-    def _h5(self):
+    def _h5(self) -> Any:
         if self._file is None or self._pid != os.getpid():
             import h5py
 
@@ -407,10 +412,10 @@ class LazyH5PatchDataset(Dataset):
             self._pid = os.getpid()
         return self._file
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "length": self.length, "_file": None, "_pid": None}
 
-    def __getitem__(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         f = self._h5()
         return (torch.from_numpy(np.asarray(f["a"][i], dtype=np.float32)),
                 torch.from_numpy(np.asarray(f["b"][i], dtype=np.float32)))
@@ -420,7 +425,7 @@ class LazyH5PatchDataset(Dataset):
 LAZY_H5_BYTES = 2 * 1024 ** 3
 
 
-def read_cache_meta(path: os.PathLike | str) -> Dict[str, Any]:
+def read_cache_meta(path: os.PathLike | str) -> dict[str, Any]:
     """The JSON description of a cache, without loading its data."""
     p = Path(path)
     if not p.is_file():
@@ -465,7 +470,7 @@ class RandomCropDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def __getitem__(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         j = i // self.k
         a, b = self.a[j], self.b[j]
         rng = np.random.default_rng((self.seed, self.epoch, int(i)))
@@ -513,7 +518,15 @@ class ResumableDistributedSampler(DistributedSampler):
         return max(0, self.num_samples - self.start)
 
 
-def build_dataset(cfg: Dict[str, Any], warn=None, progress=None) -> Tuple[Dataset, Dict[str, Any]]:
+#: The training data sets :func:`build_dataset` returns (sized, with ``set_epoch``).
+TrainDataset = Union[PatchDataset, LazyH5PatchDataset, RandomCropDataset]
+
+
+def build_dataset(
+    cfg: dict[str, Any],
+    warn: Callable[[str], None] | None = None,
+    progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
+) -> tuple[TrainDataset, dict[str, Any]]:
     """The training dataset described by ``cfg["data"]`` and its description."""
     d = cfg["data"]
     cache = d["cache"]
@@ -550,7 +563,7 @@ def build_dataset(cfg: Dict[str, Any], warn=None, progress=None) -> Tuple[Datase
             data = load_image_pairs(pairs, d["crop_size"], d["small_images"], warn=warn, progress=progress)
         desc = describe(data, src)
     if isinstance(data, PatchSet):
-        ds: Dataset = PatchDataset(data)
+        ds: TrainDataset = PatchDataset(data)
     else:
         ds = RandomCropDataset(data, d["crop_size"], d["crops_per_image"], d["flips"], cfg["seed"],
                                d["contrast_threshold"])
@@ -561,7 +574,7 @@ def build_dataset(cfg: Dict[str, Any], warn=None, progress=None) -> Tuple[Datase
 
 
 def load_val_pairs(dir_a: str, dir_b: str, max_pairs: int, max_size: int = 0,
-                   warn=None) -> List[Tuple[str, np.ndarray, np.ndarray]]:
+                   warn: Callable[[str], None] | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """Up to ``max_pairs`` held-out pairs as luminance, centre-cropped to ``max_size`` (0: whole)."""
     pairs = find_pairs(dir_a, dir_b, unmatched="skip", warn=warn)[:max_pairs]
     out = []

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, List, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -41,7 +42,7 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
-    backend: Optional[str] = None
+    backend: str | None = None
 
     @property
     def enabled(self) -> bool:
@@ -71,7 +72,7 @@ class DistContext:
         """Replace each gradient by its mean over ranks (one flattened all-reduce)."""
         if not self.enabled:
             return
-        grads: List[Tensor] = [p.grad for p in params if p.grad is not None]
+        grads: list[Tensor] = [p.grad for p in params if p.grad is not None]
         if not grads:
             return
         flat = torch.cat([g.reshape(-1) for g in grads])
@@ -90,7 +91,7 @@ class DistContext:
         for t in list(module.parameters()) + list(module.buffers()):
             dist.broadcast(t.data, src=0)
 
-    def broadcast_object(self, obj):
+    def broadcast_object(self, obj: Any) -> Any:
         if not self.enabled:
             return obj
         box = [obj]

@@ -30,7 +30,7 @@ evaluates it at the global batch means (see :func:`_global_cc`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +63,9 @@ def cc(x: Tensor, y: Tensor) -> Tensor:
 def cc_per_channel(x: Tensor, y: Tensor) -> Tensor:
     """The ``(N, C)`` correlations that :func:`cc` averages."""
     if x.shape != y.shape or x.dim() < 3:
-        raise ValueError(f"cc needs two tensors of the same (N, C, ...) shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"cc needs two tensors of the same (N, C, ...) shape, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     n, c = x.shape[:2]
     x = x.reshape(n, c, -1)
     y = y.reshape(n, c, -1)
@@ -99,7 +101,7 @@ def spatial_gradient_l1(x: Tensor, y: Tensor) -> Tensor:
     return F.l1_loss(grad(x), grad(y))
 
 
-_SOBEL_CACHE: Dict[Tuple[torch.dtype, torch.device], Tensor] = {}
+_SOBEL_CACHE: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
 
 def _sobel_kernels(dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -122,7 +124,7 @@ def sobel_magnitude(x: Tensor) -> Tensor:
     return g.abs().sum(dim=1, keepdim=True).reshape(n, c, h, w)
 
 
-def fusion_loss(a: Tensor, b: Tensor, fused: Tensor, gradient_weight: float = 10.0) -> Tuple[Tensor, Tensor, Tensor]:
+def fusion_loss(a: Tensor, b: Tensor, fused: Tensor, gradient_weight: float = 10.0) -> tuple[Tensor, Tensor, Tensor]:
     """Phase-II fusion loss: ``(total, intensity, gradient)``.
 
     ``intensity = L1(max(a, b), fused)``, ``gradient = L1(max(|grad a|, |grad b|), |grad fused|)``
@@ -156,7 +158,8 @@ class LossWeights:
     fusion_gradient: float = 10.0
 
 
-def _decomp_terms(feats_a, feats_b, cc_reduce) -> Tuple[Tensor, Tensor, Tensor]:
+def _decomp_terms(feats_a: tuple[Tensor, Tensor], feats_b: tuple[Tensor, Tensor],
+                  cc_reduce: Callable[[Tensor], Tensor] | None) -> tuple[Tensor, Tensor, Tensor]:
     cc_b = cc(feats_b[0], feats_a[0])
     cc_d = cc(feats_b[1], feats_a[1])
     if cc_reduce is not None:
@@ -165,7 +168,7 @@ def _decomp_terms(feats_a, feats_b, cc_reduce) -> Tuple[Tensor, Tensor, Tensor]:
     return cc_b, cc_d, decomposition_loss(cc_d, cc_b)
 
 
-def _global_cc(local: Tensor, global_value: Optional[Tensor]) -> Tensor:
+def _global_cc(local: Tensor, global_value: Tensor | None) -> Tensor:
     """Value of ``global_value`` with the gradient of ``local`` (straight-through).
 
     In data-parallel training every rank sees only its own part of the batch. The decomposition
@@ -181,13 +184,13 @@ def _global_cc(local: Tensor, global_value: Optional[Tensor]) -> Tensor:
 def phase1_loss(
     a: Tensor,
     b: Tensor,
-    feats_a: Tuple[Tensor, Tensor],
-    feats_b: Tuple[Tensor, Tensor],
+    feats_a: tuple[Tensor, Tensor],
+    feats_b: tuple[Tensor, Tensor],
     rec_a: Tensor,
     rec_b: Tensor,
     w: LossWeights = LossWeights(),
-    cc_reduce: Optional[Callable[[Tensor], Tensor]] = None,
-) -> Dict[str, Tensor]:
+    cc_reduce: Callable[[Tensor], Tensor] | None = None,
+) -> dict[str, Tensor]:
     """Phase-I (reconstruction) loss and its parts.
 
     Args:
@@ -222,12 +225,12 @@ def phase1_loss(
 def phase2_loss(
     a: Tensor,
     b: Tensor,
-    feats_a: Tuple[Tensor, Tensor],
-    feats_b: Tuple[Tensor, Tensor],
+    feats_a: tuple[Tensor, Tensor],
+    feats_b: tuple[Tensor, Tensor],
     fused: Tensor,
     w: LossWeights = LossWeights(),
-    cc_reduce: Optional[Callable[[Tensor], Tensor]] = None,
-) -> Dict[str, Tensor]:
+    cc_reduce: Callable[[Tensor], Tensor] | None = None,
+) -> dict[str, Tensor]:
     """Phase-II (fusion) loss and its parts: ``total``, ``intensity``, ``gradient``, ``fusion``,
     ``cc_base``, ``cc_detail``, ``decomp``. Arguments as in :func:`phase1_loss`; ``fused`` is the
     decoder output on the fused features."""

@@ -1,0 +1,188 @@
+"""Resumable training checkpoints: what ``checkpoints/last.pt`` holds, how it is written and read back.
+
+A checkpoint is one ``torch.save``-d dict (loadable with ``weights_only=True``):
+
+* ``format`` / ``version`` (:data:`CHECKPOINT_FORMAT`, :data:`CHECKPOINT_VERSION`), ``status``
+  (``running`` | ``stopped`` | ``complete``), the resolved ``config`` and the ``data`` description;
+* ``model``, ``optimizers`` and ``schedulers`` (one per part) state dicts;
+* the position: ``epoch``, ``step_in_epoch``, ``global_step``, ``phase``, ``steps_per_epoch`` and
+  ``data_order`` (how the sampler orders the data, for people reading the file);
+* ``rng``: the torch, numpy, Python (and CUDA) random states (:func:`rng_state`);
+* bookkeeping: ``world_size``, ``train_time_s``, ``sessions``, ``saved``, ``torch``.
+
+Files are written atomically (a crash leaves the previous checkpoint intact), by rank 0 only;
+``state.json`` next to them is a small human-readable summary of the same position.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+import torch
+
+from .._fileutil import atomic_write_bytes
+from ..errors import CDDFuseError, CheckpointError, UsageError
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "load_checkpoint",
+    "checkpoint_dict",
+    "restore_checkpoint",
+    "save_checkpoint",
+    "rng_state",
+    "set_rng_state",
+]
+
+CHECKPOINT_FORMAT = "cddfuse-train-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def load_checkpoint(path: os.PathLike[str] | str) -> dict[str, Any]:
+    """Read a training checkpoint (``last.pt``, or a run directory holding one) written by the trainer."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "checkpoints" / "last.pt"
+    if not p.is_file():
+        raise UsageError(f"{p}: no training checkpoint here (expected RUN_DIR or RUN_DIR/checkpoints/last.pt)")
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file
+        raise CheckpointError(f"{p}: not a readable training checkpoint ({e})") from None
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{p}: not a cddfuse training checkpoint")
+    ck["_path"] = str(p)
+    return ck
+
+
+# ----------------------------------------------------------------------------- RNG state
+def rng_state() -> dict[str, Any]:
+    """The torch, numpy and Python random states (and CUDA's when in use), as tensors and plain values."""
+    kind, keys, pos, has_gauss, cached = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
+    st: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(st["torch"])
+    n = st["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    py = st["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+# ----------------------------------------------------------------------------- write / restore
+def _phase_now(t: Trainer) -> int:
+    return t.phase_of(min(t.epoch, t.total_epochs - 1))
+
+
+def checkpoint_dict(t: Trainer, status: str) -> dict[str, Any]:
+    """Everything needed to continue ``t`` exactly where it stands (see the module docstring)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "status": status,
+        "config": copy.deepcopy(t.cfg),
+        "data": copy.deepcopy(t.data_desc),
+        "model": {k: v.detach().cpu() for k, v in t.model.state_dict().items()},
+        "optimizers": {k: o.state_dict() for k, o in t.optimizers.items()},
+        "schedulers": {k: s.state_dict() for k, s in t.schedulers.items()},
+        "epoch": t.epoch,
+        "step_in_epoch": t.step_in_epoch,
+        "global_step": t.global_step,
+        "phase": _phase_now(t),
+        "steps_per_epoch": t.steps_per_epoch,
+        "data_order": {
+            "sampler": "DistributedSampler(shuffle, seed + epoch, interleaved ranks)",
+            "seed": t.cfg["seed"],
+            "epoch": t.epoch,
+            "samples_done_in_epoch": t.step_in_epoch * t.global_batch,
+            "dataset_len": len(t.dataset),
+        },
+        "world_size": t.dist.world_size,
+        "rng": rng_state(),
+        "train_time_s": t.train_time + t.budget.session_time(),
+        "sessions": t.sessions + 1,
+        "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "torch": str(torch.__version__),
+    }
+
+
+def restore_checkpoint(t: Trainer, ck: dict[str, Any]) -> None:
+    """Put the checkpoint ``ck`` back into ``t`` (built from the same config): weights, optimiser and
+    scheduler states, position, RNG states. Refuses other data or another number of steps per epoch."""
+    old, new = ck["data"], t.data_desc
+    for key in ("samples", "stems_sha1", "mode"):
+        if old.get(key) != new.get(key):
+            raise CDDFuseError(
+                f"the training data differ from the checkpoint's ({key}: {old.get(key)!r} then, "
+                f"{new.get(key)!r} now); resume needs the same data"
+            )
+    if ck["steps_per_epoch"] != t.steps_per_epoch:
+        raise CDDFuseError(
+            f"steps per epoch changed ({ck['steps_per_epoch']} -> {t.steps_per_epoch}); resume with the "
+            "same batch size and data"
+        )
+    if ck.get("world_size", 1) != t.dist.world_size:
+        t.warn(f"resuming a {ck.get('world_size', 1)}-process run with {t.dist.world_size} processes: "
+               "same batches, but not bit-identical")
+    t.model.load_state_dict(ck["model"])
+    t.model.to(t.device)
+    for k, o in t.optimizers.items():
+        o.load_state_dict(ck["optimizers"][k])
+    for k, s in t.schedulers.items():
+        s.load_state_dict(ck["schedulers"][k])
+    t.epoch, t.step_in_epoch, t.global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
+    t.train_time = float(ck.get("train_time_s", 0.0))
+    t.sessions = int(ck.get("sessions", 1))
+    set_rng_state(ck["rng"])
+
+
+def save_checkpoint(t: Trainer, status: str = "running", also: str | None = None) -> Path:
+    """Write ``checkpoints/last.pt`` (and ``checkpoints/<also>``) and ``state.json`` atomically; rank 0
+    only (the other ranks just get the path). Returns the path of ``last.pt``."""
+    dest = t.run_dir / "checkpoints" / "last.pt"
+    if not t.dist.is_main:
+        return dest
+    t0 = time.monotonic()
+    buf = io.BytesIO()
+    torch.save(checkpoint_dict(t, status), buf)
+    data = buf.getvalue()
+    atomic_write_bytes(dest, data)
+    if also:
+        atomic_write_bytes(dest.parent / also, data)
+    _write_state_json(t, status)
+    t.budget.note_checkpoint(time.monotonic() - t0)
+    return dest
+
+
+def _write_state_json(t: Trainer, status: str) -> None:
+    st = {
+        "status": status, "global_step": t.global_step, "total_steps": t.total_steps,
+        "epoch": t.epoch, "step_in_epoch": t.step_in_epoch, "total_epochs": t.total_epochs,
+        "phase": _phase_now(t),
+        "train_time_s": round(t.train_time + t.budget.session_time(), 3),
+        "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    atomic_write_bytes(t.run_dir / "state.json", (json.dumps(st, indent=2) + "\n").encode())

@@ -1,0 +1,80 @@
+"""When a run stops early: stop requests (SIGTERM, Ctrl-C) and the ``--max-time`` budget.
+
+Both end the run the same way, cleanly at the next step with a checkpoint (the trainer asks
+:meth:`TimeBudget.short` and :attr:`StopFlag.requested` before every step and before each
+validation, and all ranks agree on the answer).
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+__all__ = ["StopFlag", "TimeBudget"]
+
+
+class StopFlag:
+    """SIGTERM / first Ctrl-C ask for a clean stop at the next step (with a checkpoint); a second
+    Ctrl-C aborts at once (``KeyboardInterrupt``). Handlers are only installed in the main thread."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:  # noqa: ARG002
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\ncddfuse train: {signal.Signals(signum).name} received; stopping after this step "
+              "with a checkpoint (Ctrl-C again to abort now)", file=sys.stderr, flush=True)
+
+    def uninstall(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+
+class TimeBudget:
+    """The wall-clock budget of this session (``max_time`` seconds from ``start_time``, a
+    ``time.monotonic()`` value), with running estimates of what the next step, a checkpoint and a
+    validation take, so that the run stops while it can still save.
+
+    Args:
+        start_time: when the session started (the command's start); ``None``: now.
+        max_time: budget in seconds; ``None``: no limit (:meth:`short` is then always false).
+        checkpoint_s: first estimate of a checkpoint's duration (replaced once one is written).
+    """
+
+    def __init__(self, start_time: float | None, max_time: float | None, checkpoint_s: float) -> None:
+        self.start_time = time.monotonic() if start_time is None else start_time
+        self.max_time = max_time
+        self.step_s: float | None = None  # moving average of a step's duration
+        self.checkpoint_s = checkpoint_s
+        self.validation_s = 0.0  # last validation's duration
+
+    def session_time(self) -> float:
+        """Seconds since the session started."""
+        return time.monotonic() - self.start_time
+
+    def note_step(self, seconds: float) -> None:
+        self.step_s = seconds if self.step_s is None else 0.7 * self.step_s + 0.3 * seconds
+
+    def note_checkpoint(self, seconds: float) -> None:
+        self.checkpoint_s = max(0.5 * self.checkpoint_s, seconds)
+
+    def short(self, extra_s: float = 0.0) -> bool:
+        """Whether the time left is too short for one more step (plus ``extra_s``) and a checkpoint."""
+        if self.max_time is None:
+            return False
+        remaining = self.max_time - self.session_time()
+        need = 1.25 * (self.step_s or 0.0) + 1.5 * self.checkpoint_s + extra_s + 1.0
+        return remaining < need
