@@ -26,7 +26,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -186,20 +186,20 @@ def d_ssim(a, b, f):
     return _d_ssim_one(f, a) + _d_ssim_one(f, b)
 
 
-DIRECT: Dict[str, Callable] = {
+DIRECT: dict[str, Callable] = {
     "EN": lambda a, b, f: d_en(f), "SD": lambda a, b, f: d_sd(f), "SF": lambda a, b, f: d_sf(f),
     "AG": lambda a, b, f: d_ag(f), "MI": d_mi, "SCD": d_scd, "VIF": d_vif, "Qabf": d_qabf, "SSIM": d_ssim,
     "CC": d_cc, "PSNR": d_psnr, "MSE": d_mse,
 }
 
 
-def direct_metrics(a, b, f) -> Dict[str, float]:
+def direct_metrics(a, b, f) -> dict[str, float]:
     a, b, f = (np.asarray(x, dtype=np.float32) for x in (a, b, f))  # the authors' float32 gray images
     return {n: DIRECT[n](a, b, f) for n in NAMES}
 
 
 # ----------------------------------------------------------------------------- timing
-def _times(fn: Callable[[], object], repeat: int, clock: Callable[[], float] = time.perf_counter) -> List[float]:
+def _times(fn: Callable[[], object], repeat: int, clock: Callable[[], float] = time.perf_counter) -> list[float]:
     out = []
     for _ in range(repeat):
         t = clock()
@@ -208,7 +208,7 @@ def _times(fn: Callable[[], object], repeat: int, clock: Callable[[], float] = t
     return out
 
 
-def _per_metric(fn: Callable[[str], object], repeat: int) -> Dict[str, float]:
+def _per_metric(fn: Callable[[str], object], repeat: int) -> dict[str, float]:
     return {n: statistics.median(_times(lambda: fn(n), repeat)) for n in NAMES}
 
 

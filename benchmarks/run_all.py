@@ -39,7 +39,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -69,6 +69,7 @@ def _vmrss() -> int:
 
 def _model(width: int = 64, seed: int = 0):
     import torch
+
     from cddfuse.models import CDDFuse, CDDFuseConfig
 
     torch.manual_seed(seed)
@@ -101,7 +102,7 @@ def _inputs(h: int, w: int):
     return rng.random((h, w), dtype=np.float32), rng.random((h, w), dtype=np.float32), "random"
 
 
-def _timeit(fn, reps: int) -> Tuple[float, List[float]]:
+def _timeit(fn, reps: int) -> tuple[float, list[float]]:
     times = []
     out = None
     for _ in range(reps):
@@ -111,7 +112,7 @@ def _timeit(fn, reps: int) -> Tuple[float, List[float]]:
     return out, times
 
 
-def child(spec: Dict[str, Any]) -> Dict[str, Any]:
+def child(spec: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     import torch
 
@@ -119,7 +120,7 @@ def child(spec: Dict[str, Any]) -> Dict[str, Any]:
     if spec.get("malloc_tuning") is False:
         os.environ["CDDFUSE_MALLOC_TUNING"] = "0"
     kind = spec["kind"]
-    res: Dict[str, Any] = {"spec": spec, "rss_start": _vmrss()}
+    res: dict[str, Any] = {"spec": spec, "rss_start": _vmrss()}
     if kind == "peak":
         import torch.nn.functional as F
 
@@ -176,7 +177,7 @@ def child(spec: Dict[str, Any]) -> Dict[str, Any]:
         else:
             t, on_disk = tile, False
         res["tile"], res["on_disk"] = t, on_disk
-        passes: List[float] = []
+        passes: list[float] = []
         kw = dict(tile=t, store="disk" if on_disk else "memory", ops=spec.get("ops", "auto"),
                   memory_budget=spec.get("budget"), workers=spec.get("workers"))
         if spec.get("numpy_out"):
@@ -226,7 +227,6 @@ def _uncompose(model) -> None:
 
 def _child_profile(spec, res, model, ta, tb):
     """Time per layer type of the optimised path, and GFLOP/s from the recorded shapes."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     from cddfuse import engine
@@ -243,7 +243,7 @@ def _child_profile(spec, res, model, ta, tb):
                 "aten::_convolution", "aten::conv2d"}
     gemm_ops = {"mkldnn::_linear_pointwise", "aten::mm", "aten::addmm", "aten::linear"}
     attn_ops = {"aten::bmm", "aten::baddbmm"}
-    cats: Dict[str, Dict[str, float]] = {}
+    cats: dict[str, dict[str, float]] = {}
 
     def add(cat, sec, flops):
         c = cats.setdefault(cat, {"s": 0.0, "flop": 0.0})
@@ -372,7 +372,7 @@ def _child_train(spec, res):
 
 
 # ============================================================================ parent side
-def _cpu_total() -> Tuple[int, int]:
+def _cpu_total() -> tuple[int, int]:
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:]]
     return sum(v), v[3] + v[4]
@@ -394,7 +394,7 @@ def wait_quiet(max_wait: float, limit: float = 0.1) -> float:
     return time.time() - t0
 
 
-def run_child(spec: Dict[str, Any], args) -> Dict[str, Any]:
+def run_child(spec: dict[str, Any], args) -> dict[str, Any]:
     waited = wait_quiet(args.max_wait) if args.max_wait > 0 else 0.0
     ticks = os.sysconf("SC_CLK_TCK")
     ncpu = os.cpu_count() or 1
@@ -441,7 +441,7 @@ def macs_per_pixel(cfg, optimised: bool) -> float:
     return 2 * enc + lt + cfg.fuse_inn_layers * node + dec
 
 
-def machine() -> Dict[str, str]:
+def machine() -> dict[str, str]:
     import torch
 
     cpu = platform.processor() or ""
@@ -488,7 +488,7 @@ def _maxdiff(p1: str, p2: str) -> float:
     return float(np.abs(np.load(p1) - np.load(p2)).max())
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="skip the 4096x4096 full-model run and torch.compile")
@@ -518,11 +518,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     macs_opt = macs_per_pixel(cfg, optimised=True)
     tmp = tempfile.mkdtemp(prefix="cddfuse-bench-")
     th = args.threads
-    R: Dict[str, Any] = {"machine": machine(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    R: dict[str, Any] = {"machine": machine(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                          "threads": th, "macs_ref": macs_ref, "macs_opt": macs_opt}
     started = time.time()
     raw_path = Path(args.out).with_suffix(".json")
-    previous: Dict[str, Any] = json.loads(raw_path.read_text()) if args.only and raw_path.exists() else {}
+    previous: dict[str, Any] = json.loads(raw_path.read_text()) if args.only and raw_path.exists() else {}
     if "peak" in sections:
         print("peak", file=sys.stderr)
         R["peak"] = run_child({"kind": "peak", "threads": th, "label": "peaks"}, args)
@@ -530,7 +530,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("latency", file=sys.stderr)
         lat = []
         for (h, w) in SIZES:
-            row: Dict[str, Any] = {"size": (h, w)}
+            row: dict[str, Any] = {"size": (h, w)}
             ref_out = os.path.join(tmp, f"ref_{h}x{w}.npy")
             row["reference"] = run_child({"kind": "run", "variant": "reference", "size": (h, w), "threads": th,
                                           "save": ref_out, "label": f"reference {w}x{h}"}, args)
@@ -644,13 +644,13 @@ def _speed_tile() -> int:
 
 
 # ============================================================================ report
-def _disturbed(r: Dict[str, Any]) -> str:
+def _disturbed(r: dict[str, Any]) -> str:
     p = r.get("others_pct", 0.0)
     return f"{p:.0f}%" + (" (disturbed)" if p >= 15 else "")
 
 
-def render(R: Dict[str, Any], args) -> str:
-    L: List[str] = []
+def render(R: dict[str, Any], args) -> str:
+    L: list[str] = []
     m = R["machine"]
     quick = R.get("args", {}).get("quick", args.quick)
     only = R.get("args", {}).get("only")

@@ -20,13 +20,12 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List
 
 MODES = ("none", "vis", "sum")
 METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
 
 
-def stage(name: str, run: Path, args: List[str], config: str = "configs/bundled_mif.yaml") -> Path:
+def stage(name: str, run: Path, args: list[str], config: str = "configs/bundled_mif.yaml") -> Path:
     """Run (or resume, or skip) one training stage; returns its final weights."""
     d = run / name
     final = d / "final.safetensors"
@@ -45,12 +44,12 @@ def stage(name: str, run: Path, args: List[str], config: str = "configs/bundled_
     return final
 
 
-def last_validation(run_dir: Path) -> Dict[str, float]:
+def last_validation(run_dir: Path) -> dict[str, float]:
     lines = (run_dir / "validation.jsonl").read_text(encoding="utf-8").splitlines()
     return json.loads(lines[-1])
 
 
-def choose(rows: Dict[str, Dict[str, float]]) -> str:
+def choose(rows: dict[str, dict[str, float]]) -> str:
     wins = {m: 0 for m in rows}
     for k in [k for k in METRICS if all(k in r for r in rows.values())]:
         best = max(rows[m][k] for m in rows)

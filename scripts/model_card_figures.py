@@ -12,7 +12,6 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -26,14 +25,14 @@ SETS = {  # set -> (folder of A, folder of B, task)
 }
 
 
-def scalars(tb_dir: Path) -> Dict[str, List[Tuple[int, float]]]:
+def scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
     acc.Reload()
     out = {}
     for tag in acc.Tags()["scalars"]:
-        last: Dict[int, float] = {}
+        last: dict[int, float] = {}
         for e in acc.Scalars(tag):
             last[e.step] = e.value  # a resumed run may repeat steps: keep the last value
         out[tag] = sorted(last.items())

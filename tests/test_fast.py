@@ -1,13 +1,13 @@
 """The optimised paths compute the same function as the straightforward one (forward and backward)."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
 
 from cddfuse.engine import FastWeights, fused_ops_available, tiled_fuse
 from cddfuse.models.reference import ReferenceCDDFuse, reference_from
+
 from .conftest import SHARED, make_random_model
 from .conftest import need as _need
 

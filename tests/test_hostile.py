@@ -15,7 +15,6 @@ import subprocess
 import sys
 import zlib
 from pathlib import Path
-from typing import Dict, List, Optional
 
 import numpy as np
 import pytest
@@ -44,7 +43,7 @@ def float_tiff(path: Path, values: np.ndarray) -> Path:
     return path
 
 
-def snapshot(*roots: Path) -> Dict[str, str]:
+def snapshot(*roots: Path) -> dict[str, str]:
     """Content hash of every file under ``roots`` (hidden files included)."""
     out = {}
     for root in roots:
@@ -60,7 +59,7 @@ class Cli:
     def __init__(self, capsys: pytest.CaptureFixture) -> None:
         self.capsys = capsys
 
-    def __call__(self, *args: object, rc: int, says: Optional[str] = None) -> str:
+    def __call__(self, *args: object, rc: int, says: str | None = None) -> str:
         self.capsys.readouterr()
         code = main([str(a) for a in args])
         err = self.capsys.readouterr().err
@@ -106,7 +105,7 @@ def folders(tmp_path):
     assert {k: v for k, v in after.items() if k in before} == before, "a source was changed or removed"
 
 
-def fuse(*args: object) -> List[object]:
+def fuse(*args: object) -> list[object]:
     return ["fuse", *args, "--method", "max"]
 
 

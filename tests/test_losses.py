@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from cddfuse.train import losses as L
-from .conftest import shared_path as _shared
 
+from .conftest import shared_path as _shared
 
 
 @pytest.fixture(scope="module")

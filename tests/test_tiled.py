@@ -1,7 +1,6 @@
 """Exact tiled inference: tiled == whole-image, on odd sizes and tile sizes, in memory and on disk."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch

@@ -7,8 +7,9 @@ import errno
 import os
 import re
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator, Union
+from typing import Union
 
 __all__ = ["atomic_path", "atomic_write_bytes", "remove_stale_temporaries", "same_file", "is_inside",
            "check_writable_folder", "TMP_MARK"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Optional
+from typing import Any
 
 __all__ = ["set_malloc_options", "trim", "can_trim", "resident_memory"]
 
@@ -40,8 +40,8 @@ def _glibc() -> Any:
     return _libc or None
 
 
-def set_malloc_options(*, trim_threshold: Optional[int] = None, mmap_threshold: Optional[int] = None,
-                       mmap_max: Optional[int] = None, top_pad: Optional[int] = None) -> bool:
+def set_malloc_options(*, trim_threshold: int | None = None, mmap_threshold: int | None = None,
+                       mmap_max: int | None = None, top_pad: int | None = None) -> bool:
     """Set glibc ``mallopt`` parameters (the ``MALLOC_*_`` environment variables, at run time).
 
     Args:
@@ -76,7 +76,7 @@ def trim() -> bool:
     return bool(lib.malloc_trim(0)) if lib is not None else False
 
 
-def resident_memory() -> Optional[int]:
+def resident_memory() -> int | None:
     """Resident memory of this process now, in bytes (``None`` where ``/proc`` is not available)."""
     try:
         with open("/proc/self/statm") as f:

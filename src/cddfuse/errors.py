@@ -5,8 +5,6 @@ parameter to its flag (``--device cuda``) with :meth:`CDDFuseError.cli_message`.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 __all__ = ["CDDFuseError", "UsageError", "CheckpointError", "ImageReadError", "CDDFuseWarning"]
 
 
@@ -15,7 +13,7 @@ class CDDFuseError(Exception):
 
     exit_code = 1
 
-    def __init__(self, message: str = "", *, cli: Optional[str] = None) -> None:
+    def __init__(self, message: str = "", *, cli: str | None = None) -> None:
         super().__init__(message)
         self._cli = cli
 
@@ -34,13 +32,13 @@ class UsageError(CDDFuseError, ValueError):
 
     exit_code = 2
 
-    def __init__(self, message: str, *, parameter: Optional[str] = None, value: object = None,
-                 reason: Optional[str] = None, cli: Optional[str] = None) -> None:
+    def __init__(self, message: str, *, parameter: str | None = None, value: object = None,
+                 reason: str | None = None, cli: str | None = None) -> None:
         super().__init__(message, cli=cli)
         self.parameter, self.value, self.reason = parameter, value, reason
 
     @classmethod
-    def invalid(cls, parameter: str, value: object, reason: str) -> "UsageError":
+    def invalid(cls, parameter: str, value: object, reason: str) -> UsageError:
         """``parameter=value: reason`` -- and ``--parameter value: reason`` on the command line."""
         return cls(f"{parameter}={value!r}: {reason}", parameter=parameter, value=value, reason=reason)
 
@@ -62,6 +60,6 @@ class CDDFuseWarning(UserWarning):
     """Something works but is probably not what the user wants (e.g. a very small tile). The command line
     prints it as one line, ``cddfuse fuse: warning: ...``."""
 
-    def __init__(self, message: str, *, cli: Optional[str] = None) -> None:
+    def __init__(self, message: str, *, cli: str | None = None) -> None:
         super().__init__(message)
         self.cli = cli if cli is not None else message

@@ -17,7 +17,8 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Literal, Sequence, Tuple, TypeVar, get_args
+from collections.abc import Sequence
+from typing import Literal, TypeVar, get_args
 
 from .errors import UsageError
 
@@ -31,40 +32,40 @@ __all__ = [
 
 #: ``ivf``: infrared + visible; ``mif``: medical (CT / PET / SPECT + MRI).
 Task = Literal["ivf", "mif"]
-TASKS: Tuple[Task, ...] = get_args(Task)
+TASKS: tuple[Task, ...] = get_args(Task)
 
 #: The image added to the decoder's output before the sigmoid: the visible/MRI image, A + B, or nothing.
 ResidualMode = Literal["vis", "sum", "none"]
-RESIDUAL_MODES: Tuple[ResidualMode, ...] = get_args(ResidualMode)
+RESIDUAL_MODES: tuple[ResidualMode, ...] = get_args(ResidualMode)
 
 #: A residual mode, or ``auto``: what the weights were trained for (see ``cddfuse.fusion.resolve_residual``).
 ResidualChoice = Literal["auto", "vis", "sum", "none"]
-RESIDUAL_CHOICES: Tuple[ResidualChoice, ...] = get_args(ResidualChoice)
+RESIDUAL_CHOICES: tuple[ResidualChoice, ...] = get_args(ResidualChoice)
 
 #: The network, or the baseline rules mean = (A + B) / 2 and max = max(A, B).
 Method = Literal["cddfuse", "mean", "max"]
-METHODS: Tuple[Method, ...] = get_args(Method)
+METHODS: tuple[Method, ...] = get_args(Method)
 
 #: ``minmax``: stretch the fused luminance to [0, 1] (the authors' protocol); ``none``: keep it.
 Normalize = Literal["minmax", "none"]
-NORMALIZE_MODES: Tuple[Normalize, ...] = get_args(Normalize)
+NORMALIZE_MODES: tuple[Normalize, ...] = get_args(Normalize)
 
 #: ``auto``: colour output when a source is colour; ``gray``: always gray.
 ColorMode = Literal["auto", "gray"]
-COLOR_MODES: Tuple[ColorMode, ...] = get_args(ColorMode)
+COLOR_MODES: tuple[ColorMode, ...] = get_args(ColorMode)
 
 #: How a colour source's chroma goes back onto the fused luminance: ``saturation`` keeps each pixel's
 #: hue and saturation; ``ycbcr`` puts Cb/Cr back unchanged (the authors' scripts). See ``cddfuse.io.color``.
 ChromaMode = Literal["saturation", "ycbcr"]
-CHROMA_MODES: Tuple[ChromaMode, ...] = get_args(ChromaMode)
+CHROMA_MODES: tuple[ChromaMode, ...] = get_args(ChromaMode)
 
 #: Arithmetic of the network: fp32 (exact to the paper), tf32 (CUDA tensor cores), bf16.
 Precision = Literal["fp32", "tf32", "bf16"]
-PRECISIONS: Tuple[Precision, ...] = get_args(Precision)
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 
 #: What runs the network: PyTorch, or ONNX Runtime on the exported graph.
 Backend = Literal["torch", "onnx"]
-BACKENDS: Tuple[Backend, ...] = get_args(Backend)
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
 
 #: Images with more pixels than this are refused from their header, before decoding, unless the caller
 #: raises the limit (``max_pixels=``, ``--max-pixels``): 100 megapixels (e.g. 10000 x 10000) -- far above

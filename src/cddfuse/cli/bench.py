@@ -27,7 +27,7 @@ examples:
 NORMALIZE = ("auto", *NORMALIZE_MODES)  # as cddfuse.metrics.benchmark.NORMALIZE (not imported: start-up time)
 
 
-def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "bench",
         help="fuse a standard test set, evaluate it and compare with the paper's numbers",

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional
 
 from ..errors import CDDFuseError, UsageError
 
@@ -27,7 +26,7 @@ examples:
 FORMATS = ("table", "md", "csv", "json")
 
 
-def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "eval",
         help="compute fusion metrics (EN, SD, SF, MI, SCD, VIF, Qabf, SSIM...) of a folder of fused images",
@@ -50,7 +49,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     return p
 
 
-def _write(text: str, output: Optional[str]) -> None:
+def _write(text: str, output: str | None) -> None:
     if not output:
         sys.stdout.write(text)
         return

@@ -42,7 +42,7 @@ examples:
 exit codes: 0 success, 1 a failure (bad file, a pair failed), 2 usage error, 130 interrupted."""
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     p = sub.add_parser("fuse", help=HELP, description=DESCRIPTION, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("ir", metavar="IR", help="infrared / functional image (IR, CT, PET, SPECT), or a folder of them")

@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import warnings
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable
 
 from .. import __version__
 from ..errors import CDDFuseError, CDDFuseWarning
@@ -22,7 +22,7 @@ SUBCOMMANDS = ("fuse", "eval", "bench", "prepare", "train")
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+    def error(self, message: str) -> NoReturn:  # type: ignore[name-defined]  # noqa: F821
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
@@ -52,7 +52,7 @@ def _sigterm_as_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         # `kill` then cleans up like Ctrl-C: temporary files removed, finished outputs kept.
         signal.signal(signal.SIGTERM, _sigterm_as_interrupt)

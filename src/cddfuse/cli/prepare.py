@@ -29,7 +29,7 @@ examples:
 exit codes: 0 success, 1 bad data (empty folder, unmatched names, images smaller than the patch), 2 usage error."""
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help=HELP, description=DESCRIPTION, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("a", metavar="A_DIR", help="folder of first sources (infrared / CT / PET / SPECT)")

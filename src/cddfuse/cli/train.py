@@ -34,7 +34,7 @@ exit codes: 0 finished or stopped cleanly at a checkpoint (--max-time, SIGTERM; 
 1 a failure (bad data, unreadable checkpoint), 2 usage error (unknown config key, bad value)."""
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help=HELP, description=DESCRIPTION, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("run")

@@ -29,10 +29,11 @@ Example:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Deque, Dict, Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -60,12 +61,12 @@ class FolderReport:
     """What :func:`fuse_folders` did, by file stem."""
 
     out_dir: Path
-    done: List[str] = field(default_factory=list)
-    skipped: List[str] = field(default_factory=list)
-    failed: Dict[str, str] = field(default_factory=dict)  # stem -> one-line reason
-    only_a: List[str] = field(default_factory=list)
-    only_b: List[str] = field(default_factory=list)
-    stopped: Optional[str] = None  # why the run stopped before the end (e.g. the disk is full)
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # stem -> one-line reason
+    only_a: list[str] = field(default_factory=list)
+    only_b: list[str] = field(default_factory=list)
+    stopped: str | None = None  # why the run stopped before the end (e.g. the disk is full)
 
     @property
     def ok(self) -> bool:
@@ -97,7 +98,7 @@ def _list_pairs(dir_a: Path, dir_b: Path) -> PairListing:
 
 
 def fuse_folders(
-    fuser: Union["Fuser", Callable[[], "Fuser"]],
+    fuser: Fuser | Callable[[], Fuser],
     dir_a: Path,
     dir_b: Path,
     out_dir: Path,
@@ -106,9 +107,9 @@ def fuse_folders(
     bit_depth: int = 8,
     resize: bool = False,
     overwrite: bool = False,
-    batch_size: Optional[int] = None,
+    batch_size: int | None = None,
     progress: bool = False,
-    log: Optional[Callable[[str], None]] = None,
+    log: Callable[[str], None] | None = None,
 ) -> FolderReport:
     """Fuse every pair of ``dir_a`` (infrared / functional) and ``dir_b`` (visible / MRI) into ``out_dir``.
 
@@ -157,7 +158,7 @@ def fuse_folders(
     except OSError as e:
         raise CDDFuseError(f"cannot write to the output folder {out_dir}: {e.strerror or e}") from None
     remove_stale_temporaries(out_dir)  # left by a run that was killed (SIGKILL, power loss)
-    todo: List[Tuple[str, Path, Path, Path]] = []
+    todo: list[tuple[str, Path, Path, Path]] = []
     for stem, path_a, path_b in listing.pairs:
         dest = out_dir / (stem + ext)
         if dest.exists() and not overwrite:
@@ -181,27 +182,27 @@ class _Pending:
 
     stem: str
     dest: Path
-    a: "Future[np.ndarray]"
-    b: "Future[np.ndarray]"
+    a: Future[np.ndarray]
+    b: Future[np.ndarray]
 
     def readable(self) -> bool:
         return self.a.exception() is None and self.b.exception() is None
 
-    def sizes(self) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    def sizes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         return self.a.result().shape[:2], self.b.result().shape[:2]
 
 
 class _Pipeline:
     """Decode ahead (two threads), fuse in the calling thread, encode and write behind (one thread)."""
 
-    def __init__(self, fuser: "Fuser", report: FolderReport, *, batch_size: int, resize: bool, bit_depth: int,
-                 log: Optional[Callable[[str], None]]) -> None:
+    def __init__(self, fuser: Fuser, report: FolderReport, *, batch_size: int, resize: bool, bit_depth: int,
+                 log: Callable[[str], None] | None) -> None:
         self.fuser, self.report, self.batch_size = fuser, report, batch_size
         self.resize, self.bit_depth, self.log = resize, bit_depth, log
-        self.ahead: Deque[_Pending] = deque()
-        self.writes: Deque[Tuple[str, "Future[Path]"]] = deque()
+        self.ahead: deque[_Pending] = deque()
+        self.writes: deque[tuple[str, Future[Path]]] = deque()
 
-    def run(self, todo: List[Tuple[str, Path, Path, Path]], progress: bool) -> None:
+    def run(self, todo: list[tuple[str, Path, Path, Path]], progress: bool) -> None:
         from tqdm import tqdm
 
         queue = iter(todo)
@@ -226,7 +227,7 @@ class _Pipeline:
             self.writer.shutdown(wait=True)  # a write in progress completes (atomically) even on Ctrl-C
             self.bar.close()
 
-    def _read_ahead(self, queue: Iterator[Tuple[str, Path, Path, Path]]) -> None:
+    def _read_ahead(self, queue: Iterator[tuple[str, Path, Path, Path]]) -> None:
         while len(self.ahead) < READ_AHEAD + self.batch_size - 1:
             item = next(queue, None)
             if item is None:
@@ -235,7 +236,7 @@ class _Pipeline:
             self.ahead.append(_Pending(stem, dest, self.readers.submit(read_image, path_a, keep_integer=True),
                                        self.readers.submit(read_image, path_b, keep_integer=True)))
 
-    def _next_batch(self) -> List[_Pending]:
+    def _next_batch(self) -> list[_Pending]:
         """The next pair, and the readable pairs after it of the same sizes (up to ``batch_size``)."""
         batch = [self.ahead.popleft()]
         while len(batch) < self.batch_size and self.ahead:
@@ -245,7 +246,7 @@ class _Pipeline:
             batch.append(self.ahead.popleft())
         return batch
 
-    def _fuse(self, batch: List[_Pending]) -> None:
+    def _fuse(self, batch: list[_Pending]) -> None:
         if len(batch) > 1:
             try:
                 images = self.fuser.fuse_batch([(p.a.result(), p.b.result()) for p in batch], resize=self.resize)

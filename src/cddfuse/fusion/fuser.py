@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Union
 
 import cv2
 import numpy as np
@@ -43,7 +44,7 @@ __all__ = ["Fuser", "FusionResult", "fuse", "resolve_device", "resolve_residual"
 ImageLike = Union[str, "os.PathLike[str]", np.ndarray, Any]  # Any: PIL.Image.Image
 
 
-def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.device:
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU is an error."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -66,7 +67,7 @@ MIN_MEMORY_BUDGET = 512 * 2**20
 MIN_TILE, SMALL_TILE = 4, 32
 
 
-def cpu_bf16_feature() -> Optional[str]:
+def cpu_bf16_feature() -> str | None:
     """The CPU feature that makes bfloat16 fast here (``"amx_bf16"`` or ``"avx512_bf16"``), or None."""
     try:
         with open("/proc/cpuinfo") as f:
@@ -80,7 +81,7 @@ def _is_path(x: ImageLike) -> bool:
     return isinstance(x, (str, os.PathLike))
 
 
-def _load_source(x: ImageLike, name: str, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def _load_source(x: ImageLike, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Any supported input -> integer (uint8/uint16) or float [0,1] array, ``(H,W)`` or ``(H,W,3)`` RGB."""
     if _is_path(x):
         return read_image(x, keep_integer=True, max_pixels=max_pixels)
@@ -117,7 +118,7 @@ def _load_source(x: ImageLike, name: str, max_pixels: Optional[int] = DEFAULT_MA
     return arr
 
 
-def _resize_to(arr: np.ndarray, hw: Tuple[int, int]) -> np.ndarray:
+def _resize_to(arr: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     h, w = hw
     shrink = arr.shape[0] > h or arr.shape[1] > w
     return cv2.resize(arr, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
@@ -148,8 +149,8 @@ class FusionResult:
     image: np.ndarray
     luminance: np.ndarray
     raw: np.ndarray
-    residual: Optional[str]
-    chroma_from: Optional[str]
+    residual: str | None
+    chroma_from: str | None
 
 
 class Fuser:
@@ -193,19 +194,19 @@ class Fuser:
 
     def __init__(
         self,
-        weights: Union[str, "os.PathLike[str]", None] = None,
-        task: Optional[Task] = None,
+        weights: str | os.PathLike[str] | None = None,
+        task: Task | None = None,
         method: Method = "cddfuse",
         residual: ResidualChoice = "auto",
         normalize: Normalize = "minmax",
         color: ColorMode = "auto",
-        device: Union[str, torch.device] = "auto",
+        device: str | torch.device = "auto",
         *,
-        tile: Optional[int] = None,
-        max_memory: Union[str, int, None] = None,
+        tile: int | None = None,
+        max_memory: str | int | None = None,
         precision: Precision = "fp32",
         backend: Backend = "torch",
-        max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
         chroma: ChromaMode = "saturation",
     ) -> None:
         """See the class docstring for the first arguments. Performance options (same results):
@@ -238,15 +239,15 @@ class Fuser:
         self.color = color
         self.chroma = chroma
         self.device = resolve_device(device)
-        self.model: Optional[CDDFuse] = None
-        self.info: Optional[WeightsInfo] = None
+        self.model: CDDFuse | None = None
+        self.info: WeightsInfo | None = None
         if method == "cddfuse":
             path = Path(weights) if weights is not None else pretrained_path(task or "ivf")
             self.model, self.info = load_weights(path, device=self.device)
         elif weights is not None:
             raise UsageError.invalid("weights", weights, f"weights are only used with method='cddfuse', not {method!r}")
         self.task: Task = task or (self.info.task if self.info and self.info.task else "ivf")  # type: ignore[assignment]
-        self.residual: Optional[ResidualMode] = (
+        self.residual: ResidualMode | None = (
             resolve_residual(residual, self.task, self.info) if self.model is not None else None)
         from ..engine.memory import parse_memory
 
@@ -317,7 +318,7 @@ class Fuser:
         out = out[:, 0] if batched else out[0, 0]
         return out.float().cpu().numpy()
 
-    def _prepare(self, a: ImageLike, b: ImageLike, resize: bool) -> Tuple[YCbCrImage, YCbCrImage]:
+    def _prepare(self, a: ImageLike, b: ImageLike, resize: bool) -> tuple[YCbCrImage, YCbCrImage]:
         """Load both sources (same size, or ``b`` resampled with ``resize``) and split off their luminance."""
         if _is_path(a) and _is_path(b) and not resize:  # sizes from the headers, before decoding either
             header_a, header_b = probe_image(a, self.max_pixels), probe_image(b, self.max_pixels)
@@ -337,8 +338,8 @@ class Fuser:
             raise CDDFuseError("the fusion produced NaN or infinite values (broken weights, or a numeric failure "
                                f"in {self.precision}); no image is made from it")
         y = minmax_normalize(raw) if self.normalize == "minmax" else np.clip(raw, 0.0, 1.0).astype(np.float32)
-        chroma: Optional[YCbCrImage] = None
-        chroma_from: Optional[str] = None
+        chroma: YCbCrImage | None = None
+        chroma_from: str | None = None
         if self.color == "auto":
             if sb.is_color:
                 chroma, chroma_from = sb, "b"
@@ -352,7 +353,7 @@ class Fuser:
         sa, sb = self._prepare(a, b, resize)
         return self._finish(self.fuse_luminance(sa.y, sb.y), sa, sb)
 
-    def fuse_batch(self, pairs: Sequence[Tuple[ImageLike, ImageLike]], *, resize: bool = False) -> List[np.ndarray]:
+    def fuse_batch(self, pairs: Sequence[tuple[ImageLike, ImageLike]], *, resize: bool = False) -> list[np.ndarray]:
         """Fuse several pairs; pairs of the same size go through the network as one batch.
 
         Same results as :meth:`fuse` on each pair (normalisation and colour stay per pair); faster
@@ -364,10 +365,10 @@ class Fuser:
                 one to isolate it).
         """
         prepared = [self._prepare(a, b, resize) for a, b in pairs]
-        groups: Dict[Tuple[int, ...], List[int]] = {}
+        groups: dict[tuple[int, ...], list[int]] = {}
         for i, (sa, _) in enumerate(prepared):
             groups.setdefault(sa.y.shape, []).append(i)
-        results: Dict[int, np.ndarray] = {}
+        results: dict[int, np.ndarray] = {}
         for idx in groups.values():  # (N, H, W) stacks, N = 1 included
             raws = self.fuse_luminance(np.stack([prepared[i][0].y for i in idx]),
                                        np.stack([prepared[i][1].y for i in idx]))

@@ -4,7 +4,7 @@ once, numpy only.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 __all__ = ["resolve_residual", "minmax_normalize", "fuse_rule"]
 
 
-def resolve_residual(residual: str, task: str, info: Optional["WeightsInfo"],
-                     weights_task: Optional[str] = None) -> ResidualMode:
+def resolve_residual(residual: str, task: str, info: WeightsInfo | None,
+                     weights_task: str | None = None) -> ResidualMode:
     """The residual mode for ``residual="auto"``, as the authors' inference scripts choose it.
 
     Weights trained for infrared-visible fusion (residual ``vis``) use the visible image for IVF

@@ -28,7 +28,6 @@ inputs match the paper's protocol bit for bit.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import cv2
 import kornia
@@ -101,8 +100,8 @@ class YCbCrImage:
     """A source split for fusion: luminance ``y`` ``(H, W)`` and, for colour sources, ``cb``/``cr``."""
 
     y: np.ndarray
-    cb: Optional[np.ndarray] = None
-    cr: Optional[np.ndarray] = None
+    cb: np.ndarray | None = None
+    cr: np.ndarray | None = None
 
     @property
     def is_color(self) -> bool:

@@ -22,7 +22,7 @@ import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 import cv2
 import numpy as np
@@ -46,7 +46,7 @@ _DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR  # keeps 8/16-bit/floa
 class ImageWriteError(CDDFuseError):
     """An image could not be written (permissions, full disk...). ``errno`` tells which."""
 
-    def __init__(self, message: str, errno_value: Optional[int] = None) -> None:
+    def __init__(self, message: str, errno_value: int | None = None) -> None:
         super().__init__(message)
         self.errno = errno_value
 
@@ -89,7 +89,7 @@ def _regular_file(path: PathLike) -> Path:
     return p
 
 
-def probe_image(path: PathLike, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> ImageHeader:
+def probe_image(path: PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageHeader:
     """Read only the header of an image file: its size and format.
 
     Args:
@@ -169,7 +169,7 @@ def is_gray_content(rgb: np.ndarray) -> bool:
 
 
 def read_image(path: PathLike, *, keep_integer: bool = False,
-               max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.ndarray:
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read an image file as float32 in [0, 1]: ``(H, W)`` gray or ``(H, W, 3)`` RGB.
 
     Args:

@@ -1,29 +1,29 @@
 """Pairing of two folders of images by file stem."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["IMAGE_EXTENSIONS", "PairListing", "list_images", "match_pairs", "short_list"]
 
-IMAGE_EXTENSIONS: Tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 @dataclass
 class PairListing:
     """Result of :func:`match_pairs`: matched ``(stem, path_a, path_b)`` and the unmatched stems."""
 
-    pairs: List[Tuple[str, Path, Path]] = field(default_factory=list)
-    only_a: List[str] = field(default_factory=list)
-    only_b: List[str] = field(default_factory=list)
+    pairs: list[tuple[str, Path, Path]] = field(default_factory=list)
+    only_a: list[str] = field(default_factory=list)
+    only_b: list[str] = field(default_factory=list)
 
     @property
     def unmatched(self) -> int:
         """How many images have no partner (in either folder)."""
         return len(self.only_a) + len(self.only_b)
 
-    def unmatched_message(self, folder_a: Path, folder_b: Path, limit: int = 10) -> Optional[str]:
+    def unmatched_message(self, folder_a: Path, folder_b: Path, limit: int = 10) -> str | None:
         """One sentence naming the images without a partner (``None`` when every image has one).
 
         Example:
@@ -46,13 +46,13 @@ def short_list(names: Sequence[str], limit: int = 10) -> str:
     return shown + (f" ... (+{len(names) - limit})" if len(names) > limit else "")
 
 
-def list_images(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> Dict[str, Path]:
+def list_images(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> dict[str, Path]:
     """Map file stem -> path for the image files directly inside ``folder`` (hidden files skipped).
 
     Raises ValueError when two files share a stem (``a.png`` and ``a.jpg``): the pairing
     would be ambiguous.
     """
-    out: Dict[str, Path] = {}
+    out: dict[str, Path] = {}
     for p in sorted(Path(folder).iterdir()):
         if p.name.startswith(".") or not p.is_file() or p.suffix.lower() not in extensions:
             continue

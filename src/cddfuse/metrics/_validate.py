@@ -1,7 +1,7 @@
 """Input checks shared by the metric functions (internal)."""
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +39,7 @@ def as_image(x: Any, name: str = "image", min_size: int = 1) -> np.ndarray:
     return arr
 
 
-def as_triplet(a: Any, b: Any, f: Any, min_size: int = 1) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def as_triplet(a: Any, b: Any, f: Any, min_size: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validate the two sources and the fused image together (same 2-D shape)."""
     fa = as_image(a, "source A", min_size)
     fb = as_image(b, "source B", min_size)
@@ -52,7 +52,7 @@ def as_triplet(a: Any, b: Any, f: Any, min_size: int = 1) -> Tuple[np.ndarray, n
     return fa, fb, ff
 
 
-def as_uint8_if_exact(x: np.ndarray) -> "np.ndarray | None":
+def as_uint8_if_exact(x: np.ndarray) -> np.ndarray | None:
     """``x`` as uint8 when all its values are integers in 0..255 (8-bit images), else None.
 
     A cheap test: the cast is compared with the original (out-of-range values and fractions
@@ -62,7 +62,7 @@ def as_uint8_if_exact(x: np.ndarray) -> "np.ndarray | None":
     return u8 if np.array_equal(u8, x) else None
 
 
-def histogram_u8(*images: np.ndarray) -> "np.ndarray | None":
+def histogram_u8(*images: np.ndarray) -> np.ndarray | None:
     """Counts of one uint8 image (256 bins) or the joint table of two (256x256), int64.
 
     None for images of 2**24 pixels or more, where OpenCV's float32 counts could be inexact.

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable
 
 import numpy as np
 
@@ -36,7 +37,7 @@ class BenchSet:
     dir_b: Path
 
     @property
-    def paper_name(self) -> Optional[str]:
+    def paper_name(self) -> str | None:
         """The standard set this is (``"TNO"``, ``"MRI_CT"``...), matched by folder name, else None."""
         for known in KNOWN_SETS:
             if known.lower() == self.name.lower():
@@ -79,8 +80,8 @@ def detect_testset(path: PathLike) -> BenchSet:
 
 
 
-def _network(weights: Optional[PathLike], data_task: str,
-             weights_task: Optional[str]) -> Tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], str, str]:
+def _network(weights: PathLike | None, data_task: str,
+             weights_task: str | None) -> tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], str, str]:
     """The network's fusion function, the kind of weights (``"ivf"``/``"mif"``) and the residual mode.
 
     ``data_task`` is the kind of images (from the set's layout): IVF weights on medical images use
@@ -105,12 +106,12 @@ class BenchResult:
     testset: BenchSet
     task: str
     method: str
-    weights: Optional[str]
+    weights: str | None
     evaluation: EvaluationResult
     total_pairs: int
-    references: List[PublishedRow] = field(default_factory=list)
+    references: list[PublishedRow] = field(default_factory=list)
     normalize: str = "minmax"
-    residual: Optional[str] = None
+    residual: str | None = None
 
     @property
     def run_label(self) -> str:
@@ -118,7 +119,7 @@ class BenchResult:
             return f"this run: CDDFuse ({Path(self.weights).name if self.weights else 'bundled ' + self.task.upper()})"
         return f"this run: {self.method} rule"
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         ev = self.evaluation.to_dict()
         return {
             "dataset": self.testset.name,
@@ -139,10 +140,10 @@ class BenchResult:
         }
 
 
-def run_bench(testset_dir: PathLike, method: str = "cddfuse", weights: Optional[PathLike] = None,
-              task: Optional[str] = None, out_dir: Optional[PathLike] = None, limit: Optional[int] = None,
-              names: Union[str, Sequence[str]] = COLUMNS, normalize: str = "auto",
-              progress: Optional[bool] = None) -> BenchResult:
+def run_bench(testset_dir: PathLike, method: str = "cddfuse", weights: PathLike | None = None,
+              task: str | None = None, out_dir: PathLike | None = None, limit: int | None = None,
+              names: str | Sequence[str] = COLUMNS, normalize: str = "auto",
+              progress: bool | None = None) -> BenchResult:
     """Fuse every pair of a test set with the authors' protocol and evaluate it.
 
     Protocol (their ``test_IVF.py`` / ``test_MIF.py``): sources read with their gray conversion and
@@ -265,7 +266,7 @@ def format_bench(result: BenchResult, fmt: str = "table") -> str:
         return to_json(result.to_dict())
     names = result.evaluation.metrics
     mean = result.evaluation.mean
-    rows: List[List[Any]] = [[result.run_label] + [mean[m] for m in names]]
+    rows: list[list[Any]] = [[result.run_label] + [mean[m] for m in names]]
     for ref in result.references:
         rows.append([ref.label] + [ref.values.get(m, math.nan) for m in names])
     table = format_rows(["", *names] if fmt != "csv" else ["row", *names], rows, fmt, decimals=2,

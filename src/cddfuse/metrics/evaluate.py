@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any
 
 from ..errors import CDDFuseError, UsageError
 from .io import PathLike, read_gray
@@ -14,7 +15,7 @@ from .registry import METRICS, compute_metrics, resolve_metrics
 
 __all__ = ["EvaluationResult", "find_triplets", "evaluate_files", "evaluate_folders", "format_evaluation", "progress_bar"]
 
-Triplet = Tuple[str, Path, Path, Path]
+Triplet = tuple[str, Path, Path, Path]
 
 
 @dataclass
@@ -28,27 +29,27 @@ class EvaluationResult:
         ignored: fused images that have no sources (not evaluated).
     """
 
-    metrics: List[str]
-    stems: List[str] = field(default_factory=list)
-    values: List[Dict[str, float]] = field(default_factory=list)
-    ignored: List[str] = field(default_factory=list)
+    metrics: list[str]
+    stems: list[str] = field(default_factory=list)
+    values: list[dict[str, float]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.stems)
 
     @property
-    def mean(self) -> Dict[str, float]:
+    def mean(self) -> dict[str, float]:
         """Arithmetic mean over the images of each metric (NaN if any image gives NaN, as in the authors' sum)."""
         n = len(self.values)
         return {m: (math.fsum(v[m] for v in self.values) / n if n else float("nan")) for m in self.metrics}
 
-    def rows(self) -> List[Tuple[str, Dict[str, float]]]:
+    def rows(self) -> list[tuple[str, dict[str, float]]]:
         """``[(stem, values), ...]``."""
         return list(zip(self.stems, self.values))
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (non-finite values become None)."""
-        def clean(d: Dict[str, float]) -> Dict[str, Optional[float]]:
+        def clean(d: dict[str, float]) -> dict[str, float | None]:
             return {k: (v if math.isfinite(v) else None) for k, v in d.items()}
 
         return {
@@ -60,7 +61,7 @@ class EvaluationResult:
         }
 
 
-def progress_bar(total: int, desc: str, enabled: Optional[bool] = None) -> Any:
+def progress_bar(total: int, desc: str, enabled: bool | None = None) -> Any:
     """A tqdm bar on stderr; ``enabled=None`` shows it only when stderr is a terminal."""
     from tqdm.auto import tqdm
 
@@ -77,7 +78,7 @@ def _folder(path: PathLike, what: str) -> Path:
     return p
 
 
-def find_triplets(dir_a: PathLike, dir_b: PathLike, dir_f: PathLike) -> Tuple[List[Triplet], List[str]]:
+def find_triplets(dir_a: PathLike, dir_b: PathLike, dir_f: PathLike) -> tuple[list[Triplet], list[str]]:
     """Match sources and fused images by file stem.
 
     Returns ``([(stem, path_a, path_b, path_f), ...], fused_stems_without_sources)``.
@@ -107,7 +108,7 @@ def find_triplets(dir_a: PathLike, dir_b: PathLike, dir_f: PathLike) -> Tuple[Li
     return [(s, a, b, fused[s]) for s, a, b in listing.pairs], extra
 
 
-def _evaluate_one(item: Triplet, names: Sequence[str]) -> Dict[str, float]:
+def _evaluate_one(item: Triplet, names: Sequence[str]) -> dict[str, float]:
     stem, pa, pb, pf = item
     a, b, f = read_gray(pa), read_gray(pb), read_gray(pf)
     if not (a.shape == b.shape == f.shape):
@@ -130,14 +131,14 @@ def _worker_init() -> None:
     tune_malloc()
 
 
-def evaluate_files(items: Sequence[Triplet], names: Union[None, str, Iterable[str]] = None, workers: int = 1,
-                   progress: Optional[bool] = None) -> EvaluationResult:
+def evaluate_files(items: Sequence[Triplet], names: None | str | Iterable[str] = None, workers: int = 1,
+                   progress: bool | None = None) -> EvaluationResult:
     """Evaluate ``(stem, path_a, path_b, path_fused)`` items; see :func:`evaluate_folders`."""
     chosen = resolve_metrics(names)
     if workers < 1:
         raise UsageError(f"workers must be at least 1, got {workers}")
     result = EvaluationResult(metrics=chosen)
-    values: List[Optional[Dict[str, float]]] = [None] * len(items)
+    values: list[dict[str, float] | None] = [None] * len(items)
     with progress_bar(len(items), "eval", progress) as bar:
         if workers == 1 or len(items) < 2:
             for i, item in enumerate(items):
@@ -164,8 +165,8 @@ def evaluate_files(items: Sequence[Triplet], names: Union[None, str, Iterable[st
 
 
 def evaluate_folders(dir_a: PathLike, dir_b: PathLike, dir_f: PathLike,
-                     names: Union[None, str, Iterable[str]] = None, workers: int = 1,
-                     progress: Optional[bool] = None) -> EvaluationResult:
+                     names: None | str | Iterable[str] = None, workers: int = 1,
+                     progress: bool | None = None) -> EvaluationResult:
     """Evaluate every fused image of ``dir_f`` against its sources in ``dir_a`` and ``dir_b``.
 
     Files are paired by stem (``01.png`` with ``01.jpg``) and read with the authors' gray

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import cv2
 import numpy as np
@@ -43,7 +43,7 @@ def rgb_to_gray(rgb: Any, order: str = "RGB") -> np.ndarray:
     return np.round(cv2.cvtColor(img, code))
 
 
-def read_gray(path: PathLike, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_gray(path: PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read an image file the way the CDDFuse evaluation does: float32 ``(H, W)`` on 0-255.
 
     ``cv2.imread`` in colour mode (gray files become three equal channels, an alpha channel is

@@ -7,11 +7,10 @@ sources, SSIM with the authors' ``data_range = 2`` (see :func:`cddfuse.metrics.s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
 
 __all__ = ["COLUMNS", "PublishedRow", "PAPER_ROWS", "BASELINE_ROWS", "reference_rows", "KNOWN_SETS"]
 
-COLUMNS: Tuple[str, ...] = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
+COLUMNS: tuple[str, ...] = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
 
 _PAPER = (
     "Z. Zhao et al., \"CDDFuse: Correlation-Driven Dual-Branch Feature Decomposition for "
@@ -23,7 +22,7 @@ _BASELINE = (
 )
 
 #: The five standard test sets, with the modality folder of source A and of source B.
-KNOWN_SETS: Dict[str, Tuple[str, str, str]] = {
+KNOWN_SETS: dict[str, tuple[str, str, str]] = {
     # name: (task, folder of A = infrared / functional, folder of B = visible / MRI)
     "TNO": ("ivf", "ir", "vi"),
     "RoadScene": ("ivf", "ir", "vi"),
@@ -47,8 +46,8 @@ class PublishedRow:
 
     dataset: str
     method: str
-    weights: Optional[str]
-    values: Dict[str, float]
+    weights: str | None
+    values: dict[str, float]
     source: str
 
     @property
@@ -58,7 +57,7 @@ class PublishedRow:
         return f"{self.method} rule (authors' code)"
 
 
-def _row(dataset: str, method: str, weights: Optional[str], text: str, source: str) -> PublishedRow:
+def _row(dataset: str, method: str, weights: str | None, text: str, source: str) -> PublishedRow:
     vals = [float(v) for v in text.split()]
     assert len(vals) == len(COLUMNS)
     return PublishedRow(dataset, method, weights, dict(zip(COLUMNS, vals)), source)
@@ -66,7 +65,7 @@ def _row(dataset: str, method: str, weights: Optional[str], text: str, source: s
 
 #: CDDFuse rows of the paper: IVF weights on TNO and RoadScene; on the medical sets,
 #: both the MIF weights and the IVF weights applied to medical images.
-PAPER_ROWS: List[PublishedRow] = [
+PAPER_ROWS: list[PublishedRow] = [
     _row("TNO", "cddfuse", "ivf", "7.12 46.00 13.15 2.19 1.76 0.77 0.54 1.03", _PAPER),
     _row("RoadScene", "cddfuse", "ivf", "7.44 54.67 16.36 2.30 1.81 0.69 0.52 0.98", _PAPER),
     _row("MRI_CT", "cddfuse", "mif", "4.88 79.17 38.14 2.61 1.41 0.61 0.68 1.34", _PAPER),
@@ -79,7 +78,7 @@ PAPER_ROWS: List[PublishedRow] = [
 
 #: The mean ((A+B)/2) and max (max(A, B)) rules through the same protocol, measured with the
 #: authors' metric code on the full test sets.
-BASELINE_ROWS: List[PublishedRow] = [
+BASELINE_ROWS: list[PublishedRow] = [
     _row("TNO", "mean", None, "6.23 26.11 6.95 1.60 1.54 0.57 0.36 1.01", _BASELINE),
     _row("TNO", "max", None, "6.81 40.01 10.06 4.71 1.54 0.92 0.60 1.00", _BASELINE),
     _row("RoadScene", "mean", None, "6.45 28.52 7.53 2.00 1.42 0.57 0.38 0.95", _BASELINE),
@@ -93,7 +92,7 @@ BASELINE_ROWS: List[PublishedRow] = [
 ]
 
 
-def reference_rows(dataset: str, task: Optional[str] = None) -> List[PublishedRow]:
+def reference_rows(dataset: str, task: str | None = None) -> list[PublishedRow]:
     """Rows to print next to a run on ``dataset``: the paper's CDDFuse row(s), then the baselines.
 
     With ``task`` given (``"ivf"``/``"mif"``), only the paper row of those weights is returned.

@@ -5,7 +5,7 @@ the fused image ``f``, gray on the 0-255 scale, and returns a Python float (comp
 """
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -16,7 +16,7 @@ __all__ = ["mutual_information", "scd", "correlation_coefficient", "mse", "psnr"
 _DENSE_JOINT_LIMIT = 1 << 22  # joint histograms up to this many cells are counted densely
 
 
-def _labels(x: np.ndarray) -> Tuple[np.ndarray, int]:
+def _labels(x: np.ndarray) -> tuple[np.ndarray, int]:
     """Integer labels of the exact pixel values (values themselves for small non-negative integers)."""
     flat = x.ravel()
     lo, hi = flat.min(), flat.max()

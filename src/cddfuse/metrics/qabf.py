@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Tuple
+from typing import Any
 
 import cv2
 import numpy as np
@@ -21,7 +21,7 @@ _SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=_F32)[::-1, ::-1
 _HALF_PI = _F32(math.pi / 2)
 
 
-def _edges(img: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def _edges(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sobel edge strength and orientation (float32, 'same' size, zero padding)."""
     sx = cv2.filter2D(img, -1, _SOBEL_X, borderType=cv2.BORDER_CONSTANT)
     sy = cv2.filter2D(img, -1, _SOBEL_Y, borderType=cv2.BORDER_CONSTANT)

@@ -1,17 +1,36 @@
 """Names of the metrics, their properties, and :func:`compute_metrics`."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable
 
 import numpy as np
 
 from ..errors import UsageError
 from ._validate import MetricInputError, as_triplet
-from .nonref import _average_gradient, _entropy, _spatial_frequency, _standard_deviation
-from .nonref import average_gradient, entropy, spatial_frequency, standard_deviation
-from .pixelwise import _correlation_coefficient, _mse, _mutual_information, _psnr, _scd
-from .pixelwise import correlation_coefficient, mse, mutual_information, psnr, scd
+from .nonref import (
+    _average_gradient,
+    _entropy,
+    _spatial_frequency,
+    _standard_deviation,
+    average_gradient,
+    entropy,
+    spatial_frequency,
+    standard_deviation,
+)
+from .pixelwise import (
+    _correlation_coefficient,
+    _mse,
+    _mutual_information,
+    _psnr,
+    _scd,
+    correlation_coefficient,
+    mse,
+    mutual_information,
+    psnr,
+    scd,
+)
 from .qabf import _qabf, qabf
 from .ssim import _ssim, ssim
 from .vif import VIF_MIN_SIZE, _vif, vif
@@ -50,7 +69,7 @@ class MetricInfo:
     higher_is_better: bool
     value_range: str
     min_size: int = 1
-    _impl: Optional[Callable[..., float]] = field(default=None, repr=False, compare=False)
+    _impl: Callable[..., float] | None = field(default=None, repr=False, compare=False)
 
     @property
     def direction(self) -> str:
@@ -63,12 +82,12 @@ class MetricInfo:
 
 
 def _m(name: str, title: str, function: Callable[..., float], impl: Callable[..., float], uses_sources: bool,
-       value_range: str, higher: bool = True, min_size: int = 1) -> Tuple[str, MetricInfo]:
+       value_range: str, higher: bool = True, min_size: int = 1) -> tuple[str, MetricInfo]:
     return name, MetricInfo(name, title, function, uses_sources, higher, value_range, min_size, impl)
 
 
 #: Every metric, in the column order of the authors' evaluation (the reference values' order).
-METRICS: Dict[str, MetricInfo] = dict([
+METRICS: dict[str, MetricInfo] = dict([
     _m("EN", "entropy (bits)", entropy, _entropy, False, "[0, 8]"),
     _m("SD", "standard deviation", standard_deviation, _standard_deviation, False, "[0, 127.5]"),
     _m("SF", "spatial frequency", spatial_frequency, _spatial_frequency, False, "[0, 360.6]", min_size=2),
@@ -86,16 +105,16 @@ METRICS: Dict[str, MetricInfo] = dict([
 ])
 
 #: All metric names, in order.
-ALL_METRICS: Tuple[str, ...] = tuple(METRICS)
+ALL_METRICS: tuple[str, ...] = tuple(METRICS)
 #: The eight columns of the CDDFuse paper's tables, in their order.
-PAPER_METRICS: Tuple[str, ...] = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
+PAPER_METRICS: tuple[str, ...] = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
 
 _ALIASES = {"VIFF": "VIF", "QAB/F": "Qabf", "QABF": "Qabf", "ENTROPY": "EN"}
 _BY_UPPER = {name.upper(): name for name in METRICS}
 _GROUPS = {"ALL": ALL_METRICS, "PAPER": PAPER_METRICS}
 
 
-def resolve_metrics(names: Union[None, str, Iterable[str]] = None) -> List[str]:
+def resolve_metrics(names: None | str | Iterable[str] = None) -> list[str]:
     """Canonical metric names from user input.
 
     ``names`` may be ``None`` (all twelve), a comma-separated string or a list. Matching ignores
@@ -116,8 +135,8 @@ def resolve_metrics(names: Union[None, str, Iterable[str]] = None) -> List[str]:
         return list(ALL_METRICS)
     if isinstance(names, str):
         names = names.split(",")
-    out: List[str] = []
-    unknown: List[str] = []
+    out: list[str] = []
+    unknown: list[str] = []
     for raw in names:
         key = str(raw).strip()
         if not key:
@@ -148,7 +167,7 @@ def metric_info(name: str) -> MetricInfo:
     return METRICS[resolve_metrics([name])[0]]
 
 
-def compute_metrics(a: Any, b: Any, f: Any, names: Union[None, str, Iterable[str]] = None) -> Dict[str, float]:
+def compute_metrics(a: Any, b: Any, f: Any, names: None | str | Iterable[str] = None) -> dict[str, float]:
     """Compute several metrics of one fused image at once.
 
     Args:

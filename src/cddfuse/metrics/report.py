@@ -5,8 +5,9 @@ import csv
 import io
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any
 
 from ..errors import UsageError
 
@@ -16,7 +17,7 @@ FORMATS = ("table", "md", "csv", "json")
 _SUFFIX_FORMATS = {".md": "md", ".markdown": "md", ".csv": "csv", ".json": "json", ".txt": "table"}
 
 
-def choose_format(fmt: Optional[str], output: Optional[str]) -> str:
+def choose_format(fmt: str | None, output: str | None) -> str:
     """The explicit ``--format``, else the one the output file's suffix implies, else ``table``."""
     if fmt:
         if fmt not in FORMATS:
@@ -36,7 +37,7 @@ def format_number(v: float, decimals: int) -> str:
 
 
 def format_rows(header: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, decimals: int = 4,
-                separator_before: Optional[int] = None) -> str:
+                separator_before: int | None = None) -> str:
     """Format a table whose first column is a label and the others numbers.
 
     ``table``: aligned plain text (``separator_before``: index of a row preceded by a rule);
@@ -60,7 +61,7 @@ def format_rows(header: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, 
               for i in range(len(header))]
     def line(c: Sequence[str]) -> str:
         return "  ".join([c[0].ljust(widths[0])] + [c[i].rjust(widths[i]) for i in range(1, len(c))]).rstrip()
-    out: List[str] = [line([str(h) for h in header])]
+    out: list[str] = [line([str(h) for h in header])]
     for i, c in enumerate(cells):
         if separator_before is not None and i == separator_before:
             out.append("-" * len(out[0]))

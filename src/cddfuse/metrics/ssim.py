@@ -1,7 +1,8 @@
 """SSIM as the CDDFuse authors computed it (scikit-image ``structural_similarity`` on float32 input)."""
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -15,8 +16,8 @@ K1, K2 = 0.01, 0.03
 DATA_RANGE = 2.0  # scikit-image's dtype range of float images, [-1, 1]
 
 
-def _box(x: np.ndarray, size: int, out: Optional[np.ndarray] = None,
-         work: Optional[np.ndarray] = None) -> np.ndarray:
+def _box(x: np.ndarray, size: int, out: np.ndarray | None = None,
+         work: np.ndarray | None = None) -> np.ndarray:
     """Mean over a ``size x size`` window, one axis after the other, rounding to ``x.dtype`` in between.
 
     Bit for bit what ``scipy.ndimage.uniform_filter`` (the filter scikit-image uses) gives: a

@@ -1,7 +1,8 @@
 """Pixel-domain visual information fidelity (VIF / VIFF column of the CDDFuse tables)."""
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -43,7 +44,7 @@ def vif_window(scale: int) -> np.ndarray:
     return h / h.sum()
 
 
-def _valid(x: np.ndarray, taps: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+def _valid(x: np.ndarray, taps: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """2-D 'valid' convolution with the separable window ``outer(taps, taps)`` (symmetric).
 
     ``out`` (float64, the shape of ``x``) receives the full-size result; the valid part is returned
@@ -54,7 +55,7 @@ def _valid(x: np.ndarray, taps: np.ndarray, out: Optional[np.ndarray] = None) ->
     return full[r:full.shape[0] - r, r:full.shape[1] - r]
 
 
-def _vif_sums(refs: Sequence[np.ndarray], dist: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def _vif_sums(refs: Sequence[np.ndarray], dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Numerators and denominators of the VIF of each reference image against ``dist``."""
     refs = [np.ascontiguousarray(r, dtype=np.float64) for r in refs]
     dist = np.ascontiguousarray(dist, dtype=np.float64)

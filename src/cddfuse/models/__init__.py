@@ -5,8 +5,8 @@ from .cddfuse import (
     CDDFuseConfig,
     CDDFuseDecoder,
     CDDFuseEncoder,
-    count_parameters,
     cddfuse,
+    count_parameters,
     residual_image,
 )
 from .pretrained import cddfuse_ivf, cddfuse_mif

@@ -17,7 +17,7 @@ The submodule names below are the authors' own (``encoder_level1``, ``baseFeatur
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -81,11 +81,11 @@ class CDDFuseConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "CDDFuseConfig":
+    def from_dict(cls, d: dict[str, Any]) -> CDDFuseConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -183,7 +183,7 @@ class GatedFeedForward(nn.Module):
     uses ``groups=hidden`` (each group sees two channels).
     """
 
-    def __init__(self, dim: int, expansion: float, groups: Optional[int] = None) -> None:
+    def __init__(self, dim: int, expansion: float, groups: int | None = None) -> None:
         super().__init__()
         hidden = int(dim * expansion)
         self.project_in = Conv1x1(dim, hidden * 2)
@@ -291,7 +291,7 @@ class DetailNode(nn.Module):
         self.theta_eta = InvertedResidual(half, half, expansion)
         self.shffleconv = Conv1x1(dim, dim, bias=True)
 
-    def forward(self, z1: Tensor, z2: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, z1: Tensor, z2: Tensor) -> tuple[Tensor, Tensor]:
         z = self.shffleconv(torch.cat((z1, z2), dim=1))
         half = z.shape[1] // 2
         z1, z2 = z[:, :half], z[:, half:]
@@ -336,7 +336,7 @@ class CDDFuseEncoder(nn.Module):
         self.baseFeature = LiteTransformerBlock(cfg.dim, cfg.num_heads, cfg.base_ffn_expansion)
         self.detailFeature = InvertibleDetailExtractor(cfg.dim, cfg.encoder_inn_layers, cfg.inn_expansion)
 
-    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         shallow = self.encoder_level1(self.patch_embed(x))
         return self.baseFeature(shallow), self.detailFeature(shallow), shallow
 
@@ -357,7 +357,7 @@ class CDDFuseDecoder(nn.Module):
             nn.Conv2d(d // 2, cfg.out_channels, 3, padding=1, bias=False),
         )
 
-    def forward(self, base: Tensor, detail: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+    def forward(self, base: Tensor, detail: Tensor, residual: Tensor | None = None) -> Tensor:
         x = self.encoder_level2(self.reduce_channel(torch.cat((base, detail), dim=1)))
         x = self.output(x)
         if residual is not None:
@@ -365,7 +365,7 @@ class CDDFuseDecoder(nn.Module):
         return torch.sigmoid(x)
 
 
-def residual_image(a: Tensor, b: Tensor, mode: str) -> Optional[Tensor]:
+def residual_image(a: Tensor, b: Tensor, mode: str) -> Tensor | None:
     """The image added before the decoder's sigmoid: ``vis`` -> b, ``sum`` -> a + b, ``none`` -> None."""
     if mode == "vis":
         return b
@@ -395,7 +395,7 @@ class CDDFuse(nn.Module):
         torch.Size([1, 1, 20, 30])
     """
 
-    def __init__(self, config: Optional[CDDFuseConfig] = None) -> None:
+    def __init__(self, config: CDDFuseConfig | None = None) -> None:
         super().__init__()
         self.config = config or CDDFuseConfig()
         cfg = self.config
@@ -404,15 +404,15 @@ class CDDFuse(nn.Module):
         self.base_fuse = LiteTransformerBlock(cfg.dim, cfg.num_heads, cfg.base_ffn_expansion)
         self.detail_fuse = InvertibleDetailExtractor(cfg.dim, cfg.fuse_inn_layers, cfg.inn_expansion)
 
-    def encode(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(B,1,H,W)`` -> ``(base, detail, shallow)`` features, each ``(B,C,H,W)``."""
         return self.encoder(x)
 
-    def fuse_features(self, base_a: Tensor, base_b: Tensor, detail_a: Tensor, detail_b: Tensor) -> Tuple[Tensor, Tensor]:
+    def fuse_features(self, base_a: Tensor, base_b: Tensor, detail_a: Tensor, detail_b: Tensor) -> tuple[Tensor, Tensor]:
         """Fusion layers: ``(LT(base_a + base_b), INN(detail_a + detail_b))``."""
         return self.base_fuse(base_a + base_b), self.detail_fuse(detail_a + detail_b)
 
-    def decode(self, base: Tensor, detail: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+    def decode(self, base: Tensor, detail: Tensor, residual: Tensor | None = None) -> Tensor:
         """Features -> image in (0, 1); ``residual`` ``(B,1,H,W)`` is added before the sigmoid."""
         return self.decoder(base, detail, residual)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Tuple
 
 from ..errors import CDDFuseError
 from .cddfuse import CDDFuse
@@ -25,7 +24,7 @@ class PretrainedSpec:
     description: str
 
 
-PRETRAINED: Dict[str, PretrainedSpec] = {
+PRETRAINED: dict[str, PretrainedSpec] = {
     "ivf": PretrainedSpec("ivf", "cddfuse_ivf.safetensors", "infrared-visible fusion, trained on RoadScene"),
     "mif": PretrainedSpec("mif", "cddfuse_mif.safetensors", "medical fusion (CT/PET/SPECT with MRI), trained on Harvard"),
 }
@@ -45,7 +44,7 @@ def pretrained_path(task: str) -> Path:
     return p
 
 
-def _load(task: str, device: str) -> Tuple[CDDFuse, WeightsInfo]:
+def _load(task: str, device: str) -> tuple[CDDFuse, WeightsInfo]:
     return load_weights(pretrained_path(task), device=device)
 
 

@@ -13,8 +13,6 @@ same state dict loads into both (:func:`reference_from`).
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -76,7 +74,7 @@ class _MDTA(nn.Module):
 
 
 class _FeedForward(nn.Module):
-    def __init__(self, dim: int, expansion: float, groups: Optional[int] = None) -> None:
+    def __init__(self, dim: int, expansion: float, groups: int | None = None) -> None:
         super().__init__()
         hidden = int(dim * expansion)
         self.project_in = nn.Conv2d(dim, hidden * 2, 1, bias=False)
@@ -171,11 +169,11 @@ class _DetailNode(nn.Module):
         self.theta_eta = _InvertedResidualBlock(half, half, expansion)
         self.shffleconv = nn.Conv2d(dim, dim, 1, bias=True)
 
-    def separateFeature(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+    def separateFeature(self, x: Tensor) -> tuple[Tensor, Tensor]:
         z1, z2 = x[:, : x.shape[1] // 2], x[:, x.shape[1] // 2: x.shape[1]]
         return z1, z2
 
-    def forward(self, z1: Tensor, z2: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, z1: Tensor, z2: Tensor) -> tuple[Tensor, Tensor]:
         z1, z2 = self.separateFeature(self.shffleconv(torch.cat((z1, z2), dim=1)))
         z2 = z2 + self.theta_phi(z1)
         z1 = z1 * torch.exp(self.theta_rho(z2)) + self.theta_eta(z2)
@@ -213,7 +211,7 @@ class _Encoder(nn.Module):
         self.baseFeature = _BaseFeatureExtraction(cfg.dim, cfg.num_heads, cfg.base_ffn_expansion)
         self.detailFeature = _DetailFeatureExtraction(cfg.dim, cfg.encoder_inn_layers, cfg.inn_expansion)
 
-    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         out_enc_level1 = self.encoder_level1(self.patch_embed(x))
         return self.baseFeature(out_enc_level1), self.detailFeature(out_enc_level1), out_enc_level1
 
@@ -232,7 +230,7 @@ class _Decoder(nn.Module):
             nn.Conv2d(d // 2, cfg.out_channels, 3, padding=1, bias=False),
         )
 
-    def forward(self, base: Tensor, detail: Tensor, residual: Optional[Tensor]) -> Tensor:
+    def forward(self, base: Tensor, detail: Tensor, residual: Tensor | None) -> Tensor:
         x = self.reduce_channel(torch.cat((base, detail), dim=1))
         x = self.encoder_level2(x)
         x = self.output(x)
@@ -248,7 +246,7 @@ class ReferenceCDDFuse(nn.Module):
     exactly like the authors' ``test_IVF.py``.
     """
 
-    def __init__(self, config: Optional[CDDFuseConfig] = None) -> None:
+    def __init__(self, config: CDDFuseConfig | None = None) -> None:
         super().__init__()
         self.config = config or CDDFuseConfig()
         cfg = self.config

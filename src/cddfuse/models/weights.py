@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Union
 
 import torch
 from torch import Tensor
@@ -46,7 +47,7 @@ FORMAT_NAME = "cddfuse"
 FORMAT_VERSION = "1"
 
 #: The authors' checkpoint parts and the prefix of each in :class:`CDDFuse`'s state dict.
-OFFICIAL_PARTS: Dict[str, str] = {
+OFFICIAL_PARTS: dict[str, str] = {
     "DIDF_Encoder": "encoder.",
     "DIDF_Decoder": "decoder.",
     "BaseFuseLayer": "base_fuse.",
@@ -71,25 +72,25 @@ class WeightsInfo:
         path: where the weights came from.
     """
 
-    task: Optional[str]
-    residual: Optional[str]
+    task: str | None
+    residual: str | None
     normalize: str
     config: CDDFuseConfig
     source_format: str
-    provenance: Dict[str, Any] = field(default_factory=dict)
-    path: Optional[str] = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
 
 
 def _fail(path: PathLike, what: str) -> CheckpointError:
     return CheckpointError(f"{path}: {what}")
 
 
-def official_to_state_dict(ckpt: Mapping[str, Any], path: PathLike = "<checkpoint>") -> Dict[str, Tensor]:
+def official_to_state_dict(ckpt: Mapping[str, Any], path: PathLike = "<checkpoint>") -> dict[str, Tensor]:
     """Map the authors' four-part checkpoint to a flat :class:`CDDFuse` state dict."""
     missing = [k for k in OFFICIAL_PARTS if k not in ckpt]
     if missing:
         raise _fail(path, f"not a CDDFuse checkpoint: missing part(s) {missing} (found {sorted(ckpt)[:8]})")
-    out: Dict[str, Tensor] = {}
+    out: dict[str, Tensor] = {}
     for part, prefix in OFFICIAL_PARTS.items():
         sd = ckpt[part]
         if not isinstance(sd, Mapping):
@@ -101,9 +102,9 @@ def official_to_state_dict(ckpt: Mapping[str, Any], path: PathLike = "<checkpoin
     return out
 
 
-def state_dict_to_official(state_dict: Mapping[str, Tensor], data_parallel: bool = True) -> Dict[str, Dict[str, Tensor]]:
+def state_dict_to_official(state_dict: Mapping[str, Tensor], data_parallel: bool = True) -> dict[str, dict[str, Tensor]]:
     """Inverse of :func:`official_to_state_dict` (for the authors' test scripts)."""
-    out: Dict[str, Dict[str, Tensor]] = {part: {} for part in OFFICIAL_PARTS}
+    out: dict[str, dict[str, Tensor]] = {part: {} for part in OFFICIAL_PARTS}
     for k, v in state_dict.items():
         for part, prefix in OFFICIAL_PARTS.items():
             if k.startswith(prefix):
@@ -156,9 +157,9 @@ def check_state_dict(model: CDDFuse, state_dict: Mapping[str, Tensor], path: Pat
         for k in set(expected) & set(state_dict)
         if tuple(state_dict[k].shape) != tuple(expected[k].shape)
     )
-    problems: List[str] = []
+    problems: list[str] = []
 
-    def listing(label: str, items: List[str]) -> None:
+    def listing(label: str, items: list[str]) -> None:
         if items:
             shown = ", ".join(items[:6]) + (f" ... (+{len(items) - 6} more)" if len(items) > 6 else "")
             problems.append(f"{len(items)} {label}: {shown}")
@@ -170,7 +171,7 @@ def check_state_dict(model: CDDFuse, state_dict: Mapping[str, Tensor], path: Pat
         raise _fail(path, "weights do not fit the CDDFuse network; " + "; ".join(problems))
 
 
-def read_official_checkpoint(path: PathLike) -> Dict[str, Tensor]:
+def read_official_checkpoint(path: PathLike) -> dict[str, Tensor]:
     """Load an authors'-format ``.pth`` safely (``weights_only=True``) as a flat state dict.
 
     Files that are not PyTorch checkpoints at all (an image, random bytes) are named as such; files
@@ -209,7 +210,7 @@ _REFUSED = ("refused to load: the file holds more than tensors (code or other ob
             "loaded, never code -- use the authors' released .pth or a cddfuse .safetensors")
 
 
-def _official_defaults(path: Path) -> Tuple[Optional[str], Optional[str]]:
+def _official_defaults(path: Path) -> tuple[str | None, str | None]:
     """(task, residual) for an authors' checkpoint, from its file name.
 
     Their two released files are ``CDDFuse_IVF.pth`` (trained with the visible image as residual)
@@ -234,7 +235,7 @@ def _is_safetensors(path: Path) -> bool:
     return head[8:9] == b"{" and 0 < n < 100_000_000
 
 
-def load_weights(path: PathLike, *, device: Union[str, torch.device] = "cpu") -> Tuple[CDDFuse, WeightsInfo]:
+def load_weights(path: PathLike, *, device: str | torch.device = "cpu") -> tuple[CDDFuse, WeightsInfo]:
     """Build a :class:`CDDFuse` in eval mode from a weights file of either format.
 
     Args:
@@ -269,7 +270,7 @@ def load_weights(path: PathLike, *, device: Union[str, torch.device] = "cpu") ->
     return model.to(device).eval(), info
 
 
-def _read_safetensors(p: Path) -> Tuple[Dict[str, Tensor], WeightsInfo]:
+def _read_safetensors(p: Path) -> tuple[dict[str, Tensor], WeightsInfo]:
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -301,7 +302,7 @@ def save_weights(
     task: str,
     residual: str,
     normalize: str = "minmax",
-    provenance: Optional[Mapping[str, Any]] = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` as cddfuse safetensors with metadata, atomically (temp file + rename).
 
