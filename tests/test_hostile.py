@@ -33,7 +33,8 @@ def png_header_only(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))
 
 
 def float_tiff(path: Path, values: np.ndarray) -> Path:
@@ -591,7 +592,8 @@ def test_eval_with_a_fifo_as_fused_image(folders, tmp_path):
     for stem in ("01", "02"):
         write_image(out / f"{stem}.png", np.zeros((16, 18)))
     os.mkfifo(out / "03.png")
-    proc = subprocess.run([sys.executable, "-m", "cddfuse.cli.main", "eval", str(ir), str(vi), str(out), "--metrics", "EN"],
+    proc = subprocess.run([sys.executable, "-m", "cddfuse.cli.main", "eval", str(ir), str(vi), str(out),
+                           "--metrics", "EN"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
 
@@ -660,3 +662,30 @@ def test_train_resume_of_a_folder_that_is_no_run(cli, tmp_path):
 def test_train_unknown_config_key(cli, tmp_path):
     cli("train", "--config", "configs/small_cpu.yaml", "--set", "optim.lrr=1", "--print-config", rc=2,
         says="did you mean optim.lr")
+
+
+# ----------------------------------------------------------------------------- bounded memory by default
+
+@pytest.mark.parametrize("size", [(480, 640), (2048, 2048), (4096, 4096)])
+def test_default_memory_is_bounded_on_cpu(monkeypatch, size):
+    """Without --max-memory the CPU engine plans within 3 GiB (or 80% of what is free): a 2048x2048 pair took
+    10.6 GB before. The plan is checked against the engine's own memory model, without running the network."""
+    import cddfuse.engine.engine as E
+    from cddfuse.engine import DEFAULT_BUDGET, estimate_memory
+    from cddfuse.models import CDDFuse, CDDFuseConfig
+
+    seen = {}
+
+    def plan_only(model, a, b, residual, *, tile, store, dtype, ops, memory_budget):
+        seen.update(tile=tile, store=store, budget=memory_budget)
+        return torch.zeros_like(a)
+
+    monkeypatch.setattr(E, "tiled_fuse", plan_only)
+    model = CDDFuse(CDDFuseConfig())
+    h, w = size
+    a = torch.zeros(1, 1, h, w)
+    E.fuse_tensors(model, a, a, device="cpu")
+    assert seen["budget"] is not None and seen["budget"] <= DEFAULT_BUDGET
+    assert estimate_memory(h, w, seen["tile"], CDDFuseConfig(), 1, 4, seen["store"] == "disk") <= seen["budget"]
+    if size == (480, 640):
+        assert seen["store"] == "memory"  # small images are not slowed down by the bound

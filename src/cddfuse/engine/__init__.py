@@ -71,7 +71,7 @@ Example (tiled equals whole-image, to float rounding):
 from .attention import AttentionStats
 from .engine import Engine, fuse_tensors, n_passes, tiled_fuse
 from .geometry import Region, RegionTensor, TileGeometry, plan_tiles
-from .memory import MemoryGuard, available_memory, parse_memory, tune_malloc
+from .memory import DEFAULT_BUDGET, MemoryGuard, available_memory, default_budget, parse_memory, tune_malloc
 from .onnx import OnnxFuser, export_onnx, onnx_available
 from .ops import PRECISIONS, FusedOps, Ops, fused_ops_available, make_ops, precision_context
 from .packing import FastWeights
@@ -93,6 +93,8 @@ __all__ = [
     "CPU_SPEED_TILE",
     "MAX_WORKERS",
     "available_memory",
+    "default_budget",
+    "DEFAULT_BUDGET",
     "parse_memory",
     "tune_malloc",
     "MemoryGuard",

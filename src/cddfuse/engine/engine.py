@@ -45,7 +45,7 @@ from ..models.cddfuse import CDDFuse
 from .attention import AttentionStats, TileSums
 from .blocks import Blocks
 from .geometry import Region, RegionTensor, TileGeometry, plan_tiles
-from .memory import MemoryGuard, parse_memory, tune_malloc
+from .memory import MemoryGuard, default_budget, parse_memory, tune_malloc
 from .ops import PRECISIONS, Ops, make_ops, precision_context
 from .packing import FastWeights, RestormerBlockWeights
 from .planning import auto_tile, choose_tile, default_workers, estimate_memory, guard_limit
@@ -451,7 +451,9 @@ def fuse_tensors(model: CDDFuse, a: Tensor, b: Tensor, residual: str = "vis", *,
         residual: ``"vis"``, ``"sum"`` or ``"none"``.
         device: the model's device (default: where its parameters are).
         tile: tile side in pixels, or ``None`` to choose.
-        max_memory: memory budget, bytes or ``"3G"``/``"512M"``; ``None``: the memory available.
+        max_memory: memory budget, bytes or ``"3G"``/``"512M"``; ``None``: on CPU
+            :func:`~cddfuse.engine.memory.default_budget` (3 GiB, or 80% of the memory available if
+            less), on CUDA the GPU's free memory.
         precision: one of :data:`~cddfuse.engine.ops.PRECISIONS`.
 
     Returns:
@@ -469,6 +471,8 @@ def fuse_tensors(model: CDDFuse, a: Tensor, b: Tensor, residual: str = "vis", *,
                 return model(a.to(dev), b.to(dev), residual=residual)
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()  # retry below, tile by tile
+        if max_bytes is None and not cuda:
+            max_bytes = default_budget()  # bounded by default, whatever the image size
         budget = max_bytes
         if budget is None and cuda:
             budget = torch.cuda.mem_get_info(dev)[0]
