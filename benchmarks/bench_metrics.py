@@ -209,7 +209,7 @@ def _times(fn: Callable[[], object], repeat: int, clock: Callable[[], float] = t
 
 
 def _per_metric(fn: Callable[[str], object], repeat: int) -> dict[str, float]:
-    return {n: statistics.median(_times(lambda: fn(n), repeat)) for n in NAMES}
+    return {n: statistics.median(_times(lambda n=n: fn(n), repeat)) for n in NAMES}
 
 
 def main(argv=None) -> int:
@@ -252,9 +252,10 @@ def main(argv=None) -> int:
         if first is None:
             cold = time.perf_counter() - t0
         direct_vals = direct_metrics(a, b, f)
-        t_fast = statistics.median(_times(lambda: compute_metrics(a, b, f), args.repeat))
-        t_cpu = statistics.median(_times(lambda: compute_metrics(a, b, f), args.repeat, time.process_time))
-        t_direct = statistics.median(_times(lambda: direct_metrics(a, b, f), args.direct_repeat))
+        t_fast = statistics.median(_times(lambda a=a, b=b, f=f: compute_metrics(a, b, f), args.repeat))
+        t_cpu = statistics.median(_times(lambda a=a, b=b, f=f: compute_metrics(a, b, f), args.repeat,
+                                         time.process_time))
+        t_direct = statistics.median(_times(lambda a=a, b=b, f=f: direct_metrics(a, b, f), args.direct_repeat))
         diff = max(abs(fast_vals[n] - direct_vals[n]) / abs(direct_vals[n]) for n in NAMES)
         vs_ref = max(abs(fast_vals[n] - case["metrics"][n]) / abs(case["metrics"][n]) for n in NAMES)
         label = f"{case['a'].split('/')[0]} {Path(case['a']).stem} ({case['rule']})"

@@ -117,12 +117,12 @@ def main(argv=None) -> int:
             opts = [torch.optim.Adam(model.encoder.parameters(), lr=1e-4),
                     torch.optim.Adam(model.decoder.parameters(), lr=1e-4)]
 
-            def run():
+            def run(model=model, opts=opts):
                 authors_step(model, opts, vis, ir)
         elif args.procs > 1:
             times, cpu = _time_data_parallel(args, vis, ir)
-            what = (f"cddfuse.train.Trainer.train_step, {args.procs} gloo processes x {args.batch // args.procs} pairs, "
-                    f"micro-batch {args.micro_batch}")
+            what = (f"cddfuse.train.Trainer.train_step, {args.procs} gloo processes "
+                    f"x {args.batch // args.procs} pairs, micro-batch {args.micro_batch}")
             _report(results, variant, what, times, cpu)
             continue
         else:
@@ -137,7 +137,7 @@ def main(argv=None) -> int:
             trainer = _bare_trainer(cfg, dev, args.size)
             a, b = ir, vis
 
-            def run():
+            def run(trainer=trainer, a=a, b=b):
                 trainer.train_step(a, b, phase=1)
         run()  # warm-up
         if dev.type == "cuda":

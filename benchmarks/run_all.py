@@ -464,8 +464,8 @@ def machine() -> dict[str, str]:
     cache = ""
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        cache = ", ".join(l.split(":", 1)[0].strip() + " " + l.split(":", 1)[1].strip()
-                          for l in out.splitlines() if l.strip().startswith(("L2 cache", "L3 cache")))
+        cache = ", ".join(line.split(":", 1)[0].strip() + " " + line.split(":", 1)[1].strip()
+                          for line in out.splitlines() if line.strip().startswith(("L2 cache", "L3 cache")))
     except OSError:
         pass
     import re
@@ -492,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="skip the 4096x4096 full-model run and torch.compile")
-    ap.add_argument("--only", action="append", choices=("peak", "latency", "levers", "layers", "memory", "train", "throughput"),
+    ap.add_argument("--only", action="append",
+                    choices=("peak", "latency", "levers", "layers", "memory", "train", "throughput"),
                     help="run only these sections (repeatable)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions of the optimised path")
@@ -555,7 +556,8 @@ def main(argv: list[str] | None = None) -> int:
             spec["save"] = out
             lev.append((name, run_child(spec, args), out))
 
-        lever("straightforward eager (authors' layer-by-layer code), torch.no_grad", {"variant": "reference", "no_grad": True})
+        lever("straightforward eager (authors' layer-by-layer code), torch.no_grad",
+              {"variant": "reference", "no_grad": True})
         lever("+ torch.inference_mode", {"variant": "reference"})
         lever("+ module: LayerNorm as one fused op, no reshape copies around the attention, "
               "both sources as one batch (qkv1 and qkv2 as published)", {"variant": "module", "uncomposed": True})
@@ -620,7 +622,8 @@ def main(argv: list[str] | None = None) -> int:
         R["memory"] = mem
     if "throughput" in sections:
         print("folder throughput", file=sys.stderr)
-        R["throughput"] = run_child({"kind": "throughput", "threads": th, "pairs": 2 if args.smoke else 8, "label": "folder mode"}, args)
+        R["throughput"] = run_child({"kind": "throughput", "threads": th, "pairs": 2 if args.smoke else 8,
+                                     "label": "folder mode"}, args)
     R["total_min"] = (time.time() - started) / 60
     R["args"] = {"quick": bool(args.quick), "only": sorted(sections) if args.only else None}
     R["section_dates"] = {sec: R["date"] for sec in sections}
@@ -683,7 +686,8 @@ def render(R: dict[str, Any], args) -> str:
     if lat:
         L += ["## Latency, one pair (CPU)", "",
               "| size | straightforward eager | module | optimised (first / best) | speed-up | effective GFLOP/s* | "
-              "max abs diff to straightforward (module / optimised) | peak RSS straightforward / optimised | others % |",
+              "max abs diff to straightforward (module / optimised) | peak RSS straightforward / optimised "
+              "| others % |",
               "|---|---|---|---|---|---|---|---|---|"]
         for row in lat:
             h, w = row["size"]
@@ -701,7 +705,8 @@ def render(R: dict[str, Any], args) -> str:
     lev = R.get("levers")
     if lev:
         L += ["## Levers, one at a time (640x480, cumulative unless marked alternative)", "",
-              "| step | time | vs. first row | max abs diff to first row | peak RSS | minor page faults per run† | others % |",
+              "| step | time | vs. first row | max abs diff to first row | peak RSS | minor page faults per run† "
+              "| others % |",
               "|---|---|---|---|---|---|---|"]
         t0 = min(lev[0][1]["times"])
         for name, r, d in lev:
@@ -721,14 +726,16 @@ def render(R: dict[str, Any], args) -> str:
               f"Wall time {lay['wall']:.2f} s under the profiler, tiles one at a time with {R['threads']} intra-op "
               f"threads (others {_disturbed(lay)}). FLOPs counted from the recorded shapes of the operations "
               "actually run (the optimised network's, incl. halo recomputation).", "",
-              "| layer type | time | share | GFLOP | GFLOP/s | % of mm peak | % of conv peak |", "|---|---|---|---|---|---|---|"]
+              "| layer type | time | share | GFLOP | GFLOP/s | % of mm peak | % of conv peak |",
+              "|---|---|---|---|---|---|---|"]
         cats = sorted(lay["categories"].items(), key=lambda kv: -kv[1]["s"])
         tot = sum(v["s"] for _, v in cats)
         for name, v in cats:
             gf = v["flop"] / 1e9
             rate = gf / v["s"] if v["s"] > 0 and gf > 0 else 0.0
             L.append(f"| {name} | {v['s']:.2f} s | {100 * v['s'] / tot:.0f}% | {gf:.0f} | "
-                     + (f"{rate:.0f} | {100 * rate / peak_mm:.0f}% | {100 * rate / peak_cv:.0f}% |" if rate else "- | - | - |"))
+                     + (f"{rate:.0f} | {100 * rate / peak_mm:.0f}% | {100 * rate / peak_cv:.0f}% |" if rate
+                        else "- | - | - |"))
         allf = sum(v["flop"] for _, v in cats) / 1e9
         L += [f"| **all** | {tot:.2f} s | 100% | {allf:.0f} | {allf / tot:.0f} | {100 * allf / tot / peak_mm:.0f}% | "
               f"{100 * allf / tot / peak_cv:.0f}% |", ""]
@@ -737,7 +744,8 @@ def render(R: dict[str, Any], args) -> str:
         a, b = min(tr["reference"]["times"]), min(tr["module"]["times"])
         L += ["## Training: forward + backward, batch of 2 pairs of 96x96", "",
               "| implementation | time per step | peak RSS | others % |", "|---|---|---|---|",
-              f"| straightforward eager | {a:.2f} s | {tr['reference']['peak_rss'] / MIB:.0f} MiB | {_disturbed(tr['reference'])} |",
+              f"| straightforward eager | {a:.2f} s | {tr['reference']['peak_rss'] / MIB:.0f} MiB | "
+              f"{_disturbed(tr['reference'])} |",
               f"| module (fused LayerNorm, composed Lite convolution, one encoder batch) | {b:.2f} s ({a / b:.1f}x) | "
               f"{tr['module']['peak_rss'] / MIB:.0f} MiB | {_disturbed(tr['module'])} |",
               "", "Gradients of the module equal the straightforward implementation's (tests/test_fast.py).", ""]

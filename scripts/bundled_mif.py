@@ -83,7 +83,9 @@ def main() -> int:
         print(f"  {m:5} " + " ".join(f"{r.get(k, float('nan')):7.3f}" for k in (*METRICS, "fusion_loss")))
     print(f"[bundled_mif] chosen residual mode: {win}", flush=True)
     (run / "residual_choice.json").write_text(json.dumps({"probes": rows, "chosen": win}, indent=2) + "\n")
-    final = stage("final", run, [*data, "--init", str(p1), "--epochs", "0", str(a.phase2_epochs), "--residual", win, *extra], a.config)
+    final = stage("final", run,
+                  [*data, "--init", str(p1), "--epochs", "0", str(a.phase2_epochs), "--residual", win, *extra],
+                  a.config)
     print(f"[bundled_mif] weights: {final}", flush=True)
     return 0
 

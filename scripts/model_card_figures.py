@@ -54,7 +54,8 @@ def curves(out: Path) -> None:
             s = scalars(d)
             for tag, label in (("loss_phase1/total", "Phase I total"), ("loss_phase2/total", "Phase II total"),
                                ("loss_phase2/intensity", "Phase II intensity"),
-                               ("loss_phase2/gradient", "Phase II gradient"), ("loss_phase1/decomp", "Phase I L_decomp"),
+                               ("loss_phase2/gradient", "Phase II gradient"),
+                               ("loss_phase1/decomp", "Phase I L_decomp"),
                                ("loss_phase2/decomp", "Phase II L_decomp")):
                 if tag in s:
                     st, v = zip(*s[tag])

@@ -26,7 +26,7 @@ def run_cli(*args: str):
 
 
 def one_line_error(stderr: str) -> str:
-    lines = [l for l in stderr.strip().splitlines() if l.strip()]
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
     assert "Traceback" not in stderr
     assert lines, "expected an error message"
     return lines[-1]
@@ -53,7 +53,8 @@ def test_tno_pair_gray(test_data, tiny_weights, tmp_path):
 
 def test_roadscene_colour_pair_and_gray_option(test_data, tiny_weights, tmp_path):
     common = ["--weights", str(tiny_weights), "--device", "cpu", "-q"]
-    assert main(["fuse", str(test_data / ROAD[0]), str(test_data / ROAD[1]), "-o", str(tmp_path / "c.png"), *common]) == 0
+    assert main(["fuse", str(test_data / ROAD[0]), str(test_data / ROAD[1]), "-o", str(tmp_path / "c.png"),
+                 *common]) == 0
     assert main(["fuse", str(test_data / ROAD[0]), str(test_data / ROAD[1]), "-o", str(tmp_path / "g.png"),
                  "--color", "gray", *common]) == 0
     colour, gray = read_image(tmp_path / "c.png"), read_image(tmp_path / "g.png")
@@ -130,7 +131,8 @@ def test_folder_mode_with_failures_unmatched_and_rerun(test_data, tiny_weights, 
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name in before} == before
     assert (out / "sizes.png").exists()
     (ir / "broken.png").unlink()
-    rc, _, err = run_cli("fuse", ir, vi, "-o", out, "--weights", tiny_weights, "--device", "cpu", "--overwrite", "--resize", "-q")
+    rc, _, err = run_cli("fuse", ir, vi, "-o", out, "--weights", tiny_weights, "--device", "cpu", "--overwrite",
+                         "--resize", "-q")
     assert rc == 0 and "4 fused, 0 already done" in err
 
 

@@ -136,7 +136,8 @@ def test_shape_mismatch_is_named(tmp_path):
         state = {k: f.get_tensor(k) for k in f.keys()}
     state["decoder.reduce_channel.weight"] = torch.zeros(8, 15, 1, 1)
     save_file(state, str(path), metadata=meta)
-    with pytest.raises(CheckpointError, match=r"decoder.reduce_channel.weight: file \(8, 15, 1, 1\) vs model \(8, 16, 1, 1\)"):
+    with pytest.raises(CheckpointError,
+                       match=r"decoder.reduce_channel.weight: file \(8, 15, 1, 1\) vs model \(8, 16, 1, 1\)"):
         load_weights(path)
 
 

@@ -11,7 +11,7 @@ Main entry points (imported lazily, so ``import cddfuse`` and the CLI start quic
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any, List
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the lazy imports below give, for type checkers and IDEs
     from .fusion import FolderReport, Fuser, fuse, fuse_folders

@@ -1,4 +1,5 @@
-"""``cddfuse bench``: fuse a standard test set, evaluate it, compare with the paper (logic in :mod:`cddfuse.metrics.benchmark`)."""
+"""``cddfuse bench``: fuse a standard test set, evaluate it, compare with the paper
+(logic in :mod:`cddfuse.metrics.benchmark`)."""
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--method", choices=METHODS, default="cddfuse",
                    help="the network (default) or a baseline rule: mean = (A+B)/2, max = max(A, B)")
     p.add_argument("--task", choices=TASKS, default=None,
-                   help="which weights these are (picks the paper row; the residual mode is the one the weights state); "
-                        "default: what the weights say, else the set's kind")
+                   help="which weights these are (picks the paper row; the residual mode is the one the weights "
+                        "state); default: what the weights say, else the set's kind")
     p.add_argument("--normalize", choices=NORMALIZE, default="auto",
                    help="auto (default): min-max for the network, none for the rules (as the published "
                         "baselines were made)")

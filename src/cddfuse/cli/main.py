@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     with warnings.catch_warnings():
-        warnings.showwarning = _one_line_warning(args.command)  # type: ignore[assignment]
+        warnings.showwarning = _one_line_warning(args.command)
         return _run(args)
 
 

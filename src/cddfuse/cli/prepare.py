@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     pairs = D.find_pairs(args.a, args.b, "skip" if args.skip_unmatched else "error", warn=warn)
     small = "skip" if args.skip_small else "error"
     src = {"a": str(args.a), "b": str(args.b)}
+    data: D.PatchSet | D.ImageSet
     if args.mode == "patches":
         data = D.extract_patch_pairs(pairs, args.patch_size, args.stride, args.contrast_threshold, small,
                                      workers=args.workers, warn=warn, progress=progress)
@@ -96,8 +97,9 @@ def run(args: argparse.Namespace) -> int:
         raise CDDFuseError(f"cannot write {out}: {e.strerror or e}") from None
     info = data.info
     if info["mode"] == "patches":
-        print(f"{out}: {info['samples']} patches of {info['patch_size']}x{info['patch_size']} from {info['pairs']} pairs "
-              f"(stride {info['stride']}; {info['dropped_low_contrast']} low-contrast dropped"
+        print(f"{out}: {info['samples']} patches of {info['patch_size']}x{info['patch_size']} "
+              f"from {info['pairs']} pairs (stride {info['stride']}; "
+              f"{info['dropped_low_contrast']} low-contrast dropped"
               + (f"; {info['skipped_small']} small pairs skipped" if info["skipped_small"] else "") + ")")
     else:
         print(f"{out}: {info['pairs']} whole pairs for random {info['crop_size']}x{info['crop_size']} crops"

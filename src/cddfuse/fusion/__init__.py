@@ -10,7 +10,7 @@ Names are imported on first use, so that ``cddfuse.fusion.policy`` does not load
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any, List
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .folder import FolderReport, fuse_folders

@@ -6,7 +6,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import cv2
 import numpy as np
@@ -38,6 +38,9 @@ from ..options import (
     check_choice,
 )
 from .policy import fuse_rule, minmax_normalize, resolve_residual
+
+if TYPE_CHECKING:  # typing.TypeGuard is Python 3.10+; only the type checker needs it
+    from typing_extensions import TypeGuard
 
 __all__ = ["Fuser", "FusionResult", "fuse", "resolve_device", "resolve_residual", "minmax_normalize", "METHODS"]
 
@@ -77,7 +80,7 @@ def cpu_bf16_feature() -> str | None:
     return next((feature for feature in ("amx_bf16", "avx512_bf16") if feature in flags), None)
 
 
-def _is_path(x: ImageLike) -> bool:
+def _is_path(x: ImageLike) -> TypeGuard[str | os.PathLike[str]]:
     return isinstance(x, (str, os.PathLike))
 
 
@@ -285,6 +288,7 @@ class Fuser:
             try:
                 from ..engine.onnx import OnnxFuser
 
+                assert self.residual is not None  # set whenever the model is
                 self._onnx = OnnxFuser(self.model, residual=self.residual)
             except ImportError as e:
                 raise UsageError.invalid("backend", backend, str(e)) from None

@@ -90,11 +90,12 @@ def _network(weights: PathLike | None, data_task: str,
     """
     from ..fusion import Fuser, resolve_residual
 
-    fuser = Fuser(weights=weights, task=data_task, method="cddfuse", normalize="none", color="gray")
+    task = check_choice("task", data_task, TASKS)  # as Fuser checks it
+    fuser = Fuser(weights=weights, task=task, method="cddfuse", normalize="none", color="gray")
     declared = fuser.info.task if fuser.info is not None else None
     residual = resolve_residual("auto", data_task, fuser.info, weights_task=weights_task)
     if residual != fuser.residual:
-        fuser = Fuser(weights=weights, task=data_task, method="cddfuse", residual=residual, normalize="none",
+        fuser = Fuser(weights=weights, task=task, method="cddfuse", residual=residual, normalize="none",
                       color="gray")
     return fuser.fuse_luminance, weights_task or declared or data_task, str(fuser.residual)
 

@@ -13,7 +13,8 @@ from ..errors import CDDFuseError, UsageError
 from .io import PathLike, read_gray
 from .registry import METRICS, compute_metrics, resolve_metrics
 
-__all__ = ["EvaluationResult", "find_triplets", "evaluate_files", "evaluate_folders", "format_evaluation", "progress_bar"]
+__all__ = ["EvaluationResult", "find_triplets", "evaluate_files", "evaluate_folders", "format_evaluation",
+           "progress_bar"]
 
 Triplet = tuple[str, Path, Path, Path]
 
@@ -102,7 +103,8 @@ def find_triplets(dir_a: PathLike, dir_b: PathLike, dir_f: PathLike) -> tuple[li
         raise CDDFuseError(f"no images found in {pa} and {pb}")
     missing = [s for s, _, _ in listing.pairs if s not in fused]
     if missing:
-        raise CDDFuseError(f"{len(missing)} of {len(listing.pairs)} fused images missing in {pf}: {short_list(missing, 20)}")
+        raise CDDFuseError(f"{len(missing)} of {len(listing.pairs)} fused images missing in {pf}: "
+                           f"{short_list(missing, 20)}")
     stems = {s for s, _, _ in listing.pairs}
     extra = sorted(s for s in fused if s not in stems)
     return [(s, a, b, fused[s]) for s, a, b in listing.pairs], extra

@@ -32,7 +32,7 @@ def _edges(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     np.copyto(angle, _HALF_PI, where=flat)
     np.multiply(sx, sx, out=sx)
     np.multiply(sy, sy, out=sy)
-    sx += sy
+    np.add(sx, sy, out=sx)
     strength = np.sqrt(sx, out=sx)
     return strength, angle
 

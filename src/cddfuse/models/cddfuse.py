@@ -111,7 +111,8 @@ class ChannelLayerNorm(nn.Module):
         # One fused kernel (forward and backward) over the channel axis of a channels-last view;
         # the result keeps the input's memory format (no copy at all for channels_last inputs).
         channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        y = F.layer_norm(x.permute(0, 2, 3, 1), (self.body.weight.shape[0],), self.body.weight, self.body.bias, self.eps)
+        y = F.layer_norm(x.permute(0, 2, 3, 1), (self.body.weight.shape[0],), self.body.weight, self.body.bias,
+                         self.eps)
         y = y.permute(0, 3, 1, 2)
         return y if channels_last else y.contiguous()
 
@@ -408,7 +409,8 @@ class CDDFuse(nn.Module):
         """``(B,1,H,W)`` -> ``(base, detail, shallow)`` features, each ``(B,C,H,W)``."""
         return self.encoder(x)
 
-    def fuse_features(self, base_a: Tensor, base_b: Tensor, detail_a: Tensor, detail_b: Tensor) -> tuple[Tensor, Tensor]:
+    def fuse_features(self, base_a: Tensor, base_b: Tensor, detail_a: Tensor,
+                      detail_b: Tensor) -> tuple[Tensor, Tensor]:
         """Fusion layers: ``(LT(base_a + base_b), INN(detail_a + detail_b))``."""
         return self.base_fuse(base_a + base_b), self.detail_fuse(detail_a + detail_b)
 

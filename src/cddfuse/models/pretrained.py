@@ -26,7 +26,8 @@ class PretrainedSpec:
 
 PRETRAINED: dict[str, PretrainedSpec] = {
     "ivf": PretrainedSpec("ivf", "cddfuse_ivf.safetensors", "infrared-visible fusion, trained on RoadScene"),
-    "mif": PretrainedSpec("mif", "cddfuse_mif.safetensors", "medical fusion (CT/PET/SPECT with MRI), trained on Harvard"),
+    "mif": PretrainedSpec("mif", "cddfuse_mif.safetensors",
+                          "medical fusion (CT/PET/SPECT with MRI), trained on Harvard"),
 }
 
 

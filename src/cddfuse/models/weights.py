@@ -102,7 +102,8 @@ def official_to_state_dict(ckpt: Mapping[str, Any], path: PathLike = "<checkpoin
     return out
 
 
-def state_dict_to_official(state_dict: Mapping[str, Tensor], data_parallel: bool = True) -> dict[str, dict[str, Tensor]]:
+def state_dict_to_official(state_dict: Mapping[str, Tensor],
+                           data_parallel: bool = True) -> dict[str, dict[str, Tensor]]:
     """Inverse of :func:`official_to_state_dict` (for the authors' test scripts)."""
     out: dict[str, dict[str, Tensor]] = {part: {} for part in OFFICIAL_PARTS}
     for k, v in state_dict.items():

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Union, cast
 
 import numpy as np
 import torch
@@ -78,7 +78,8 @@ def read_luminance(path: os.PathLike | str) -> np.ndarray:
     if img is None:
         raise ImageReadError(f"{p}: not a readable image")
     if img.dtype == np.uint8 or img.dtype == np.uint16:
-        img = img.astype(np.float32) / np.float32(np.iinfo(img.dtype).max)
+        int_type = np.uint8 if img.dtype == np.uint8 else np.uint16
+        img = img.astype(np.float32) / np.float32(np.iinfo(int_type).max)
     elif img.dtype in (np.float32, np.float64):
         img = np.clip(img.astype(np.float32), 0.0, 1.0)
     else:
@@ -325,7 +326,8 @@ def write_cache(path: os.PathLike | str, data: Any, description: dict[str, Any])
                 arrays[f"image_b_{i}"] = ib
         with atomic_path(dest) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
+                # cast: mypy would also match **arrays against savez's `allow_pickle: bool` (no key here is so named)
+                np.savez(fh, **cast("dict[str, Any]", arrays))
     else:
         raise UsageError(f"{dest}: cache file must end in .h5, .hdf5 or .npz")
     return dest

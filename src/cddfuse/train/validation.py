@@ -125,7 +125,7 @@ class Validator:
         except Exception as e:  # noqa: BLE001 - the metrics module may be missing or broken
             self.warn(f"validation metrics unavailable ({e}); logging the fusion loss only")
             return None
-        return compute_metrics  # type: ignore[no-any-return]
+        return compute_metrics
 
     def _metrics(self, metric_fn: Callable[..., Any], a_np: np.ndarray, b_np: np.ndarray,
                  f: Tensor) -> dict[str, float] | None:
