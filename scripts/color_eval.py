@@ -8,7 +8,9 @@ the visible image in HSV:
 * hue error: mean circular |H_out - H_vis| in degrees, over the pixels whose visible colour has a
   hue worth keeping (saturation >= 0.1 and value >= 0.05);
 * saturation error: mean |S_out - S_vis| over the same pixels (HSV saturation, 0..1);
-* clipped: share of pixels with a channel at 0 or 1 that was not there in the visible image.
+* at the gamut edge: share of pixels with a channel at 0 or 1 that had none in the visible image
+  (``ycbcr`` clips such channels, shifting the hue; ``saturation`` desaturates the pixel just onto the
+  edge, keeping hue and luminance).
 
 Usage::
 
@@ -96,7 +98,7 @@ def main() -> int:
                                                        indent=1))
     lines = [f"Colour fidelity on {name} ({len(rows)} colour pairs; bundled IVF weights; "
              "`python scripts/color_eval.py`): error against the visible image in HSV.", "",
-             "| chroma mode | hue error (deg) | saturation error | newly clipped pixels | "
+             "| chroma mode | hue error (deg) | saturation error | pixels newly at the gamut edge | "
              "same, half of pairs with the largest luminance change: hue / saturation |",
              "|---|---|---|---|---|"]
     for mode in MODES:

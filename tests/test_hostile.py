@@ -689,3 +689,50 @@ def test_default_memory_is_bounded_on_cpu(monkeypatch, size):
     assert estimate_memory(h, w, seen["tile"], CDDFuseConfig(), 1, 4, seen["store"] == "disk") <= seen["budget"]
     if size == (480, 640):
         assert seen["store"] == "memory"  # small images are not slowed down by the bound
+
+
+# ----------------------------------------------------------------------------- training checkpoints
+
+TRAIN_CONFIG = {
+    "task": "ivf", "seed": 0, "device": "cpu",
+    "model": {"dim": 8, "num_heads": 2, "encoder_blocks": 1, "decoder_blocks": 1, "encoder_inn_layers": 1},
+    "data": {"mode": "random_crop", "crop_size": 16, "workers": 0},
+    "train": {"batch_size": 2, "threads": 1},
+    "phase1": {"epochs": 1}, "phase2": {"epochs": 1},
+    "checkpoint": {"every_steps": 1},
+    "log": {"progress": False, "tensorboard": False},
+}
+
+
+@pytest.fixture
+def tiny_run(tmp_path, folders):
+    import yaml
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TRAIN_CONFIG))
+    return ["train", "--config", cfg, "--a", folders[0], "--b", folders[1], "--run-dir", tmp_path / "run"]
+
+
+def test_disk_full_during_a_checkpoint_keeps_the_previous_one(cli, tiny_run, tmp_path, monkeypatch):
+    import cddfuse.train.checkpoint as C
+
+    real, calls = C.atomic_write_bytes, []
+
+    def fill_up(dest, data):
+        calls.append(dest)
+        if len(calls) > 2:  # last.pt + state.json of the first checkpoint went through
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(dest, data)
+
+    monkeypatch.setattr(C, "atomic_write_bytes", fill_up)
+    cli(*tiny_run, rc=1, says="No space left on device; the previous checkpoint is kept")
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    assert C.load_checkpoint(last)["global_step"] == 1  # whole and readable
+    assert not list(last.parent.glob(".*cddfuse-tmp"))
+
+
+def test_truncated_checkpoint_is_refused_on_resume(cli, tiny_run, tmp_path):
+    cli(*tiny_run, rc=0)
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    cli("train", "--resume", tmp_path / "run", rc=1, says="not a readable training checkpoint")

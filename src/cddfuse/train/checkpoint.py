@@ -169,10 +169,14 @@ def save_checkpoint(t: Trainer, status: str = "running", also: str | None = None
     buf = io.BytesIO()
     torch.save(checkpoint_dict(t, status), buf)
     data = buf.getvalue()
-    atomic_write_bytes(dest, data)
-    if also:
-        atomic_write_bytes(dest.parent / also, data)
-    _write_state_json(t, status)
+    try:
+        atomic_write_bytes(dest, data)
+        if also:
+            atomic_write_bytes(dest.parent / also, data)
+        _write_state_json(t, status)
+    except OSError as e:  # full disk, quota, permissions: the previous checkpoint is still there, whole
+        raise CheckpointError(f"cannot write the checkpoint {dest}: {e.strerror or e}; the previous checkpoint is "
+                              "kept -- free space and resume with --resume") from None
     t.budget.note_checkpoint(time.monotonic() - t0)
     return dest
 
