@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cddfuse._malloc import resident_memory
+from cddfuse.errors import CDDFuseWarning
 from cddfuse.engine import (
     MemoryGuard,
     auto_tile,
@@ -249,7 +250,8 @@ def test_fuser_tile_option_matches_untiled(tmp_path):
     save_weights(_random_model(2, **TINY), path, task="ivf", residual="vis")
     ya, yb = (x[0, 0].numpy() for x in _pair(33, 47, seed=13))
     whole = Fuser(weights=path, device="cpu", tile=None, backend="torch").fuse_luminance(ya, yb)
-    tiled = Fuser(weights=path, device="cpu", tile=10).fuse_luminance(ya, yb)
+    with pytest.warns(CDDFuseWarning, match="tile=10 is very small"):
+        tiled = Fuser(weights=path, device="cpu", tile=10).fuse_luminance(ya, yb)
     budget = Fuser(weights=path, device="cpu", max_memory="600M").fuse_luminance(ya, yb)
     assert whole.shape == (33, 47)
     assert float(np.abs(whole - tiled).max()) <= 1e-4
