@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from cddfuse._malloc import resident_memory
-from cddfuse.errors import CDDFuseWarning
 from cddfuse.engine import (
     MemoryGuard,
     auto_tile,
@@ -17,6 +16,7 @@ from cddfuse.engine import (
     tiled_fuse,
 )
 from cddfuse.engine import engine as engine_module
+from cddfuse.errors import CDDFuseWarning
 from cddfuse.models import CDDFuseConfig
 
 from .conftest import SHARED, make_random_model
