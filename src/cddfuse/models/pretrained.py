@@ -37,11 +37,10 @@ def pretrained_path(task: str) -> Path:
         raise CDDFuseError(f"unknown task {task!r}; choose one of {sorted(PRETRAINED)}")
     p = WEIGHTS_DIR / PRETRAINED[task].filename
     if not p.is_file():
-        raise CDDFuseError(
-            f"no bundled weights for task {task!r} in this installation; pass --weights PATH "
-            "(for example the authors' CDDFuse_IVF.pth or CDDFuse_MIF.pth, or a model from 'cddfuse train'), "
-            "or use --method mean|max"
-        )
+        head = f"no bundled weights for task {task!r} in this installation; "
+        files = "(for example the authors' CDDFuse_IVF.pth or CDDFuse_MIF.pth, or a model from 'cddfuse train')"
+        raise CDDFuseError(head + f"pass weights=PATH {files}, or use method='mean' or 'max'",
+                           cli=head + f"pass --weights PATH {files}, or use --method mean|max")
     return p
 
 
