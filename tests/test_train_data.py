@@ -12,6 +12,7 @@ from cddfuse.cli.main import main as cli
 from cddfuse.errors import CDDFuseError, UsageError
 from cddfuse.train import config as C
 from cddfuse.train import data as D
+from cddfuse.train import datasets as DS
 
 from .conftest import shared_path as _shared
 
@@ -198,11 +199,11 @@ def test_prepare_cli_on_real_pairs(tmp_path, capsys):
 def test_random_crop_dataset_is_deterministic(tmp_path):
     da, db = _write_pairs(tmp_path, ["r0", "r1"], size=(60, 70))
     ims = D.load_image_pairs(D.find_pairs(da, db), crop_size=24)
-    ds = D.RandomCropDataset(ims, crop=24, crops_per_image=3, flips=True, seed=5)
+    ds = DS.RandomCropDataset(ims, crop=24, crops_per_image=3, flips=True, seed=5)
     assert len(ds) == 6
     ds.set_epoch(2)
     first = [ds[i] for i in range(6)]
-    again = D.RandomCropDataset(ims, crop=24, crops_per_image=3, flips=True, seed=5)
+    again = DS.RandomCropDataset(ims, crop=24, crops_per_image=3, flips=True, seed=5)
     again.set_epoch(2)
     assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(first, [again[i] for i in range(6)]))
     ds.set_epoch(3)
@@ -213,15 +214,15 @@ def test_random_crop_dataset_is_deterministic(tmp_path):
 
 def test_sampler_ranks_and_resume():
     ds = list(range(21))
-    one = D.ResumableDistributedSampler(ds, 1, 0, seed=3)
+    one = DS.ResumableDistributedSampler(ds, 1, 0, seed=3)
     one.set_position(4)
     order = list(one)
     assert sorted(order) == ds
     g = torch.Generator()
     g.manual_seed(3 + 4)
     assert order == torch.randperm(21, generator=g).tolist()
-    r0 = D.ResumableDistributedSampler(ds, 2, 0, seed=3)
-    r1 = D.ResumableDistributedSampler(ds, 2, 1, seed=3)
+    r0 = DS.ResumableDistributedSampler(ds, 2, 0, seed=3)
+    r1 = DS.ResumableDistributedSampler(ds, 2, 1, seed=3)
     r0.set_position(4)
     r1.set_position(4)
     l0, l1 = list(r0), list(r1)
@@ -287,8 +288,8 @@ def test_random_crops_avoid_blank_regions():
     a[:16, :16] = rng.random((16, 16))  # texture only in the top-left quarter of the first source
     b[:] = rng.random((h, w))
     ims = D.ImageSet([a], [b], ["p"], {})
-    plain = D.RandomCropDataset(ims, crop=12, crops_per_image=40, flips=False, seed=1)
-    checked = D.RandomCropDataset(ims, crop=12, crops_per_image=40, flips=False, seed=1, contrast_threshold=0.1)
+    plain = DS.RandomCropDataset(ims, crop=12, crops_per_image=40, flips=False, seed=1)
+    checked = DS.RandomCropDataset(ims, crop=12, crops_per_image=40, flips=False, seed=1, contrast_threshold=0.1)
     blank = [D.is_low_contrast(plain[i][0].numpy()) for i in range(40)]
     assert sum(blank) > 20  # the plain crops are mostly blank ...
     low = [D.is_low_contrast(checked[i][0].numpy()) for i in range(40)]

@@ -255,13 +255,14 @@ def test_micro_batches_give_the_full_batch_step(workdir, phase):
 def test_lazy_hdf5_cache(workdir, monkeypatch):
     from cddfuse.train import config as C
     from cddfuse.train import data as D
+    from cddfuse.train import datasets as DS
 
     cfg = C.load_config(workdir["cfg"])
     C.apply_overrides(cfg, [f"data.cache={workdir['cache']}"])
-    eager, desc = D.build_dataset(cfg)
-    monkeypatch.setattr(D, "LAZY_H5_BYTES", 0)
-    lazy, desc_lazy = D.build_dataset(cfg)
-    assert isinstance(lazy, D.LazyH5PatchDataset) and len(lazy) == len(eager) == desc["samples"]
+    eager, desc = DS.build_dataset(cfg)
+    monkeypatch.setattr(DS, "LAZY_H5_BYTES", 0)
+    lazy, desc_lazy = DS.build_dataset(cfg)
+    assert isinstance(lazy, DS.LazyH5PatchDataset) and len(lazy) == len(eager) == desc["samples"]
     assert desc_lazy["stems_sha1"] == desc["stems_sha1"]
     for i in (0, len(eager) - 1):
         assert torch.equal(lazy[i][0], eager[i][0]) and torch.equal(lazy[i][1], eager[i][1])

@@ -47,7 +47,7 @@ from . import config as C
 from . import logs
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from .control import StopFlag, TimeBudget
-from .data import ResumableDistributedSampler, build_dataset
+from .datasets import ResumableDistributedSampler, build_dataset
 from .distributed import DistContext, init_distributed
 from .export import export_weights, hardware_description
 from .losses import LossWeights

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data import load_val_pairs
+from .datasets import load_val_pairs
 from .losses import LossWeights, fusion_loss
 
 if TYPE_CHECKING:
