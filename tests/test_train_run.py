@@ -254,7 +254,6 @@ def test_micro_batches_give_the_full_batch_step(workdir, phase):
 
 def test_lazy_hdf5_cache(workdir, monkeypatch):
     from cddfuse.train import config as C
-    from cddfuse.train import data as D
     from cddfuse.train import datasets as DS
 
     cfg = C.load_config(workdir["cfg"])
