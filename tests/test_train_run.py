@@ -157,6 +157,38 @@ def test_max_time_stops_at_a_checkpoint_and_resumes(workdir, monkeypatch, capsys
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
 
 
+def test_checkpoint_weights_follow_the_run(workdir, monkeypatch, capsys):
+    """checkpoint.weights: the latest weights after every checkpoint, also when --max-time stops the run
+    (no final.safetensors then), with the run's status and Phase-II steps in the provenance."""
+    from cddfuse.models.weights import load_weights
+    from cddfuse.train.trainer import load_checkpoint
+
+    run, latest = workdir["root"] / "run_weights", workdir["root"] / "out" / "latest.safetensors"
+    common = ["--data", str(workdir["cache"]), "--no-tensorboard", "--set", "log.image_every_steps=0",
+              "--set", f"checkpoint.weights={latest}"]
+    monkeypatch.setenv("CDDFUSE_TRAIN_STEP_SLEEP", "0.4")
+    assert cli(["train", "--config", str(workdir["cfg"]), "--run-dir", str(run), "--max-time", "5"] + common) == 0
+    assert "--max-time budget" in capsys.readouterr().err
+    st = _state(run)
+    assert st["status"] == "stopped" and 0 < st["global_step"] < TOTAL_STEPS
+    assert not (run / "final.safetensors").exists()
+    _, info = load_weights(latest)
+    prov = info.provenance
+    assert prov["status"] == "stopped" and prov["steps"] == st["global_step"] and prov["total_steps"] == TOTAL_STEPS
+    assert prov["phase2_steps"] == max(0, st["global_step"] - 6)  # Phase I: 2 epochs of 3 steps
+    ck = load_checkpoint(run)
+    w = _weights(latest)
+    assert all(torch.equal(w[k], ck["model"][k]) for k in w)
+
+    monkeypatch.delenv("CDDFUSE_TRAIN_STEP_SLEEP")
+    assert cli(["train", "--resume", str(run)]) == 0
+    _, info = load_weights(latest)
+    assert info.provenance["status"] == "complete" and info.provenance["steps"] == TOTAL_STEPS
+    assert info.provenance["phase2_steps"] == 6 and info.task == "ivf" and info.residual == "vis"
+    final, w = _weights(run / "final.safetensors"), _weights(latest)
+    assert all(torch.equal(final[k], w[k]) for k in final)
+
+
 def _train_cmd(cfg: Path, cache: Path, run: Path, *extra: str):
     return [sys.executable, "-m", "cddfuse.cli.main", "train", "--config", str(cfg), "--data", str(cache),
             "--run-dir", str(run), "--no-tensorboard", "--set", "log.image_every_steps=0", *extra]

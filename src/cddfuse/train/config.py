@@ -112,6 +112,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "checkpoint": {
         "every_steps": 500,  # also at every phase boundary, at the end and on --max-time / SIGTERM
+        "weights": None,  # safetensors file rewritten with the current weights at every checkpoint (null: none)
     },
     "log": {
         "every_steps": 10,  # loss scalars
@@ -357,7 +358,7 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
         )
     if d["cache"] is not None and (d["a"] is not None or d["b"] is not None):
         raise UsageError("give either data.cache or the folders data.a and data.b, not both")
-    for key in ("name", "model.init", "data.cache", "data.a", "data.b", "val.a", "val.b"):
+    for key in ("name", "model.init", "data.cache", "data.a", "data.b", "val.a", "val.b", "checkpoint.weights"):
         v = _get(cfg, key)
         if v is not None and not isinstance(v, str):
             raise UsageError(f"config {key} must be a string (a path) or null, got {v!r}")

@@ -1,5 +1,10 @@
 """The end of a run: ``final.safetensors``, the trained weights with the task, residual and provenance
-(recipe, data, steps, hardware, time), loadable by ``cddfuse fuse --weights``."""
+(recipe, data, steps, hardware, time), loadable by ``cddfuse fuse --weights``.
+
+The same export, with the run's status (``running`` / ``stopped``) in the provenance, also writes the
+``checkpoint.weights`` file at every checkpoint: the latest weights of a run that may not finish (a
+``--max-time`` stop, a machine taken away) in a form ``cddfuse fuse`` reads, without the checkpoint.
+"""
 from __future__ import annotations
 
 import os
@@ -29,23 +34,34 @@ def hardware_description(device: torch.device) -> str:
     return f"{name or platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
 
 
-def export_weights(t: Trainer) -> Path:
-    """Write ``run_dir/final.safetensors`` from ``t``'s model (rank 0 only); returns its path."""
+def export_weights(t: Trainer, dest: os.PathLike[str] | str | None = None, status: str = "complete") -> Path:
+    """Write ``t``'s model as cddfuse safetensors (rank 0 only), atomically; returns the path.
+
+    Args:
+        t: the trainer.
+        dest: where to write (default ``run_dir/final.safetensors``).
+        status: the run's state, recorded in the provenance with the steps done in each phase:
+            ``complete`` (the end), ``running`` (a checkpoint) or ``stopped`` (``--max-time``, SIGTERM).
+    """
     from .. import __version__
     from ..models.weights import save_weights
 
-    dest = t.run_dir / "final.safetensors"
+    dest = t.run_dir / "final.safetensors" if dest is None else Path(dest)
     if not t.dist.is_main:
         return dest
     if t.cfg["phase2"]["epochs"] == 0:
         t.warn("Phase II was skipped (phase2.epochs = 0): the fusion layers are untrained, the exported "
                "model only reconstructs")
+    phase1_steps = t.e1 * t.steps_per_epoch
     prov = {
         "made_by": f"cddfuse {__version__} train",
+        "status": status,
         "recipe": t.cfg.get("name") or "",
         "training_config": t.cfg,
         "data": t.data_desc,
         "steps": t.global_step,
+        "total_steps": t.total_steps,
+        "phase2_steps": max(0, t.global_step - phase1_steps),  # optimisation steps of Phase II (fusion)
         "epochs": t.epoch,
         "phase1_epochs": t.e1,
         "phase2_epochs": t.cfg["phase2"]["epochs"],

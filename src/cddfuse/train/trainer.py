@@ -226,8 +226,15 @@ class Trainer(TrainStep):
         return ckpt.checkpoint_dict(self, status)
 
     def save_checkpoint(self, status: str = "running", also: str | None = None) -> Path:
-        """Write ``checkpoints/last.pt`` (and ``checkpoints/<also>``) atomically; rank 0 only."""
-        return ckpt.save_checkpoint(self, status, also)
+        """Write ``checkpoints/last.pt`` (and ``checkpoints/<also>``) atomically, and the weights to
+        ``checkpoint.weights`` when set; rank 0 only."""
+        path = ckpt.save_checkpoint(self, status, also)
+        weights = self.cfg["checkpoint"]["weights"]
+        if weights and self.dist.is_main:
+            t0 = time.monotonic()
+            export_weights(self, weights, status=status)
+            self.budget.checkpoint_s += time.monotonic() - t0  # part of what a checkpoint takes
+        return path
 
     def export(self) -> Path:
         """Write ``final.safetensors`` (rank 0; :func:`cddfuse.train.export.export_weights`)."""
