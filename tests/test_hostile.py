@@ -736,3 +736,14 @@ def test_truncated_checkpoint_is_refused_on_resume(cli, tiny_run, tmp_path):
     last = tmp_path / "run" / "checkpoints" / "last.pt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
     cli("train", "--resume", tmp_path / "run", rc=1, says="not a readable training checkpoint")
+
+
+def test_bf16_on_a_cpu_with_bf16_units_runs_close_to_fp32(pair, tiny_weights):
+    from cddfuse.fusion.fuser import cpu_bf16_feature
+
+    if cpu_bf16_feature() is None:
+        pytest.skip("this CPU has neither AMX nor AVX512-BF16")
+    fp32 = Fuser(weights=tiny_weights, device="cpu").fuse(*pair)
+    bf16 = Fuser(weights=tiny_weights, device="cpu", precision="bf16").fuse(*pair)
+    assert bf16.shape == fp32.shape and np.all(np.isfinite(bf16))
+    assert np.abs(bf16 - fp32).mean() < 0.02
