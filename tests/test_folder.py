@@ -1,6 +1,7 @@
 """Folder fusion as library code (:func:`cddfuse.fusion.fuse_folders`): report, resume, failures, laziness."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,9 @@ def test_rerun_skips_done_outputs_and_never_builds_a_model(tmp_path):
     a, b = _pairs(tmp_path, ["01", "02"])
     out = tmp_path / "out"
     fuse_folders(Fuser(method="mean"), a, b, out)
-    (out / ".01.png.x.cddfuse-tmp").write_bytes(b"half")  # what a SIGKILLed run leaves
+    stale = out / ".01.png.x.cddfuse-tmp"  # what a SIGKILLed run of an older version left, hours ago
+    stale.write_bytes(b"half")
+    os.utime(stale, (0, 0))
 
     def no_model() -> Fuser:
         raise AssertionError("the fuser factory must not be called when every output exists")
@@ -61,11 +64,15 @@ def test_a_failing_pair_does_not_stop_the_others(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["01.png", "03.png"]
 
 
-def test_batches_give_the_same_images(tmp_path, tiny_weights):
+def test_batches_give_the_same_images(tmp_path, tiny_weights, monkeypatch):
     a, b = _pairs(tmp_path, ["01", "02", "03"], size=(9, 13))
     fuser = Fuser(weights=tiny_weights, device="cpu")
     one = fuse_folders(fuser, a, b, tmp_path / "one", ext=".npy", batch_size=1)
+    batches = []
+    real = fuser.fuse_batch
+    monkeypatch.setattr(fuser, "fuse_batch", lambda pairs, **k: batches.append(len(pairs)) or real(pairs, **k))
     three = fuse_folders(fuser, a, b, tmp_path / "three", ext="npy", batch_size=3)
+    assert batches == [3]  # one batch of three, not the one-by-one fallback
     assert one.done == three.done == ["01", "02", "03"]
     for stem in one.done:
         np.testing.assert_allclose(np.load(tmp_path / "three" / f"{stem}.npy"),

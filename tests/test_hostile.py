@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from cddfuse._fileutil import _HOST
 from cddfuse.cli.main import main
 from cddfuse.errors import CDDFuseError, UsageError
 from cddfuse.fusion import Fuser
@@ -342,6 +343,50 @@ def test_missing_or_folder_source(cli, pair, tmp_path, what):
         cli(*fuse(target, pair[1], "-o", tmp_path / "o.png"), rc=1, says="no such file")
 
 
+def test_exif_rotation_of_a_png_counts_too(tmp_path):
+    """OpenCV applies the orientation of PNG (eXIf) as of JPEG: the header sizes must say the same."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    a = write_image(tmp_path / "a.png", rng.random((4, 8)))  # 8 wide, 4 high
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray((rng.random((8, 4)) * 255).astype(np.uint8)).save(tmp_path / "b.png", exif=exif)  # 4x8, shown 8x4
+    assert probe_image(tmp_path / "b.png").size == "8x4" == probe_image(a).size
+    assert read_image(tmp_path / "b.png").shape == (4, 8)
+    assert Fuser(method="max").fuse(a, tmp_path / "b.png").shape == (4, 8)
+
+
+def test_float_rgb_and_float64_tiffs_are_read(tmp_path):
+    """TIFFs whose headers Pillow does not parse are decoded by OpenCV and checked after decoding."""
+    rgb = float_tiff(tmp_path / "rgb.tif", np.random.default_rng(4).random((5, 6, 3)))
+    assert read_image(rgb).shape == (5, 6, 3)
+    import cv2
+
+    assert cv2.imwrite(str(tmp_path / "f64.tif"), np.full((5, 6), 0.25))
+    assert read_image(tmp_path / "f64.tif").max() == pytest.approx(0.25)
+    with pytest.raises(ImageReadError, match="more than the limit"):
+        read_image(rgb, max_pixels=10)
+
+
+def test_a_source_linked_into_the_output_folder_is_not_overwritten(cli, folders, tmp_path):
+    ir, vi = folders
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "02.png").symlink_to(ir / "02.png")  # the output name of pair 02 is its infrared source
+    err = cli(*fuse(ir, vi, "-o", out, "--overwrite"), rc=1, says="is one of its sources")
+    assert "2 fused" in err and (out / "02.png").is_symlink()
+
+
+def test_bench_out_dir_is_a_source_folder(cli, tmp_path):
+    write_image(tmp_path / "set" / "ir" / "01.png", np.zeros((8, 8)))
+    write_image(tmp_path / "set" / "vi" / "01.png", np.zeros((8, 8)))
+    before = snapshot(tmp_path / "set")
+    cli("bench", tmp_path / "set", "--method", "max", "--out-dir", tmp_path / "set" / "ir", rc=2,
+        says="is or contains a source folder")
+    assert snapshot(tmp_path / "set") == before
+
+
 def test_exif_rotation_is_applied_by_fuse_and_eval_alike(cli, tmp_path):
     from PIL import Image
 
@@ -464,7 +509,7 @@ def test_weights_with_a_rule(cli, pair, tmp_path, tiny_weights):
 def test_stale_temporary_beside_a_pair_output_is_removed(cli, pair, tmp_path):
     out = tmp_path / "o.png"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / f".o.png.pid{int(dead.stdout)}.abc123.cddfuse-tmp"  # a writer killed at the rename
+    stale = tmp_path / f".o.png.h{_HOST}p{int(dead.stdout)}.abc123.cddfuse-tmp"  # a writer killed at the rename
     stale.write_bytes(b"half")
     cli(*fuse(*pair, "-o", out), rc=0)
     assert not stale.exists() and out.exists()
@@ -475,9 +520,25 @@ def test_temporary_of_a_live_writer_is_kept(folders, tmp_path):
 
     out = tmp_path / "out"
     out.mkdir()
-    live = out / f".01.png.pid{os.getppid()}.xyz789.cddfuse-tmp"  # our parent process is alive
+    live = out / f".01.png.h{_HOST}p{os.getppid()}.fed789.cddfuse-tmp"  # our parent process is alive
     live.write_bytes(b"being written")
     assert remove_stale_temporaries(out) == 0 and live.exists()
+
+
+def test_temporaries_of_other_machines_are_removed_only_when_old(tmp_path):
+    """On a shared file system a process id says nothing about another machine's writers: age decides."""
+    from cddfuse._fileutil import STALE_AFTER_S, remove_stale_temporaries
+
+    other = tmp_path / ".01.png.h00000000p1.abcdef.cddfuse-tmp"        # another host's writer
+    untagged = tmp_path / ".02.png.tmpx8k2.cddfuse-tmp"               # an older version's name
+    huge = tmp_path / f".03.png.h{_HOST}p{10**30}.abcdef.cddfuse-tmp"  # not a process id at all
+    for f in (other, untagged, huge):
+        f.write_bytes(b"x")
+    assert remove_stale_temporaries(tmp_path) == 1 and other.exists() and untagged.exists() and not huge.exists()
+    old = os.stat(other).st_mtime - STALE_AFTER_S - 60
+    for f in (other, untagged):
+        os.utime(f, (old, old))
+    assert remove_stale_temporaries(tmp_path) == 2 and not other.exists() and not untagged.exists()
 
 
 # ----------------------------------------------------------------------------- the Python API

@@ -3,10 +3,14 @@ files, and never writing over a source."""
 from __future__ import annotations
 
 import contextlib
-import errno
+import glob
 import os
 import re
+import secrets
+import socket
 import tempfile
+import time
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Union
@@ -18,7 +22,13 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 #: Marker in the names of temporary files; a crash can leave such files behind, nothing else.
 TMP_MARK = ".cddfuse-tmp"
-_OWNER = re.compile(r"\.pid(\d+)\.[^.]+" + re.escape(TMP_MARK) + "$")  # .NAME.pid123.x8f2k.cddfuse-tmp
+# .NAME.h<host>p<pid>.<random>.cddfuse-tmp: the writer's machine (a short hash of the host name) and process
+_OWNER = re.compile(r"\.h([0-9a-f]{8})p(\d+)\.[0-9a-f]+" + re.escape(TMP_MARK) + "$")
+_HOST = f"{zlib.crc32(socket.gethostname().encode()):08x}"
+#: A temporary file of another machine (a shared file system) or of an untagged writer is taken as
+#: abandoned only when it has not been touched for this long: no image, cache or checkpoint takes
+#: anywhere near that to write.
+STALE_AFTER_S = 3600.0
 
 
 @contextlib.contextmanager
@@ -29,17 +39,20 @@ def atomic_path(dest: PathLike) -> Iterator[Path]:
     after Ctrl-C, a crash or a full disk. The temporary file is hidden (leading dot), carries
     :data:`TMP_MARK` and the writer's process id (so that :func:`remove_stale_temporaries` removes
     only files whose writer is gone, never those of a run writing beside this one), and is
-    removed on failure. Permissions follow the umask like a plain open().
+    removed on failure. Permissions follow the umask like a plain open() (the file is created with
+    mode 0o666, which the umask reduces; reading the umask would mean changing it, process-wide).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.pid{os.getpid()}.", suffix=TMP_MARK, dir=str(dest.parent))
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
+    while True:
+        tmp = str(dest.parent / f".{dest.name}.h{_HOST}p{os.getpid()}.{secrets.token_hex(4)}{TMP_MARK}")
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            break
+        except FileExistsError:  # pragma: no cover - 2**32 names
+            continue
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~umask)  # the writer may have recreated the file
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
@@ -59,7 +72,7 @@ def atomic_write_bytes(dest: PathLike, data: bytes) -> Path:
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError, ValueError):  # gone, or no process id at all
         return False
     except PermissionError:  # exists, owned by someone else
         return True
@@ -69,15 +82,25 @@ def _process_alive(pid: int) -> bool:
 def remove_stale_temporaries(folder: PathLike, name: str = "*") -> int:
     """Remove the temporary files that killed writers (SIGKILL, power loss) left in ``folder``.
 
-    ``name``: only those of this destination file name (default: all). Files of a writer that is
-    still running (another run writing to the same folder) are kept. Returns how many were removed.
+    ``name``: only those of this destination file name (default: all). A file whose writer is still
+    running on this machine (another run writing to the same folder) is kept; a file of another
+    machine, or without a writer tag, only once it is older than :data:`STALE_AFTER_S`. Returns how
+    many were removed; files that cannot be removed are left.
     """
     removed = 0
-    for tmp in Path(folder).glob(f".{name}.*{TMP_MARK}"):
+    pattern = f".{glob.escape(name) if name != '*' else '*'}.*{TMP_MARK}"
+    for tmp in Path(folder).glob(pattern):
         owner = _OWNER.search(tmp.name)
-        if owner is not None and _process_alive(int(owner.group(1))):
-            continue  # a writer that is still at work (this process, or a run beside it)
-        with contextlib.suppress(FileNotFoundError):
+        if owner is not None and owner.group(1) == _HOST:
+            if _process_alive(int(owner.group(2))):
+                continue  # a writer at work (this process, or a run beside it)
+        else:
+            try:
+                if time.time() - tmp.stat().st_mtime < STALE_AFTER_S:
+                    continue
+            except OSError:
+                continue
+        with contextlib.suppress(OSError):
             tmp.unlink()
             removed += 1
     return removed
@@ -108,8 +131,6 @@ def check_writable_folder(folder: PathLike) -> None:
         OSError: with the reason (permission denied, read-only file system, not a folder...).
     """
     p = Path(folder)
-    p.mkdir(parents=True, exist_ok=True)
-    if not p.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(p))
+    p.mkdir(parents=True, exist_ok=True)  # FileExistsError when it is a file
     with tempfile.TemporaryFile(dir=str(p), prefix=".cddfuse-write-test"):
         pass

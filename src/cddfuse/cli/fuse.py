@@ -84,7 +84,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
                            "inference; bounds memory). Default: automatic (cache-sized tiles on CPU; smaller tiles "
                            "and disk-backed feature maps when an image would not fit --max-memory)")
     perf.add_argument("--max-memory", default=None, metavar="SIZE",
-                      help="memory budget per pair, e.g. 3G or 512M (default: the memory available); larger "
+                      help="memory budget per pair, e.g. 3G or 512M (default: 3G, or 80%% of the free memory if less; "
+                           "at least 512M); larger "
                            "images are fused tile by tile within it")
     perf.add_argument("--precision", choices=PRECISIONS, default="fp32",
                       help="fp32 (default); tf32: TF32 tensor cores (CUDA); bf16: bfloat16 (faster on GPUs, "
@@ -111,8 +112,6 @@ def _positive_int(text: str) -> int:
 def _make_fuser(args: argparse.Namespace):  # -> Fuser (import deferred: torch start-up)
     from ..fusion import Fuser
 
-    if args.weights is not None and args.method != "cddfuse":
-        raise UsageError(f"--weights is only used with --method cddfuse, not with --method {args.method}")
     return Fuser(weights=args.weights, task=args.task, method=args.method, residual=args.residual,
                  normalize=args.normalize, color=args.color, chroma=args.chroma, device=args.device,
                  max_pixels=args.max_pixels,
@@ -160,8 +159,6 @@ def _run_folders(args: argparse.Namespace, ir: Path, vis: Path, out: Path) -> in
 
     from ..fusion.folder import fuse_folders
 
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"-o {out} is a file; in folder mode it must be a folder")
     report = fuse_folders(lambda: _make_fuser(args), ir, vis, out, ext=args.ext, bit_depth=args.bit_depth,
                           resize=args.resize, overwrite=args.overwrite, batch_size=args.batch_size,
                           progress=not args.quiet and sys.stderr.isatty(),

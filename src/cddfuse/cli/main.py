@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from .. import __version__
 from ..errors import CDDFuseError, CDDFuseWarning
@@ -22,7 +22,7 @@ SUBCOMMANDS = ("fuse", "eval", "bench", "prepare", "train")
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # type: ignore[name-defined]  # noqa: F821
+    def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
@@ -79,6 +79,13 @@ def _run(args: argparse.Namespace) -> int:
     except CDDFuseError as e:
         print(f"cddfuse {args.command}: error: {e.cli_message()}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # the machine's side (full disk, permissions) where no library code named it
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"cddfuse {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(f"cddfuse {args.command}: error: out of memory; lower --max-memory (or free memory)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"cddfuse {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .._fileutil import check_writable_folder, is_inside, remove_stale_temporaries
+from .._fileutil import check_writable_folder, is_inside, remove_stale_temporaries, same_file
 from ..errors import CDDFuseError, UsageError
 from ..io.image import ImageWriteError, check_extension, read_image, write_image
 from ..io.pairs import PairListing, match_pairs
@@ -52,8 +52,9 @@ READ_AHEAD = 2
 #: Default batch size on CUDA (on CPU the tiled engine is already efficient with one pair).
 CUDA_BATCH_SIZE = 8
 
-#: Errors that fail one pair, not the run: user-facing errors, and e.g. out of memory on one huge pair.
-_PAIR_ERRORS = (CDDFuseError, RuntimeError, MemoryError)
+#: Errors that fail one pair, not the run: user-facing errors, e.g. out of memory on one huge pair, or
+#: a full temporary folder for the engine's disk-backed feature maps.
+_PAIR_ERRORS = (CDDFuseError, RuntimeError, MemoryError, OSError)
 
 
 @dataclass
@@ -82,7 +83,9 @@ class FolderReport:
 
 def _one_line(e: BaseException) -> str:
     if isinstance(e, CDDFuseError):
-        return str(e)
+        return e.cli_message()
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
     return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
@@ -161,7 +164,11 @@ def fuse_folders(
     todo: list[tuple[str, Path, Path, Path]] = []
     for stem, path_a, path_b in listing.pairs:
         dest = out_dir / (stem + ext)
-        if dest.exists() and not overwrite:
+        if same_file(dest, path_a) or same_file(dest, path_b):  # a source linked into the output folder
+            report.failed[stem] = f"{dest} is one of its sources; a source is never overwritten"
+            if log is not None:
+                log(f"error: {stem}: {report.failed[stem]}")
+        elif dest.exists() and not overwrite:
             report.skipped.append(stem)
         else:
             todo.append((stem, path_a, path_b, dest))

@@ -14,7 +14,7 @@ import torch
 
 from ..errors import CDDFuseError, CDDFuseWarning, UsageError
 from ..io.color import YCbCrImage, merge_luminance, split_luminance
-from ..io.image import DEFAULT_MAX_PIXELS, probe_image, read_image
+from ..io.image import DEFAULT_MAX_PIXELS, is_gray_content, probe_image, read_image
 from ..models.cddfuse import CDDFuse
 from ..models.pretrained import pretrained_path
 from ..models.weights import WeightsInfo, load_weights
@@ -116,7 +116,7 @@ def _load_source(x: ImageLike, name: str, max_pixels: int | None = DEFAULT_MAX_P
         arr = arr.astype(np.float32)
     elif arr.dtype not in (np.uint8, np.uint16):
         raise UsageError(f"{name}: unsupported dtype {arr.dtype}; use uint8, uint16 or float in [0, 1]")
-    if arr.ndim == 3 and np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2]):
+    if arr.ndim == 3 and is_gray_content(arr):
         arr = np.ascontiguousarray(arr[..., 0])
     return arr
 
@@ -215,12 +215,13 @@ class Fuser:
         """See the class docstring for the first arguments. Performance options (same results):
 
         Args:
-            tile: run the network tile by tile with tiles of at most ``tile x tile`` pixels (exact:
-                the result does not depend on the tile size; see :mod:`cddfuse.engine`).
+            tile: run the network tile by tile with tiles of at most ``tile x tile`` pixels (exact to
+                float32 rounding: results differ by ~1e-7 at most; see :mod:`cddfuse.engine`).
                 ``None``: chosen automatically -- on CPU cache-sized tiles (faster), and smaller
                 ones or disk-backed feature maps when the image would not fit ``max_memory``.
-            max_memory: memory budget for one pair, bytes or ``"3G"``/``"512M"``; ``None``: the
-                memory available when the pair is fused.
+            max_memory: memory budget for one pair, bytes or ``"3G"``/``"512M"`` (at least 512M);
+                ``None``: on CPU 3 GiB, or 80% of the memory free when the pair is fused if less
+                (:func:`cddfuse.engine.default_budget`); on CUDA the GPU's free memory.
             precision: ``"fp32"`` (default), ``"tf32"`` (CUDA only: TF32 tensor cores for
                 convolutions and matrix products) or ``"bf16"`` (bfloat16 autocast; outputs differ
                 from fp32 by up to ~1e-2).
@@ -248,7 +249,8 @@ class Fuser:
             path = Path(weights) if weights is not None else pretrained_path(task or "ivf")
             self.model, self.info = load_weights(path, device=self.device)
         elif weights is not None:
-            raise UsageError.invalid("weights", weights, f"weights are only used with method='cddfuse', not {method!r}")
+            raise UsageError(f"weights are only used with method='cddfuse', not {method!r}",
+                             cli=f"--weights is only used with --method cddfuse, not with --method {method}")
         self.task: Task = task or (self.info.task if self.info and self.info.task else "ivf")  # type: ignore[assignment]
         self.residual: ResidualMode | None = (
             resolve_residual(residual, self.task, self.info) if self.model is not None else None)
@@ -326,7 +328,7 @@ class Fuser:
         """Load both sources (same size, or ``b`` resampled with ``resize``) and split off their luminance."""
         if _is_path(a) and _is_path(b) and not resize:  # sizes from the headers, before decoding either
             header_a, header_b = probe_image(a, self.max_pixels), probe_image(b, self.max_pixels)
-            if (header_a.width, header_a.height) != (header_b.width, header_b.height):
+            if header_a and header_b and (header_a.width, header_a.height) != (header_b.width, header_b.height):
                 raise _size_error(header_a.size, header_b.size)
         arr_a = _load_source(a, "first source (infrared/functional)", self.max_pixels)
         arr_b = _load_source(b, "second source (visible/MRI)", self.max_pixels)
@@ -385,8 +387,8 @@ class Fuser:
 
         Returns:
             float32 in [0, 1]: ``(H, W)`` gray, or ``(H, W, 3)`` RGB when a source is colour and
-            ``color="auto"`` (the colour source's Cb/Cr on the fused luminance; the visible image's
-            if both are colour).
+            ``color="auto"`` (the colour source's colour on the fused luminance, see ``chroma``; the
+            visible image's if both are colour).
         Raises:
             CDDFuseError: unreadable inputs, or sources of different sizes without ``resize=True``.
         """

@@ -8,8 +8,8 @@ content or ``(H, W, 3)`` **RGB** for colour content.
 Reading is defensive: only regular files are opened (a FIFO would block forever), the header is
 read first (:func:`probe_image`) and images above a pixel limit are refused before anything is
 decoded (a 900-megapixel PNG can be an 854 KB file), float pixels must be finite and in [0, 1],
-and a JPEG's EXIF orientation is applied -- everywhere, as OpenCV's ``imread`` (the authors'
-reader, used by the metrics) does.
+and an EXIF orientation (JPEG, PNG, TIFF, WebP) is applied -- everywhere, as OpenCV's ``imread`` (the
+authors' reader, used by the metrics) does.
 
 Writing is atomic (a temporary file renamed into place), so an interrupted run never leaves a
 half-written image behind, and refuses a non-finite image.
@@ -19,10 +19,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import cv2
 import numpy as np
@@ -31,8 +32,9 @@ from .._fileutil import atomic_write_bytes
 from ..errors import CDDFuseError, ImageReadError, UsageError
 from ..options import DEFAULT_MAX_PIXELS
 
-__all__ = ["read_image", "write_image", "probe_image", "ImageHeader", "check_output_path", "check_extension",
-           "to_float01", "OUTPUT_EXTENSIONS", "DEFAULT_MAX_PIXELS", "ImageWriteError", "is_gray_content"]
+__all__ = ["read_image", "write_image", "probe_image", "decode_file", "ImageHeader", "check_output_path",
+           "check_extension", "to_float01", "OUTPUT_EXTENSIONS", "DEFAULT_MAX_PIXELS", "ImageWriteError",
+           "is_gray_content"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -89,15 +91,19 @@ def _regular_file(path: PathLike) -> Path:
     return p
 
 
-def probe_image(path: PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageHeader:
-    """Read only the header of an image file: its size and format.
+def probe_image(path: PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageHeader | None:
+    """Read only the header of an image file: its size (as displayed, after the EXIF orientation) and format.
 
     Args:
         path: a PNG, JPEG, BMP or TIFF file.
         max_pixels: refuse images with more pixels (``None``: no limit).
 
+    Returns:
+        the header, or ``None`` for a file whose header Pillow does not parse (e.g. a float RGB TIFF,
+        which OpenCV decodes): then only decoding tells, and :func:`read_image` checks the size after.
+
     Raises:
-        ImageReadError: not a regular file, no image header, or more pixels than ``max_pixels``.
+        ImageReadError: not a regular file, an empty image, or more pixels than ``max_pixels``.
 
     Example:
         >>> import tempfile, numpy as np
@@ -109,34 +115,84 @@ def probe_image(path: PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> 
         ...
         cddfuse.errors.ImageReadError: ...x.png: 5x3 pixels is more than the limit of 10; ...
     """
+    p = _regular_file(path)
+    header = _pillow_header(p)
+    if header is not None:
+        _check_pixels(p, header.width, header.height, max_pixels)
+    return header
+
+
+def _pillow_header(p: Path) -> ImageHeader | None:
     from PIL import Image, UnidentifiedImageError
 
-    p = _regular_file(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow's own decompression-bomb warning: we check below
+        # Pillow refuses (or warns about) large images by a process-wide limit; ours is max_pixels. The
+        # limit and the warning filters are set and restored under a lock: folder mode probes from
+        # two reader threads, and interleaved restores would leave them changed for the whole process.
+        with _PILLOW_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow on damaged metadata, and its bomb warning: we decide
             saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
                 with Image.open(p) as im:
                     width, height, fmt = im.size[0], im.size[1], str(im.format)
-                    orientation = im.getexif().get(0x0112, 1) if fmt == "JPEG" else 1
+                    orientation = _orientation(im)
             finally:
                 Image.MAX_IMAGE_PIXELS = saved
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        if isinstance(e, OSError) and not isinstance(e, UnidentifiedImageError) and e.errno is not None:
+    except UnidentifiedImageError:
+        return None
+    except OSError as e:
+        if e.errno is not None:
             raise ImageReadError(f"{p}: cannot read file: {e.strerror or e}") from None
-        raise ImageReadError(_NOT_AN_IMAGE.format(p)) from None
+        return None  # a header Pillow cannot parse: OpenCV decides
+    except (ValueError, SyntaxError, TypeError, IndexError, KeyError):
+        return None
     if orientation in (5, 6, 7, 8):  # displayed rotated by 90 degrees
         width, height = height, width
-    header = ImageHeader(width, height, fmt)
-    if max_pixels is not None and header.pixels > max_pixels:
-        text = f"{p}: {header.size} pixels is more than the limit of {max_pixels}; if the image is genuine, raise "
+    return ImageHeader(width, height, fmt)
+
+
+def decode_file(path: PathLike, flags: int, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an image file with OpenCV (``cv2.imdecode`` flags), defensively: header first
+    (:func:`probe_image`), and the pixel limit checked again after decoding for formats whose header
+    only OpenCV reads. Shared by :func:`read_image` and the metrics' authors'-protocol reader.
+
+    Raises:
+        ImageReadError: see :func:`read_image`.
+    """
+    p = Path(path)
+    probe_image(p, max_pixels)
+    try:
+        data = np.fromfile(str(p), dtype=np.uint8)  # also works for non-ASCII paths on Windows
+    except OSError as e:
+        raise ImageReadError(f"{p}: cannot read file: {e.strerror or e}") from None
+    try:
+        img = cv2.imdecode(data, flags) if data.size else None
+    except cv2.error:
+        img = None
+    if img is None:
+        raise ImageReadError(_NOT_AN_IMAGE.format(p))
+    _check_pixels(p, img.shape[1], img.shape[0], max_pixels)
+    return img
+
+
+def _orientation(im: Any) -> int:
+    """The EXIF orientation (1-8) that OpenCV applies, for every format that carries one; 1 when the file
+    has none or a damaged one (the decoder then has the last word)."""
+    try:
+        return int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - Pillow raises many kinds on damaged metadata
+        return 1
+
+
+def _check_pixels(p: Path, width: int, height: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        text = f"{p}: {width}x{height} pixels is more than the limit of {max_pixels}; if the image is genuine, raise "
         raise ImageReadError(text + "max_pixels", cli=text + "it with --max-pixels")
-    if header.pixels == 0:
-        raise ImageReadError(f"{p}: the header says the image is empty ({header.size})")
-    return header
+    if width * height == 0:
+        raise ImageReadError(f"{p}: the image is empty ({width}x{height})")
 
 
+_PILLOW_LOCK = threading.Lock()
 _NOT_AN_IMAGE = "{}: not a readable image (supported: PNG, JPEG, BMP, TIFF); check the file is complete and an image"
 
 #: Extensions :func:`write_image` can write.
@@ -186,17 +242,7 @@ def read_image(path: PathLike, *, keep_integer: bool = False,
             (the message says which and names the file).
     """
     p = Path(path)
-    probe_image(p, max_pixels)
-    try:
-        data = np.fromfile(str(p), dtype=np.uint8)
-    except OSError as e:
-        raise ImageReadError(f"{p}: cannot read file: {e.strerror or e}") from None
-    try:
-        img = cv2.imdecode(data, _DECODE_FLAGS) if data.size else None
-    except cv2.error:
-        img = None
-    if img is None:
-        raise ImageReadError(_NOT_AN_IMAGE.format(p))
+    img = decode_file(p, _DECODE_FLAGS, max_pixels)
     if img.ndim == 3:
         if img.shape[2] == 1:
             img = img[..., 0]

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .._fileutil import is_inside
 from ..errors import CDDFuseError, UsageError
 from ..fusion.policy import fuse_rule, minmax_normalize
 from ..options import METHODS, NORMALIZE_MODES, TASKS, check_choice
@@ -202,6 +203,9 @@ def run_bench(testset_dir: PathLike, method: str = "cddfuse", weights: PathLike 
         residual = None
     norm = normalize if normalize != "auto" else ("minmax" if method == "cddfuse" else "none")
     out = Path(out_dir) if out_dir is not None else None
+    if out is not None and (is_inside(ts.dir_a, [out]) or is_inside(ts.dir_b, [out])):
+        raise UsageError.invalid("out_dir", str(out), "is or contains a source folder of the test set; the sources "
+                                 "would be overwritten -- choose another folder")
 
     evaluation = EvaluationResult(metrics=chosen)
     with progress_bar(len(pairs), f"{ts.name} {method}", progress) as bar:

@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Union
 
 import cv2
 import numpy as np
 
-from ..errors import ImageReadError
-from ..io.image import probe_image
+from ..io.image import decode_file
 from ..options import DEFAULT_MAX_PIXELS
 from ._validate import MetricInputError
 
@@ -56,18 +54,7 @@ def read_gray(path: PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np
     Raises:
         ImageReadError: the file is missing, not a regular file, too large, or not an image OpenCV can decode.
     """
-    p = Path(path)
-    probe_image(p, max_pixels)
-    try:
-        data = np.fromfile(str(p), dtype=np.uint8)  # also works for non-ASCII paths on Windows
-    except OSError as e:
-        raise ImageReadError(f"cannot read {p}: {e.strerror or e}") from None
-    try:
-        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    except cv2.error:
-        bgr = None
-    if bgr is None:
-        raise ImageReadError(f"cannot read {p}: not an image OpenCV can decode")
+    bgr = decode_file(path, cv2.IMREAD_COLOR, max_pixels)
     return np.round(cv2.cvtColor(bgr.astype(np.float32), cv2.COLOR_BGR2GRAY))
 
 
