@@ -808,3 +808,12 @@ def test_bf16_on_a_cpu_with_bf16_units_runs_close_to_fp32(pair, tiny_weights):
     bf16 = Fuser(weights=tiny_weights, device="cpu", precision="bf16").fuse(*pair)
     assert bf16.shape == fp32.shape and np.all(np.isfinite(bf16))
     assert np.abs(bf16 - fp32).mean() < 0.02
+
+
+def test_a_resumed_run_removes_the_temporaries_of_the_killed_one(cli, tiny_run, tmp_path):
+    cli(*tiny_run, rc=0)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / "run" / "checkpoints" / f".last.pt.h{_HOST}p{int(dead.stdout)}.0a1b2c3d.cddfuse-tmp"
+    stale.write_bytes(b"half a checkpoint")
+    cli("train", "--resume", tmp_path / "run", rc=0)
+    assert not stale.exists()
