@@ -15,8 +15,9 @@ from pathlib import Path
 
 import cddfuse
 
-#: Top-level packages of the optional extras in pyproject.toml (onnx; train; test).
-OPTIONAL = ("onnx", "onnxruntime", "tensorboard", "h5py", "skimage")
+#: Top-level packages of the optional extras in pyproject.toml (onnx; train; test; serve).
+OPTIONAL = ("onnx", "onnxruntime", "tensorboard", "h5py", "skimage", "starlette", "uvicorn", "multipart",
+            "python_multipart", "httpx", "selenium")
 
 _SCRIPT = textwrap.dedent("""
     import importlib, importlib.abc, json, sys, traceback

@@ -116,13 +116,13 @@ def probe_image(path: PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> 
         cddfuse.errors.ImageReadError: ...x.png: 5x3 pixels is more than the limit of 10; ...
     """
     p = _regular_file(path)
-    header = _pillow_header(p)
+    header = _pillow_header(p, max_pixels)
     if header is not None:
         _check_pixels(p, header.width, header.height, max_pixels)
     return header
 
 
-def _pillow_header(p: Path) -> ImageHeader | None:
+def _pillow_header(p: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageHeader | None:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -135,6 +135,9 @@ def _pillow_header(p: Path) -> ImageHeader | None:
             try:
                 with Image.open(p) as im:
                     width, height, fmt = im.size[0], im.size[1], str(im.format)
+                    # before the orientation: Pillow reads a PNG's EXIF by loading the whole image (a
+                    # 100000x100000 header allocated 10 GB there); the pixel count does not depend on it
+                    _check_pixels(p, width, height, max_pixels)
                     orientation = _orientation(im)
             finally:
                 Image.MAX_IMAGE_PIXELS = saved

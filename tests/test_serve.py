@@ -1,0 +1,268 @@
+"""``cddfuse serve``: the HTTP API in-process (Starlette's TestClient), with the tiny random model."""
+from __future__ import annotations
+
+import io
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("starlette", reason="needs the serve extra: pip install 'cddfuse[serve]'")
+pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx (the test extra)")
+
+from starlette.testclient import TestClient  # noqa: E402
+
+from cddfuse.fusion import Fuser  # noqa: E402
+from cddfuse.io.image import read_image, write_image  # noqa: E402
+from cddfuse.serve.app import OPENAPI, create_app, parse_size  # noqa: E402
+
+from .test_hostile import png_header_only  # noqa: E402
+
+PET = ("MRI_PET/PET/11.png", "MRI_PET/MRI/11.png")
+
+
+def _png(path: Path, shape: tuple[int, ...], seed: int) -> Path:
+    write_image(path, np.random.default_rng(seed).random(shape), bit_depth=8)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("serve_pair")
+    return _png(d / "ir.png", (20, 24), 1), _png(d / "vis.png", (20, 24), 2)
+
+
+@pytest.fixture(scope="module")
+def app(tiny_weights):
+    return create_app(lambda: Fuser(weights=tiny_weights, device="cpu"), max_upload="1M", queue_size=4)
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    with TestClient(app) as c:
+        yield c
+
+
+def _files(a: Path | bytes, b: Path | bytes, names: tuple[str, str] = ("a.png", "b.png")) -> dict:
+    def body(x: Path | bytes) -> bytes:
+        return x if isinstance(x, bytes) else x.read_bytes()
+    return {"a": (names[0], body(a), "image/png"), "b": (names[1], body(b), "image/png")}
+
+
+def _decoded(content: bytes, tmp_path: Path, name: str = "r.png") -> np.ndarray:
+    p = tmp_path / name
+    p.write_bytes(content)
+    return read_image(p, keep_integer=True)
+
+
+def test_parse_size():
+    assert parse_size("50M") == 50 * 2**20 and parse_size("10") == 10
+    with pytest.raises(ValueError):
+        parse_size("lots")
+
+
+def test_health_info_openapi_page(client, tiny_weights):
+    h = client.get("/api/health")
+    assert h.status_code == 200 and h.json()["status"] == "ok" and h.json()["task"] == "ivf"
+    info = client.get("/api/info").json()
+    assert info["task"] == "ivf" and info["weights"]["file"] == tiny_weights.name
+    assert info["weights"]["provenance"]["purpose"] == "test fixture: random weights"
+    assert "version" in info
+    schema = client.get("/api/openapi.json").json()
+    assert schema == OPENAPI and set(schema["paths"]) == {"/api/fuse", "/api/health", "/api/info"}
+    page = client.get("/")
+    assert page.status_code == 200 and 'type="file"' in page.text and 'type="range"' in page.text
+    assert client.get("/static/app.js").status_code == 200 and client.get("/static/app.css").status_code == 200
+
+
+def test_fused_png_equals_the_library(client, pair, tiny_weights, tmp_path):
+    r = client.post("/api/fuse", files=_files(*pair))
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png"
+    assert "ir-fused.png" not in r.headers["content-disposition"]  # the upload's name, "a.png"
+    expected = write_image(tmp_path / "e.png", Fuser(weights=tiny_weights, device="cpu").fuse(*pair))
+    assert r.content == expected.read_bytes()
+
+
+def test_png16_and_npy(client, pair, tiny_weights, tmp_path):
+    want = Fuser(weights=tiny_weights, device="cpu").fuse(*pair)
+    r16 = client.post("/api/fuse", files=_files(*pair), data={"format": "png16"})
+    assert r16.status_code == 200 and r16.headers["content-type"] == "image/png"
+    img16 = _decoded(r16.content, tmp_path)
+    assert img16.dtype == np.uint16 and img16.shape == (20, 24)
+    assert np.abs(img16 / 65535.0 - want).max() < 1e-4
+    rn = client.post("/api/fuse", files=_files(*pair), data={"format": "npy"})
+    assert rn.status_code == 200 and rn.headers["content-type"] == "application/x-npy"
+    arr = np.load(io.BytesIO(rn.content))
+    assert arr.dtype == np.float32 and np.array_equal(arr, want)
+
+
+def test_options(client, pair, tiny_weights, tmp_path):
+    r = client.post("/api/fuse", files=_files(*pair), data={"normalize": "none", "format": "npy", "task": "ivf"})
+    want = Fuser(weights=tiny_weights, device="cpu", normalize="none").fuse(*pair)
+    assert r.status_code == 200 and np.array_equal(np.load(io.BytesIO(r.content)), want)
+
+
+def test_colour_pair_mif(tiny_weights, test_data, tmp_path):
+    a, b = test_data / PET[0], test_data / PET[1]
+    app = create_app(lambda: Fuser(weights=tiny_weights, task="mif", device="cpu"))
+    with TestClient(app) as c:
+        assert c.get("/api/health").json()["task"] == "mif"
+        r = c.post("/api/fuse", files=_files(a, b), data={"task": "mif"})
+        assert r.status_code == 200, r.text
+        fused = _decoded(r.content, tmp_path)
+        assert fused.shape == (256, 256, 3)
+        expected = write_image(tmp_path / "e.png", Fuser(weights=tiny_weights, task="mif", device="cpu").fuse(a, b))
+        assert r.content == expected.read_bytes()
+        gray = c.post("/api/fuse", files=_files(a, b), data={"color": "gray"})
+        assert gray.status_code == 200 and _decoded(gray.content, tmp_path, "g.png").ndim == 2
+        wrong = c.post("/api/fuse", files=_files(a, b), data={"task": "ivf"})
+        assert wrong.status_code == 400 and wrong.json()["code"] == "wrong_task"
+        assert "--task ivf" in wrong.json()["error"]
+
+
+@pytest.mark.parametrize("data, says", [
+    ({"format": "jpeg"}, "format='jpeg'"),
+    ({"color": "sepia"}, "color='sepia'"),
+    ({"resize": "maybe"}, "resize='maybe'"),
+    ({"task": "xyz"}, "task='xyz'"),
+    ({"bogus": "1"}, "unknown field"),
+])
+def test_bad_options_400(client, pair, data, says):
+    r = client.post("/api/fuse", files=_files(*pair), data=data)
+    assert r.status_code == 400 and says in r.json()["error"] and r.json()["code"] == "bad_option"
+
+
+def test_bad_inputs_400(client, pair, tmp_path):
+    small = _png(tmp_path / "small.png", (10, 12), 3)
+    r = client.post("/api/fuse", files=_files(pair[0], small))
+    assert r.status_code == 400 and "differ in size (24x20 vs 12x10)" in r.json()["error"]
+    assert "/tmp" not in r.json()["error"]
+    ok = client.post("/api/fuse", files=_files(pair[0], small), data={"resize": "true"})
+    assert ok.status_code == 200 and _decoded(ok.content, tmp_path).shape == (20, 24)
+    junk = client.post("/api/fuse", files=_files(pair[0], b"not an image at all", ("ir.png", "notes.png")))
+    assert junk.status_code == 400 and junk.json()["code"] == "bad_input"
+    assert "b (notes.png)" in junk.json()["error"] and "not a readable image" in junk.json()["error"]
+    missing = client.post("/api/fuse", files={"a": ("a.png", pair[0].read_bytes(), "image/png")})
+    assert missing.status_code == 400 and missing.json()["code"] == "missing_file"
+    not_multipart = client.post("/api/fuse", content=b"{}", headers={"content-type": "application/json"})
+    assert not_multipart.status_code == 400
+    assert client.get("/api/fuse").status_code == 405 and "error" in client.get("/api/fuse").json()
+    assert client.get("/nope").status_code == 404 and "error" in client.get("/nope").json()
+
+
+def test_upload_limit_413_while_reading(tiny_weights, pair):
+    a, b = pair[0].read_bytes(), pair[1].read_bytes()
+    app = create_app(lambda: Fuser(weights=tiny_weights, device="cpu"), max_upload=10**6)
+    with TestClient(app) as c:
+        # the size of the multipart body these files make, then a limit one byte short of it
+        import httpx
+
+        body = httpx.Request("POST", "http://x/api/fuse", files=_files(a, b)).read()
+        exact = create_app(lambda: Fuser(weights=tiny_weights, device="cpu"), max_upload=len(body))
+        over = create_app(lambda: Fuser(weights=tiny_weights, device="cpu"), max_upload=len(body) - 1)
+        with TestClient(exact) as ce, TestClient(over) as co:
+            assert ce.post("/api/fuse", files=_files(a, b)).status_code == 200
+            r = co.post("/api/fuse", files=_files(a, b))
+            assert r.status_code == 413 and r.json()["code"] == "upload_too_large"
+
+            def chunks():  # no Content-Length: the limit is enforced while the body arrives
+                yield body[:1000]
+                yield body[1000:]
+            req = httpx.Request("POST", "http://x/api/fuse", files=_files(a, b))
+            r2 = co.post("/api/fuse", content=chunks(), headers={"content-type": req.headers["content-type"]})
+            assert r2.status_code == 413 and r2.json()["code"] == "upload_too_large"
+        assert c.get("/api/health").status_code == 200
+
+
+def test_pixel_bomb_413(client, pair, monkeypatch):
+    import cddfuse.io.image as I
+
+    assert client.post("/api/fuse", files=_files(*pair)).status_code == 200
+    monkeypatch.setattr(I.cv2, "imdecode", lambda *a: pytest.fail("decoded a bomb"))
+    t0 = time.monotonic()
+    r = client.post("/api/fuse", files=_files(png_header_only(100_000, 100_000), pair[1]))
+    # refused from the header: Pillow's EXIF lookup once allocated the 10-gigapixel image first (~10 s)
+    assert time.monotonic() - t0 < 3
+    assert r.status_code == 413 and r.json()["code"] == "image_too_large"
+    assert "100000x100000 pixels is more than the limit" in r.json()["error"]
+
+
+def test_token(tiny_weights, pair):
+    app = create_app(lambda: Fuser(weights=tiny_weights, device="cpu"), token="s3cret")
+    with TestClient(app) as c:
+        assert c.get("/api/health").status_code == 200 and c.get("/api/health").json()["auth"] is True
+        assert c.get("/").status_code == 200
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
+            r = c.post("/api/fuse", files=_files(*pair), headers=headers)
+            assert r.status_code == 401 and r.json()["code"] == "unauthorized"
+            assert r.headers["www-authenticate"] == "Bearer"
+            assert c.get("/api/info", headers=headers).status_code == 401
+        good = {"Authorization": "Bearer s3cret"}
+        assert c.post("/api/fuse", files=_files(*pair), headers=good).status_code == 200
+        assert c.get("/api/info", headers=good).status_code == 200
+
+
+class _SlowFuser(Fuser):
+    """Holds each fusion a while, so that a burst fills the queue."""
+
+    def fuse(self, *args, **kwargs):
+        time.sleep(0.3)
+        return super().fuse(*args, **kwargs)
+
+
+def test_burst_against_a_queue_of_4(tiny_weights, pair):
+    app = create_app(lambda: _SlowFuser(weights=tiny_weights, device="cpu"), queue_size=4)
+    statuses: list[int] = []
+    retry: list[str | None] = []
+    lock = threading.Lock()
+    with TestClient(app) as c:
+        start = threading.Barrier(20)
+
+        def one() -> None:
+            start.wait()
+            r = c.post("/api/fuse", files=_files(*pair))
+            with lock:
+                statuses.append(r.status_code)
+                if r.status_code == 503:
+                    retry.append(r.headers.get("retry-after"))
+                    assert r.json()["code"] == "busy"
+                else:
+                    assert r.headers["content-type"] == "image/png"
+
+        threads = [threading.Thread(target=one) for _ in range(20)]
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not any(t.is_alive() for t in threads), "a request hung"
+        assert len(statuses) == 20 and set(statuses) <= {200, 503}
+        assert statuses.count(200) >= 4 and statuses.count(503) >= 1
+        assert all(v is not None and int(v) > 0 for v in retry)
+        assert time.monotonic() - t0 < 60
+        h = c.get("/api/health").json()
+        assert h["status"] == "ok" and h["busy"] == 0
+        assert c.post("/api/fuse", files=_files(*pair)).status_code == 200
+
+
+def test_temporary_folders_are_removed(client, pair, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    client.post("/api/fuse", files=_files(*pair))
+    client.post("/api/fuse", files=_files(pair[0], b"junk"))
+    client.post("/api/fuse", files=_files(png_header_only(100_000, 100_000), pair[1]))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("cddfuse-serve-")]
+
+
+def test_cli_serve_parser_and_loopback():
+    from cddfuse.cli.main import build_parser
+    from cddfuse.cli.serve import is_loopback
+
+    args = build_parser().parse_args(["serve"])
+    assert (args.host, args.port, args.max_upload, args.queue, args.token) == ("127.0.0.1", 8000, "50M", 4, None)
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
