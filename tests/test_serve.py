@@ -266,3 +266,24 @@ def test_cli_serve_parser_and_loopback():
     assert (args.host, args.port, args.max_upload, args.queue, args.token) == ("127.0.0.1", 8000, "50M", 4, None)
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
+
+
+def test_cli_serve_warns_off_loopback_without_token(tiny_weights, monkeypatch, capsys):
+    import uvicorn
+
+    from cddfuse.cli.main import main
+
+    ran: list[dict] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.append(kw))
+    base = ["serve", "--weights", str(tiny_weights), "--device", "cpu"]
+    assert main([*base, "--host", "0.0.0.0"]) == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "0.0.0.0 without --token" in warnings[0]
+    assert main([*base, "--host", "0.0.0.0", "--token", "t"]) == 0
+    assert main(base) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert [kw["host"] for kw in ran] == ["0.0.0.0", "0.0.0.0", "127.0.0.1"]
+    assert main([*base, "--max-upload", "lots"]) == 2
+    assert "--max-upload lots" in capsys.readouterr().err
+    assert main([*base, "--queue", "0"]) == 2
