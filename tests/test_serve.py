@@ -287,3 +287,16 @@ def test_cli_serve_warns_off_loopback_without_token(tiny_weights, monkeypatch, c
     assert main([*base, "--max-upload", "lots"]) == 2
     assert "--max-upload lots" in capsys.readouterr().err
     assert main([*base, "--queue", "0"]) == 2
+
+
+class _BrokenFuser(Fuser):
+    def fuse(self, *args, **kwargs):
+        raise RuntimeError("boom /secret/path")
+
+
+def test_unexpected_error_is_json_500_and_the_server_goes_on(tiny_weights, pair):
+    app = create_app(lambda: _BrokenFuser(weights=tiny_weights, device="cpu"))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.post("/api/fuse", files=_files(*pair))
+        assert r.status_code == 500 and r.json()["code"] == "internal" and "secret" not in r.text
+        assert c.get("/api/health").json()["busy"] == 0

@@ -330,6 +330,14 @@ def create_app(
         return JSONResponse({"error": str(exc.detail), "code": f"http_{exc.status_code}"},
                             status_code=exc.status_code, headers=exc.headers)
 
+    async def server_error(request: Request, exc: Exception) -> Response:
+        # the traceback goes to the server's log (uvicorn); the client gets one line, no internals
+        import logging
+
+        logging.getLogger("cddfuse.serve").error("unexpected error on %s", request.url.path, exc_info=exc)
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the server's log",
+                             "code": "internal"}, status_code=500)
+
     routes = [
         Route("/", index),
         Route("/api/health", health),
@@ -338,7 +346,8 @@ def create_app(
         Route("/api/fuse", fuse, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    app = Starlette(routes=routes, exception_handlers={ApiError: api_error, HTTPException: http_error})
+    app = Starlette(routes=routes, exception_handlers={ApiError: api_error, HTTPException: http_error,
+                                                       Exception: server_error})
     app.state.fuser = fuser
     return app
 
