@@ -817,3 +817,15 @@ def test_a_resumed_run_removes_the_temporaries_of_the_killed_one(cli, tiny_run, 
     stale.write_bytes(b"half a checkpoint")
     cli("train", "--resume", tmp_path / "run", rc=0)
     assert not stale.exists()
+
+
+def test_written_files_follow_the_umask(tmp_path, tiny_weights):
+    """Outputs get the permissions a plain open() would give, whatever mode the writer used (safetensors: 0600)."""
+    from cddfuse._fileutil import _umask
+    from cddfuse.models.weights import load_weights, save_weights
+
+    model, _ = load_weights(tiny_weights)
+    expected = 0o666 & ~_umask()
+    paths = [save_weights(model, tmp_path / "w.safetensors", task="ivf", residual="vis"),
+             write_image(tmp_path / "x.png", np.zeros((4, 4)))]
+    assert [oct(os.stat(p).st_mode & 0o777) for p in paths] == [oct(expected)] * 2

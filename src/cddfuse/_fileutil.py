@@ -39,8 +39,8 @@ def atomic_path(dest: PathLike) -> Iterator[Path]:
     after Ctrl-C, a crash or a full disk. The temporary file is hidden (leading dot), carries
     :data:`TMP_MARK` and the writer's process id (so that :func:`remove_stale_temporaries` removes
     only files whose writer is gone, never those of a run writing beside this one), and is
-    removed on failure. Permissions follow the umask like a plain open() (the file is created with
-    mode 0o666, which the umask reduces; reading the umask would mean changing it, process-wide).
+    removed on failure. Permissions follow the umask like a plain open(), also when the writer
+    recreated the file with its own mode (safetensors writes 0600).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -53,10 +53,26 @@ def atomic_path(dest: PathLike) -> Iterator[Path]:
             continue
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux tells it (setting it to read it back would
+    change it for every thread for a moment)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(dest: PathLike, data: bytes) -> Path:
