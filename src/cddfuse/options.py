@@ -55,8 +55,10 @@ ColorMode = Literal["auto", "gray"]
 COLOR_MODES: tuple[ColorMode, ...] = get_args(ColorMode)
 
 #: How a colour source's chroma goes back onto the fused luminance: ``saturation`` keeps each pixel's
-#: hue and saturation; ``ycbcr`` puts Cb/Cr back unchanged (the authors' scripts). See ``cddfuse.io.color``.
-ChromaMode = Literal["saturation", "ycbcr"]
+#: hue and saturation; ``ycbcr`` puts Cb/Cr back unchanged (the authors' scripts); ``auto``:
+#: ``saturation`` for infrared-visible, ``ycbcr`` for medical pairs (a PET/SPECT colour map encodes
+#: values; its faint low end should not be strengthened over bright MRI). See ``cddfuse.io.color``.
+ChromaMode = Literal["auto", "saturation", "ycbcr"]
 CHROMA_MODES: tuple[ChromaMode, ...] = get_args(ChromaMode)
 
 #: Arithmetic of the network: fp32 (exact to the paper), tf32 (CUDA tensor cores), bf16.

@@ -64,10 +64,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
                    help="minmax: stretch the fused luminance to the full range (the authors' protocol, default); none")
     p.add_argument("--color", choices=COLOR_MODES, default="auto",
                    help="auto: colour output when a source is colour (default); gray")
-    p.add_argument("--chroma", choices=CHROMA_MODES, default="saturation",
-                   help="colour output: saturation (default) keeps each pixel's hue and saturation where the fused "
+    p.add_argument("--chroma", choices=CHROMA_MODES, default="auto",
+                   help="colour output: saturation keeps each pixel's hue and saturation where the fused "
                         "luminance differs from the colour source's; ycbcr puts its Cb/Cr back unchanged (the "
-                        "authors' scripts)")
+                        "authors' scripts); auto (default): saturation for --task ivf, ycbcr for --task mif")
     p.add_argument("--device", default="auto", help="auto (CUDA if available, default), cpu, cuda, cuda:N")
     p.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="bits per channel of PNG/TIFF output")
     p.add_argument("--resize", action="store_true",

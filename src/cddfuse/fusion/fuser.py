@@ -37,7 +37,7 @@ from ..options import (
     Task,
     check_choice,
 )
-from .policy import fuse_rule, minmax_normalize, resolve_residual
+from .policy import fuse_rule, minmax_normalize, resolve_chroma, resolve_residual
 
 if TYPE_CHECKING:  # typing.TypeGuard is Python 3.10+; only the type checker needs it
     from typing_extensions import TypeGuard
@@ -169,8 +169,9 @@ class Fuser:
         normalize: ``"minmax"`` (the authors' protocol: stretch the fused luminance to [0, 1]) or
             ``"none"``.
         color: ``"auto"`` (colour output when a source is colour) or ``"gray"``.
-        chroma: how the colour goes back (keyword): ``"saturation"`` (default: each pixel keeps the
-            hue and saturation of the colour source) or ``"ycbcr"`` (the authors': Cb/Cr unchanged).
+        chroma: how the colour goes back (keyword): ``"saturation"`` (each pixel keeps the hue and
+            saturation of the colour source), ``"ycbcr"`` (the authors': Cb/Cr unchanged) or
+            ``"auto"`` (default: saturation for ``task="ivf"``, ycbcr for ``task="mif"``).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
 
     Sources: ``a`` is the infrared / functional image (IR, CT, PET, SPECT), ``b`` the visible / MRI
@@ -210,7 +211,7 @@ class Fuser:
         precision: Precision = "fp32",
         backend: Backend = "torch",
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
-        chroma: ChromaMode = "saturation",
+        chroma: ChromaMode = "auto",
     ) -> None:
         """See the class docstring for the first arguments. Performance options (same results):
 
@@ -241,7 +242,6 @@ class Fuser:
         self.method = method
         self.normalize = normalize
         self.color = color
-        self.chroma = chroma
         self.device = resolve_device(device)
         self.model: CDDFuse | None = None
         self.info: WeightsInfo | None = None
@@ -252,6 +252,7 @@ class Fuser:
             raise UsageError(f"weights are only used with method='cddfuse', not {method!r}",
                              cli=f"--weights is only used with --method cddfuse, not with --method {method}")
         self.task: Task = task or (self.info.task if self.info and self.info.task else "ivf")  # type: ignore[assignment]
+        self.chroma = resolve_chroma(chroma, self.task)
         self.residual: ResidualMode | None = (
             resolve_residual(residual, self.task, self.info) if self.model is not None else None)
         from ..engine.memory import parse_memory

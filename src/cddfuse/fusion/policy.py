@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import UsageError
-from ..options import RESIDUAL_CHOICES, ResidualMode, check_choice
+from ..options import CHROMA_MODES, RESIDUAL_CHOICES, ResidualMode, check_choice
 
 if TYPE_CHECKING:
     from ..models.weights import WeightsInfo
 
-__all__ = ["resolve_residual", "minmax_normalize", "fuse_rule"]
+__all__ = ["resolve_residual", "resolve_chroma", "minmax_normalize", "fuse_rule"]
 
 
 def resolve_residual(residual: str, task: str, info: WeightsInfo | None,
@@ -44,6 +44,21 @@ def resolve_residual(residual: str, task: str, info: WeightsInfo | None,
     if trained == "vis" and task == "mif" and made_for_ivf:
         return "sum"
     return trained  # type: ignore[return-value]
+
+
+def resolve_chroma(chroma: str, task: str) -> str:
+    """The colour mode for ``chroma="auto"``: ``saturation`` for infrared-visible pairs (night scenes keep
+    their colour where the infrared brightens them), ``ycbcr`` for medical pairs (a PET/SPECT colour map
+    encodes values: its faint low end is not strengthened over bright MRI).
+
+    Example:
+        >>> resolve_chroma("auto", "ivf"), resolve_chroma("auto", "mif"), resolve_chroma("ycbcr", "ivf")
+        ('saturation', 'ycbcr', 'ycbcr')
+    """
+    check_choice("chroma", chroma, CHROMA_MODES)
+    if chroma != "auto":
+        return chroma
+    return "ycbcr" if task == "mif" else "saturation"
 
 
 def minmax_normalize(x: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..errors import CDDFuseError
+from ..fusion.policy import resolve_chroma
 from ..options import CHROMA_MODES, COLOR_MODES, DEFAULT_MAX_PIXELS, NORMALIZE_MODES, TASKS
 
 if TYPE_CHECKING:  # the serve extra is imported inside create_app (every module imports without extras)
@@ -285,7 +286,7 @@ def create_app(
         ext, bit_depth, content_type = FORMATS[fmt]
         job = copy.copy(fuser)  # shares the model; per-request options
         job.color = _choice("color", options.get("color", fuser.color) or fuser.color, COLOR_MODES)  # type: ignore[assignment]
-        job.chroma = _choice("chroma", options.get("chroma", fuser.chroma) or fuser.chroma, CHROMA_MODES)  # type: ignore[assignment]
+        job.chroma = resolve_chroma(_choice("chroma", options.get("chroma") or "auto", CHROMA_MODES), fuser.task)
         job.normalize = _choice("normalize", options.get("normalize", fuser.normalize) or fuser.normalize,  # type: ignore[assignment]
                                 NORMALIZE_MODES)
         resize = _bool("resize", options.get("resize", "false"))
@@ -385,7 +386,7 @@ def _openapi() -> dict[str, Any]:
                         "task": {"type": "string", "enum": list(TASKS),
                                  "description": "must be the server's task (default)"},
                         "color": {"type": "string", "enum": list(COLOR_MODES), "default": "auto"},
-                        "chroma": {"type": "string", "enum": list(CHROMA_MODES), "default": "saturation"},
+                        "chroma": {"type": "string", "enum": list(CHROMA_MODES), "default": "auto"},
                         "normalize": {"type": "string", "enum": list(NORMALIZE_MODES), "default": "minmax"},
                         "resize": {"type": "boolean", "default": False,
                                    "description": "resample b to the size of a when they differ"},
