@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..options import METHODS, NORMALIZE_MODES, TASKS
+from ..options import METHODS, NORMALIZE_MODES, PRECISIONS, TASKS
 from .eval import FORMATS, _write
 
 _DESCRIPTION = """\
@@ -52,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("-o", "--output", metavar="FILE", help="write the results to FILE instead of the screen")
     p.add_argument("--out-dir", metavar="DIR", help="keep the fused 8-bit PNGs in DIR")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N pairs (by name)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="the network's arithmetic: fp32 (default, the paper's protocol), tf32 (CUDA) or bf16 "
+                        "(CPUs with AMX or AVX512-BF16, or a GPU)")
     p.set_defaults(func=run)
     return p
 
@@ -65,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
 
     fmt = choose_format(args.format, args.output)
     result = run_bench(args.testset, method=args.method, weights=args.weights, task=args.task,
-                       out_dir=args.out_dir, limit=args.limit, normalize=args.normalize)
+                       out_dir=args.out_dir, limit=args.limit, normalize=args.normalize,
+                       precision=args.precision)
     _write(format_bench(result, fmt), args.output)
     if args.output:
         print(f"wrote {args.output}", file=sys.stderr)

@@ -46,7 +46,7 @@ from .attention import AttentionStats, TileSums
 from .blocks import Blocks
 from .geometry import Region, RegionTensor, TileGeometry, plan_tiles
 from .memory import MemoryGuard, default_budget, parse_memory, tune_malloc
-from .ops import PRECISIONS, Ops, make_ops, precision_context
+from .ops import PRECISIONS, Ops, fused_ops_available, make_ops, precision_context
 from .packing import FastWeights, RestormerBlockWeights
 from .planning import auto_tile, choose_tile, default_workers, estimate_memory, guard_limit
 from .stores import (
@@ -441,9 +441,10 @@ def fuse_tensors(model: CDDFuse, a: Tensor, b: Tensor, residual: str = "vis", *,
       when they would not fit the budget. The result does not depend on the tile (exact tiling).
     * **CUDA**: without ``tile`` and ``max_memory`` the whole image goes through the module first,
       and tile by tile through the engine when that runs out of GPU memory.
-    * **Precision**: ``"fp32"``, ``"tf32"`` (CUDA only) or ``"bf16"``
-      (:func:`~cddfuse.engine.ops.precision_context`; the engine then computes in bfloat16 with
-      the plain PyTorch ops).
+    * **Precision**: ``"fp32"``, ``"tf32"`` (CUDA only) or ``"bf16"``: on CPU the mixed-precision
+      :class:`~cddfuse.engine.ops.BF16Ops` (bfloat16 matrix products and dense convolutions,
+      float32 activations and sums; the caller checks that the CPU has AMX or AVX512-BF16), on
+      CUDA bfloat16 autocast (:func:`~cddfuse.engine.ops.precision_context`).
 
     Args:
         model: a :class:`~cddfuse.models.cddfuse.CDDFuse` on ``device``.
@@ -457,7 +458,7 @@ def fuse_tensors(model: CDDFuse, a: Tensor, b: Tensor, residual: str = "vis", *,
         precision: one of :data:`~cddfuse.engine.ops.PRECISIONS`.
 
     Returns:
-        The network's output ``(N, 1, H, W)`` on ``device`` (float32, or bfloat16 for ``bf16`` off CUDA).
+        The network's output ``(N, 1, H, W)`` on ``device``, float32.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
@@ -478,8 +479,13 @@ def fuse_tensors(model: CDDFuse, a: Tensor, b: Tensor, residual: str = "vis", *,
             budget = torch.cuda.mem_get_info(dev)[0]
         chosen, on_disk = choose_tile(h, w, device=dev, tile=tile, memory_budget=budget, config=model.config,
                                       pairs=pairs)
-        dtype = torch.bfloat16 if precision == "bf16" else None
+        if precision == "bf16" and not cuda:  # float32 activations, bfloat16 products (BF16Ops)
+            dtype, ops = None, ("bf16" if dev.type == "cpu" and fused_ops_available() else "plain")
+            if ops == "plain":
+                dtype = torch.bfloat16
+        else:
+            dtype, ops = (torch.bfloat16, "plain") if precision == "bf16" else (None, "auto")
         fused = tiled_fuse(model, a, b, residual, tile=chosen, store="disk" if on_disk else "memory", dtype=dtype,
-                           ops="plain" if dtype is not None else "auto", memory_budget=max_bytes)
+                           ops=ops, memory_budget=max_bytes)
     assert isinstance(fused, Tensor)
-    return fused
+    return fused if fused.dtype == torch.float32 else fused.float()

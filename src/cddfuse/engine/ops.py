@@ -4,6 +4,10 @@
 * :class:`FusedOps` calls oneDNN directly on CPU float32 (faster than the BLAS path on AMD
   processors), with ReLU6, GELU, the gate's product and the residual adds fused into the matrix
   products and convolutions as post-ops.
+* :class:`BF16Ops` is mixed precision on CPUs with AMX or AVX512-BF16: activations, residual
+  adds, LayerNorm, the attention's sums and the depthwise convolutions stay float32; the matrix
+  products (1x1 convolutions) and the dense 3x3 convolutions run in bfloat16 through oneDNN
+  (float32 accumulation inside, result rounded to bfloat16 once, then widened back).
 
 Activations are ``(B, H, W, C)`` ("channels last"), so every 1x1 convolution is one matrix
 product over pixels; 3x3 convolutions see the same memory as an NCHW tensor in ``channels_last``
@@ -30,7 +34,8 @@ from torch import Tensor
 
 from .geometry import RegionTensor, TileGeometry, intersect, to_nhwc
 
-__all__ = ["Ops", "FusedOps", "fused_ops_available", "make_ops", "PRECISIONS", "precision_context"]
+__all__ = ["Ops", "FusedOps", "BF16Ops", "fused_ops_available", "make_ops", "OPS_KINDS", "PRECISIONS",
+           "precision_context"]
 
 
 #: Precisions :func:`~cddfuse.engine.engine.fuse_tensors` accepts (see :func:`precision_context`).
@@ -147,6 +152,92 @@ class FusedOps(Ops):
         return super().attend(x, v, m)  # one batched product (a C x C matrix per image)
 
 
+class BF16Ops(FusedOps):
+    """Mixed precision on CPU: bfloat16 matrix products and dense convolutions, float32 elsewhere.
+
+    Activations and the weights given to each op are float32 (the engine runs with a float32
+    model); each weight gets a bfloat16 copy the first time it is used. What runs in bfloat16:
+    every 1x1 convolution (the matrix products: q|k, v, the feed-forward's project-in and
+    project-out, the invertible nodes' 1x1s) and the dense 3x3 convolutions (the Lite
+    Transformers' composed q|k and v, their grouped feed-forward, the output head). What stays
+    float32, measured on TNO and RoadScene to be where bfloat16 costs accuracy: the depthwise 3x3
+    convolutions (their nine taps often cancel, so rounding their weights or inputs to bfloat16
+    moved fused pixels by up to 1.2 gray levels) and the single-channel input convolution; also
+    biases, residual adds, LayerNorm, the attention's Gram matrices and norms, and ``v @ M``.
+    On CPUs without AMX or AVX512-BF16 oneDNN emulates bfloat16, which is slower than float32
+    (:func:`cddfuse.engine.cpu.bf16_feature` tells).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._copies: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def _bf16(self, w: Tensor) -> Tensor:
+        """The bfloat16 copy of weight ``w`` (made once; memory format kept)."""
+        hit = self._copies.get(id(w))
+        if hit is None or hit[0] is not w:
+            hit = (w, w.to(torch.bfloat16))
+            self._copies[id(w)] = hit  # the original is kept too, so its id is not reused
+        return hit[1]
+
+    @staticmethod
+    def _narrow(t: Tensor) -> Tensor:
+        out = t.to(torch.bfloat16)
+        return out if out.is_contiguous() or out.is_contiguous(memory_format=torch.channels_last) \
+            else out.contiguous()
+
+    def linear(self, x: Tensor, w: Tensor, bias: Tensor | None = None, relu6: bool = False,
+               add: Tensor | None = None) -> Tensor:
+        shape, n = x.shape[:-1], w.shape[0]
+        x2 = self._narrow(x.reshape(-1, x.shape[-1]))
+        if relu6 and bias is None:
+            out = self.mkldnn._linear_pointwise(x2, self._bf16(w), None, "hardtanh", [0.0, 6.0], "")
+        else:
+            out = self.mkldnn._linear_pointwise(x2, self._bf16(w), None, "none", [], "")
+        del x2
+        if add is not None:
+            wide = torch.add(add.reshape(-1, n), out)  # float32 + bfloat16 -> float32, one pass
+        elif bias is not None:
+            wide = torch.add(bias, out)
+        else:
+            wide = out.float()
+        if relu6 and bias is not None:
+            wide.clamp_(0.0, 6.0)
+        return wide.view(*shape, n)
+
+    def conv(self, geometry: TileGeometry, x: RegionTensor, w: Tensor, groups: int = 1, pad: str = "zeros",
+             post: str | None = None) -> RegionTensor:
+        if w.shape[1] == 1:  # depthwise, or the one-channel input convolution: float32
+            return super().conv(geometry, x, w, groups, pad, post)
+        t, padding = geometry.nchw(x, pad)
+        scalars: list[float]
+        if post == "relu6":
+            attr, scalars = "hardtanh", [0.0, 6.0]
+        elif post == "leaky":
+            attr, scalars = "leaky_relu", [0.01]
+        else:
+            attr, scalars = "none", []
+        out = self.mkldnn._convolution_pointwise(self._narrow(t), self._bf16(w), None, [padding, padding], [1, 1],
+                                                 [1, 1], groups, attr, scalars, "")
+        return x.like(to_nhwc(out.float()), geometry.shrink(x.valid))
+
+    def conv_gate(self, geometry: TileGeometry, a: RegionTensor, b: RegionTensor, wa: Tensor, wb: Tensor,
+                  groups: int) -> RegionTensor:
+        if wa.shape[1] == 1:  # depthwise (the Restormer blocks' feed-forward): float32
+            return super().conv_gate(geometry, a, b, wa, wb, groups)
+        ta, padding = geometry.nchw(a, "zeros")
+        tb, _ = geometry.nchw(b, "zeros")
+        pd = [padding, padding]
+        conv = self.mkldnn._convolution_pointwise
+        out = conv(self._narrow(ta), self._bf16(wa), None, pd, [1, 1], [1, 1], groups, "none", [], "").float()
+        torch.ops.aten.gelu_(out)
+        out.mul_(conv(self._narrow(tb), self._bf16(wb), None, pd, [1, 1], [1, 1], groups, "none", [], ""))
+        return a.like(to_nhwc(out), geometry.shrink(intersect(a.valid, b.valid)))
+
+    def attend(self, x: Tensor, v: Tensor, m: Tensor) -> Tensor:
+        return Ops.attend(self, x, v, m)  # float32: its result is added to the residual stream
+
+
 def fused_ops_available() -> bool:
     """Whether this PyTorch build has the oneDNN pointwise ops :class:`FusedOps` calls."""
     try:
@@ -156,15 +247,22 @@ def fused_ops_available() -> bool:
         return False
 
 
+#: Values of :func:`make_ops`'s ``kind``.
+OPS_KINDS = ("auto", "fused", "plain", "bf16")
+
+
 def make_ops(device: torch.device | str, dtype: torch.dtype, kind: str = "auto") -> Ops:
-    """``kind``: 'auto' (oneDNN fused ops on CPU float32 when available), 'fused' or 'plain'."""
-    if kind not in ("auto", "fused", "plain"):
-        raise ValueError(f"ops must be 'auto', 'fused' or 'plain', got {kind!r}")
+    """``kind``: 'auto' (oneDNN fused ops on CPU float32 when available), 'fused', 'plain' or 'bf16'
+    (:class:`BF16Ops`: CPU float32 model, bfloat16 products)."""
+    if kind not in OPS_KINDS:
+        raise ValueError(f"ops must be one of {OPS_KINDS}, got {kind!r}")
     if kind == "plain":
         return Ops()
     ok = torch.device(device).type == "cpu" and dtype == torch.float32 and fused_ops_available()
-    if kind == "fused" and not ok:
-        raise ValueError("fused oneDNN ops need a CPU float32 model and a PyTorch build with oneDNN")
+    if kind in ("fused", "bf16") and not ok:
+        raise ValueError(f"{kind} oneDNN ops need a CPU float32 model and a PyTorch build with oneDNN")
+    if kind == "bf16":
+        return BF16Ops()
     return FusedOps() if ok else Ops()
 
 

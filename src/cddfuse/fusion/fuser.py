@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..engine.cpu import bf16_feature
 from ..errors import CDDFuseError, CDDFuseWarning, UsageError
 from ..io.color import YCbCrImage, merge_luminance, split_luminance
 from ..io.image import DEFAULT_MAX_PIXELS, is_gray_content, probe_image, read_image
@@ -71,13 +72,9 @@ MIN_TILE, SMALL_TILE = 4, 32
 
 
 def cpu_bf16_feature() -> str | None:
-    """The CPU feature that makes bfloat16 fast here (``"amx_bf16"`` or ``"avx512_bf16"``), or None."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return None
-    return next((feature for feature in ("amx_bf16", "avx512_bf16") if feature in flags), None)
+    """The CPU feature that makes bfloat16 fast here (``"amx_bf16"`` or ``"avx512_bf16"``), or None
+    (:func:`cddfuse.engine.cpu.bf16_feature`)."""
+    return bf16_feature()
 
 
 def _is_path(x: ImageLike) -> TypeGuard[str | os.PathLike[str]]:

@@ -81,8 +81,8 @@ def detect_testset(path: PathLike) -> BenchSet:
 
 
 
-def _network(weights: PathLike | None, data_task: str,
-             weights_task: str | None) -> tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], str, str]:
+def _network(weights: PathLike | None, data_task: str, weights_task: str | None,
+             precision: str = "fp32") -> tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], str, str]:
     """The network's fusion function, the kind of weights (``"ivf"``/``"mif"``) and the residual mode.
 
     ``data_task`` is the kind of images (from the set's layout): IVF weights on medical images use
@@ -92,12 +92,12 @@ def _network(weights: PathLike | None, data_task: str,
     from ..fusion import Fuser, resolve_residual
 
     task = check_choice("task", data_task, TASKS)  # as Fuser checks it
-    fuser = Fuser(weights=weights, task=task, method="cddfuse", normalize="none", color="gray")
+    fuser = Fuser(weights=weights, task=task, method="cddfuse", normalize="none", color="gray", precision=precision)
     declared = fuser.info.task if fuser.info is not None else None
     residual = resolve_residual("auto", data_task, fuser.info, weights_task=weights_task)
     if residual != fuser.residual:
         fuser = Fuser(weights=weights, task=task, method="cddfuse", residual=residual, normalize="none",
-                      color="gray")
+                      color="gray", precision=precision)
     return fuser.fuse_luminance, weights_task or declared or data_task, str(fuser.residual)
 
 
@@ -145,7 +145,7 @@ class BenchResult:
 def run_bench(testset_dir: PathLike, method: str = "cddfuse", weights: PathLike | None = None,
               task: str | None = None, out_dir: PathLike | None = None, limit: int | None = None,
               names: str | Sequence[str] = COLUMNS, normalize: str = "auto",
-              progress: bool | None = None) -> BenchResult:
+              progress: bool | None = None, precision: str = "fp32") -> BenchResult:
     """Fuse every pair of a test set with the authors' protocol and evaluate it.
 
     Protocol (their ``test_IVF.py`` / ``test_MIF.py``): sources read with their gray conversion and
@@ -171,6 +171,8 @@ def run_bench(testset_dir: PathLike, method: str = "cddfuse", weights: PathLike 
         normalize: ``"auto"`` (``minmax`` for the network, ``none`` for the rules, which is how the
             published baseline rows were made), ``"minmax"`` or ``"none"``; see :func:`fuse_to_uint8`.
         progress: progress bar (default: when stderr is a terminal).
+        precision: the network's arithmetic (:class:`~cddfuse.fusion.Fuser`'s ``precision``);
+            the paper's protocol is ``"fp32"``.
     """
     from ..io.pairs import match_pairs
 
@@ -196,7 +198,7 @@ def run_bench(testset_dir: PathLike, method: str = "cddfuse", weights: PathLike 
     pairs = listing.pairs[:limit] if limit else listing.pairs
 
     if method == "cddfuse":
-        fuse, task_used, residual = _network(weights, ts.task, task)
+        fuse, task_used, residual = _network(weights, ts.task, task, precision)
     else:
         fuse = functools.partial(fuse_rule, method)
         task_used = task or ts.task
