@@ -21,6 +21,15 @@ REFERENCE = SHARED / "reference"
 DATA = SHARED / "data"
 TEST_DATA = DATA / "test"
 
+# The engine's per-machine tuning (cddfuse.engine.tuning) would otherwise run a ~10 s probe at the
+# first fusion and write to the user's cache: tests use the built-in settings and a private cache
+# (tests/test_tuning.py exercises tuning itself). Subprocesses inherit both.
+os.environ.setdefault("CDDFUSE_TUNE", "0")
+if "CDDFUSE_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["CDDFUSE_CACHE"] = tempfile.mkdtemp(prefix="cddfuse-test-cache-")
+
 TINY_SIZES = dict(dim=8, num_heads=2, encoder_blocks=1, decoder_blocks=1, encoder_inn_layers=1)
 
 

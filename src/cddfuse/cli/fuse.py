@@ -112,11 +112,17 @@ def _positive_int(text: str) -> int:
 def _make_fuser(args: argparse.Namespace):  # -> Fuser (import deferred: torch start-up)
     from ..fusion import Fuser
 
-    return Fuser(weights=args.weights, task=args.task, method=args.method, residual=args.residual,
-                 normalize=args.normalize, color=args.color, chroma=args.chroma, device=args.device,
-                 max_pixels=args.max_pixels,
-                 tile=getattr(args, "tile", None), max_memory=getattr(args, "max_memory", None),
-                 precision=getattr(args, "precision", "fp32"), backend=getattr(args, "backend", "torch"))
+    fuser = Fuser(weights=args.weights, task=args.task, method=args.method, residual=args.residual,
+                  normalize=args.normalize, color=args.color, chroma=args.chroma, device=args.device,
+                  max_pixels=args.max_pixels,
+                  tile=getattr(args, "tile", None), max_memory=getattr(args, "max_memory", None),
+                  precision=getattr(args, "precision", "fp32"), backend=getattr(args, "backend", "torch"))
+    if fuser.model is not None and fuser.device.type == "cpu" and fuser.backend == "torch":
+        from ..engine.tuning import settings
+
+        quiet = getattr(args, "quiet", False)
+        settings(notify=None if quiet else lambda line: print(f"cddfuse: {line}", file=sys.stderr))
+    return fuser
 
 
 def run(args: argparse.Namespace) -> int:

@@ -49,6 +49,7 @@ from .memory import MemoryGuard, default_budget, parse_memory, tune_malloc
 from .ops import PRECISIONS, Ops, fused_ops_available, make_ops, precision_context
 from .packing import FastWeights, RestormerBlockWeights
 from .planning import auto_tile, choose_tile, default_workers, estimate_memory, guard_limit
+from . import tuning
 from .stores import (
     DiskStore,
     FeatureSource,
@@ -437,7 +438,8 @@ def fuse_tensors(model: CDDFuse, a: Tensor, b: Tensor, residual: str = "vis", *,
 
     * **Tile and store** (:func:`~cddfuse.engine.planning.choose_tile`): the caller's ``tile``, else
       the largest that fits ``max_memory`` (on CUDA without a budget: the GPU's free memory), on
-      CPU at most :data:`~cddfuse.engine.planning.CPU_SPEED_TILE` (faster); feature maps go to disk
+      CPU at most the tile side tuned for this machine (:func:`cddfuse.engine.tuning.settings`,
+      which also picks the tiles in flight and the op backend); feature maps go to disk
       when they would not fit the budget. The result does not depend on the tile (exact tiling).
     * **CUDA**: without ``tile`` and ``max_memory`` the whole image goes through the module first,
       and tile by tile through the engine when that runs out of GPU memory.
@@ -477,15 +479,16 @@ def fuse_tensors(model: CDDFuse, a: Tensor, b: Tensor, residual: str = "vis", *,
         budget = max_bytes
         if budget is None and cuda:
             budget = torch.cuda.mem_get_info(dev)[0]
+        tuned = tuning.settings() if dev.type == "cpu" else tuning.DEFAULT_SETTINGS
         chosen, on_disk = choose_tile(h, w, device=dev, tile=tile, memory_budget=budget, config=model.config,
-                                      pairs=pairs)
+                                      pairs=pairs, cpu_tile=tuned.tile)
         if precision == "bf16" and not cuda:  # float32 activations, bfloat16 products (BF16Ops)
             dtype, ops = None, ("bf16" if dev.type == "cpu" and fused_ops_available() else "plain")
             if ops == "plain":
                 dtype = torch.bfloat16
         else:
-            dtype, ops = (torch.bfloat16, "plain") if precision == "bf16" else (None, "auto")
+            dtype, ops = (torch.bfloat16, "plain") if precision == "bf16" else (None, tuned.ops)
         fused = tiled_fuse(model, a, b, residual, tile=chosen, store="disk" if on_disk else "memory", dtype=dtype,
-                           ops=ops, memory_budget=max_bytes)
+                           ops=ops, memory_budget=max_bytes, workers=tuned.workers if dev.type == "cpu" else None)
     assert isinstance(fused, Tensor)
     return fused if fused.dtype == torch.float32 else fused.float()

@@ -121,16 +121,17 @@ def auto_tile(h: int, w: int, memory_budget_bytes: int | None, config: CDDFuseCo
 
 def choose_tile(h: int, w: int, *, device: str | torch.device = "cpu", tile: int | None = None,
                 memory_budget: int | None = None, config: CDDFuseConfig | None = None, pairs: int = 1,
-                itemsize: int = 4) -> tuple[int | None, bool]:
+                itemsize: int = 4, cpu_tile: int = CPU_SPEED_TILE) -> tuple[int | None, bool]:
     """``(tile, on_disk)`` for fusing an ``h x w`` pair: the caller's ``tile`` if given, else the
-    largest that fits ``memory_budget`` (:func:`auto_tile`), on CPU at most :data:`CPU_SPEED_TILE`."""
+    largest that fits ``memory_budget`` (:func:`auto_tile`), on CPU at most ``cpu_tile`` (default
+    :data:`CPU_SPEED_TILE`; :mod:`cddfuse.engine.tuning` measures this machine's best)."""
     cfg = config or CDDFuseConfig()
     if tile is not None:
         on_disk = memory_budget is not None and estimate_memory(h, w, tile, cfg, pairs, itemsize) > memory_budget
         return tile, on_disk
     t, on_disk = auto_tile(h, w, memory_budget, cfg, pairs, itemsize)
     if torch.device(device).type == "cpu":
-        t = CPU_SPEED_TILE if t is None else min(t, CPU_SPEED_TILE)
+        t = cpu_tile if t is None else min(t, cpu_tile)
     if t is not None and t >= max(h, w):
         t = None
     return t, on_disk

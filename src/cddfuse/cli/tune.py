@@ -1,0 +1,66 @@
+"""``cddfuse tune``: measure the engine's speed choices on this CPU and cache them."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import UsageError
+
+HELP = "measure the engine's fastest tile size, tiles in flight and op backend on this CPU, and cache them"
+
+DESCRIPTION = """\
+The engine's speed on a CPU depends on three choices that never change the result: the tile
+side, how many tiles are computed at the same time, and the backend of the matrix products
+(oneDNN with fused post-ops, or PyTorch's BLAS path). `cddfuse fuse` measures them once per
+machine on first use; this command measures them again (about 10 s) and rewrites this machine's
+entry in the cache (CDDFUSE_CACHE, else ~/.cache/cddfuse/tuning.json). Delete the file to forget
+every machine; CDDFUSE_TUNE=0 turns tuning off (the built-in defaults are used)."""
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 256x384, got {text!r}") from None
+    if h < 16 or w < 16:
+        raise argparse.ArgumentTypeError(f"the probe must be at least 16x16, got {text!r}")
+    return h, w
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    p = sub.add_parser("tune", help=HELP, description=DESCRIPTION,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--show", action="store_true", help="print this machine's cached settings and the cache path; "
+                                                       "measure nothing")
+    p.add_argument("--size", type=_size, default=None, metavar="HxW",
+                   help="size of the probe pair (default 256x384; larger is slower and steadier)")
+    p.add_argument("--repeats", type=int, default=1, help="timings per candidate, best kept (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads to tune for (default: PyTorch's)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..engine import tuning
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    if args.repeats < 1:
+        raise UsageError(f"--repeats must be at least 1, got {args.repeats}")
+    print(f"machine: {tuning.machine_key()}")
+    print(f"cache:   {tuning.cache_path()}")
+    if args.show:
+        found = tuning.cached_settings()
+        if found is None:
+            print("no settings cached for this machine (the built-in defaults apply until it is tuned)")
+        else:
+            print(f"cached:  tile={found.tile} workers={found.workers} ops={found.ops}")
+        return 0
+    result = tuning.tune(size=args.size or tuning.PROBE_SIZE, repeats=args.repeats,
+                         log=lambda line: print(f"  {line}", file=sys.stderr))
+    print(f"chosen:  tile={result.tile} workers={result.workers} ops={result.ops}")
+    return 0
