@@ -18,7 +18,7 @@ from typing import Any, Callable, NoReturn
 from .. import __version__
 from ..errors import CDDFuseError, CDDFuseWarning
 
-SUBCOMMANDS = ("fuse", "eval", "bench", "prepare", "train", "serve")
+SUBCOMMANDS = ("fuse", "eval", "bench", "prepare", "train", "serve", "export")
 
 
 class _Parser(argparse.ArgumentParser):
