@@ -1,7 +1,9 @@
 """Folder fusion split over processes: ``--shard K/N`` and ``torchrun`` with gloo ranks on CPU."""
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -143,14 +145,26 @@ def test_torchrun_two_gloo_ranks_killed_and_restarted(frames, tiny_weights, tmp_
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "--max-restarts", "1", "--monitor-interval", "0.2", str(ROOT / "tests" / "torchrun_kill_once.py"),
            "fuse", str(ir), str(vi), "-o", str(tmp_path / "two"), *common]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
+    job = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)  # its own process group: nothing outlives a timeout
+    try:
+        _, stderr = job.communicate(timeout=240)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.communicate()
+        pids = Path(f"{log}.pids")
+        if job.returncode != 0 and pids.exists():  # ranks run in sessions of their own: end any that hung
+            for pid in pids.read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+    assert job.returncode == 0, stderr[-3000:]
     writes = [line.split() for line in log.read_text().splitlines()]
     first = [name for attempt, _, name in writes if attempt == "0"]
     second = [name for attempt, _, name in writes if attempt == "1"]
     assert [(a, r) for a, r, _ in writes if a == "0" and r == "1"] == [("0", "1")]  # killed after one output
     assert second and len(first) + len(second) == 6 and not set(first) & set(second)  # nothing redone
-    summaries = [line for line in done.stderr.splitlines() if "already done" in line]
+    summaries = [line for line in stderr.splitlines() if "already done" in line]
     assert summaries == [f"2 processes: {len(second)} fused, {len(first)} already done (skipped), 0 failed, "
                          f"0 unmatched -> {tmp_path / 'two'}"]
     assert _files(tmp_path / "two") == _files(tmp_path / "one")  # no temporary file left either

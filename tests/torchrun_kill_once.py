@@ -30,4 +30,6 @@ def _write_and_maybe_die(path, *args, **kwargs):
 
 
 folder.write_image = _write_and_maybe_die
+with open(os.environ["CDDFUSE_TEST_WRITE_LOG"] + ".pids", "a") as pids:  # for the test to clean up after a hang
+    pids.write(f"{os.getpid()}\n")
 sys.exit(main(sys.argv[1:]))

@@ -96,8 +96,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     perf.add_argument("--backend", choices=BACKENDS, default="torch",
                       help="torch (default) or onnx: ONNX Runtime (needs pip install cddfuse[onnx]; whole images)")
     from .fuse_sharded import add_shard_arguments
+    from .fuse_video import add_video_arguments
 
     add_shard_arguments(p)
+    add_video_arguments(p)
     p.set_defaults(func=run)
     return p
 
@@ -127,6 +129,10 @@ def run(args: argparse.Namespace) -> int:
     for p, what in ((ir, "IR"), (vis, "VIS")):
         if not p.exists():
             raise CDDFuseError(f"{what} {p}: no such file or folder")
+    from .fuse_video import is_video_job, run_video
+
+    if is_video_job(args):  # a video file in or out (or two frame folders with --temporal ema)
+        return run_video(args, _make_fuser)
     if ir.is_dir() != vis.is_dir():
         raise UsageError("IR and VIS must both be files or both be folders")
     if ir.is_dir():
