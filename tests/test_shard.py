@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -134,11 +135,14 @@ def test_combined_report_names_every_failure():
 @pytest.mark.slow
 def test_torchrun_two_gloo_ranks_killed_and_restarted(frames, tiny_weights, tmp_path, capsys, one_thread):
     """2 gloo ranks under torchrun: rank 1 is SIGKILLed after its first output; torchrun restarts the job,
-    which finishes without redoing a finished pair, and the files equal one process's byte for byte."""
+    which finishes without redoing a finished pair, and the files equal one process's byte for byte. One
+    pair cannot be read: rank 0's combined summary names it and the job exits 1."""
     ir, vi = frames
     common = ["--weights", str(tiny_weights), "-q"]
     assert main(["fuse", str(ir), str(vi), "-o", str(tmp_path / "one"), *common]) == 0
     capsys.readouterr()
+    (ir / "g.png").write_text("not an image")  # a pair that fails, on whichever rank gets it
+    (vi / "g.png").write_bytes((vi / "b.png").read_bytes())
     log = tmp_path / "writes.log"
     env = dict(os.environ, CDDFUSE_TEST_WRITE_LOG=str(log), OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
@@ -158,15 +162,18 @@ def test_torchrun_two_gloo_ranks_killed_and_restarted(frames, tiny_weights, tmp_
             for pid in pids.read_text().split():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), signal.SIGKILL)
-    assert job.returncode == 0, stderr[-3000:]
+    assert job.returncode == 1, stderr[-3000:]  # a pair failed (on the last attempt too): exit code 1
     writes = [line.split() for line in log.read_text().splitlines()]
     first = [name for attempt, _, name in writes if attempt == "0"]
     second = [name for attempt, _, name in writes if attempt == "1"]
     assert [(a, r) for a, r, _ in writes if a == "0" and r == "1"] == [("0", "1")]  # killed after one output
     assert second and len(first) + len(second) == 6 and not set(first) & set(second)  # nothing redone
-    summaries = [line for line in stderr.splitlines() if "already done" in line]
-    assert summaries == [f"2 processes: {len(second)} fused, {len(first)} already done (skipped), 0 failed, "
-                         f"0 unmatched -> {tmp_path / 'two'}"]
+    lines = stderr.splitlines()
+    summaries = [line for line in lines if "already done" in line]
+    assert summaries == [f"2 processes: {len(second)} fused, {len(first)} already done (skipped), 1 failed, "
+                         f"0 unmatched -> {tmp_path / 'two'}"]  # once, from rank 0, for both ranks
+    assert lines[lines.index(summaries[0]) + 1] == "failed pairs: g"
+    assert sum(bool(re.match(r"\[rank 1\] error: g: .*not a readable image", line)) for line in lines) == 1
     assert _files(tmp_path / "two") == _files(tmp_path / "one")  # no temporary file left either
     assert {name for _, rank, name in writes if rank == "0"} == {"a.png"}  # the pixel-balanced split
 

@@ -151,7 +151,7 @@ def fuse_sequences(
                                            f"({stats.frames + len(batch)}); --sync shortest stops at the shorter one")
                 stats.trimmed = True
                 break
-            batch.append(fuser._prepare(a, b, resize))  # noqa: SLF001 - the image pipeline's own first step
+            batch.append(fuser._prepare(a, b, resize))  # the image pipeline's own first step (sizes, luminance)
             if len(batch) == batch_size:
                 break
         if not batch:
