@@ -89,14 +89,14 @@ def test_a_failed_check_writes_nothing(tiny_weights, tmp_path, capsys, monkeypat
 
 @pytest.mark.parametrize("args, code, text", [
     (["-o", "model.onx"], 2, "cddfuse export: error: --output model.onx: an ONNX file name must end in .onnx"),
-    (["-o", "m.onnx", "--weights", "missing.pth"], 1, "cddfuse export: error: "),
+    (["-o", "sub/m.onnx", "--weights", "missing.pth"], 1, "cddfuse export: error: "),
 ])
 def test_usage_and_file_errors_are_one_line(args, code, text, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["export", *args]) == code
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(text) and args[-1] in err[0]
-    assert not list(tmp_path.iterdir())
+    assert not list(tmp_path.iterdir())  # no file, no temporary file, not even the folder of -o
 
 
 def test_readme_onnxruntime_example_runs_as_written(test_data, tiny_weights, tmp_path, monkeypatch):

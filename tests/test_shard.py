@@ -177,3 +177,25 @@ def test_torchrun_two_gloo_ranks_killed_and_restarted(frames, tiny_weights, tmp_
     assert _files(tmp_path / "two") == _files(tmp_path / "one")  # no temporary file left either
     assert {name for _, rank, name in writes if rank == "0"} == {"a.png"}  # the pixel-balanced split
 
+
+
+def test_torchrun_environment_gives_each_rank_its_share(monkeypatch):
+    from cddfuse.errors import CDDFuseError
+    from cddfuse.fusion.shard import TorchrunGroup
+
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    alone = TorchrunGroup.from_environment()
+    assert not alone.enabled and alone.shard() == Shard(0, 1) and alone.device("auto") == "auto"
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    group = TorchrunGroup.from_environment()
+    assert group.enabled and group.shard() == Shard(3, 4)
+    assert group.shard(Shard(2, 5)) == Shard(2 * 4 + 3, 20)  # --shard 2/5 under torchrun: split again
+    assert group.device("cpu") == "cpu"
+    assert group.device("auto") == ("cuda:1" if torch.cuda.is_available() and torch.cuda.device_count() > 1
+                                    else "cuda:0" if torch.cuda.is_available() else "auto")
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(CDDFuseError, match="RANK=4 and WORLD_SIZE=4"):
+        TorchrunGroup.from_environment()

@@ -65,12 +65,12 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.onnx import CHECK_TOLERANCE, OPSET, check_onnx, export_onnx
     from ..fusion import Fuser
 
+    fuser = Fuser(weights=args.weights, task=args.task, residual=args.residual, device="cpu")  # weights first
     try:
         check_writable_folder(out.parent)
     except OSError as e:
         raise CDDFuseError(f"cannot write {out}: {e.strerror or e}") from None
     remove_stale_temporaries(out.parent, out.name)  # left by an export that was killed
-    fuser = Fuser(weights=args.weights, task=args.task, residual=args.residual, device="cpu")
     assert fuser.model is not None and fuser.residual is not None  # method is cddfuse
     source = Path(args.weights).name if args.weights else f"bundled {fuser.task} weights of cddfuse {__version__}"
     metadata = {

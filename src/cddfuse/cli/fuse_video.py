@@ -98,13 +98,13 @@ def run_video(args: argparse.Namespace, make_fuser: Callable[[argparse.Namespace
                                f"{src_b.width}x{src_b.height}); --resize resamples VIS to the size of IR")
         rate = fps or src_a.fps or src_b.fps or Fraction(25)
         total = min(n for n in (src_a.frames, src_b.frames) if n) if (src_a.frames or src_b.frames) else None
+        fuser = make_fuser(args)  # bad weights or options fail before anything is created
         try:
             check_writable_folder(out.parent if to_video else out)
         except OSError as e:
             raise CDDFuseError(f"cannot write to {out.parent if to_video else out}: {e.strerror or e}") from None
         if to_video:
             remove_stale_temporaries(out.parent, out.name)  # left by a run that was killed
-        fuser = make_fuser(args)
         batch = args.batch_size or (CUDA_BATCH_SIZE if fuser.device.type == "cuda" else 1)
         bar = tqdm(total=total, desc="fusing", unit="frame", disable=args.quiet or not sys.stderr.isatty())
         names = src_a.stems if isinstance(src_a, FrameFolderSource) else None
