@@ -14,7 +14,6 @@ from cddfuse.fusion import folder
 
 ATTEMPT = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 RANK = int(os.environ.get("RANK", "0"))
-_real_write = folder.write_image
 _written = 0
 
 
@@ -29,7 +28,10 @@ def _write_and_maybe_die(path, *args, **kwargs):
     return result
 
 
-folder.write_image = _write_and_maybe_die
-with open(os.environ["CDDFUSE_TEST_WRITE_LOG"] + ".pids", "a") as pids:  # for the test to clean up after a hang
-    pids.write(f"{os.getpid()}\n")
-sys.exit(main(sys.argv[1:]))
+_real_write = folder.write_image
+
+if __name__ == "__main__":  # only as torchrun's script (pytest's doctest collection imports this file too)
+    folder.write_image = _write_and_maybe_die
+    with open(os.environ["CDDFUSE_TEST_WRITE_LOG"] + ".pids", "a") as pids:  # for the test to clean up a hang
+        pids.write(f"{os.getpid()}\n")
+    sys.exit(main(sys.argv[1:]))
