@@ -15,9 +15,9 @@ from pathlib import Path
 
 import cddfuse
 
-#: Top-level packages of the optional extras in pyproject.toml (onnx; train; test; serve).
+#: Top-level packages of the optional extras in pyproject.toml (onnx; train; test; serve; video).
 OPTIONAL = ("onnx", "onnxruntime", "tensorboard", "h5py", "skimage", "starlette", "uvicorn", "multipart",
-            "python_multipart", "httpx", "selenium")
+            "python_multipart", "httpx", "selenium", "av")
 
 _SCRIPT = textwrap.dedent("""
     import importlib, importlib.abc, json, sys, traceback

@@ -95,6 +95,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
                            "(default: 8 on CUDA, where one pair does not fill the GPU; 1 on CPU)")
     perf.add_argument("--backend", choices=BACKENDS, default="torch",
                       help="torch (default) or onnx: ONNX Runtime (needs pip install cddfuse[onnx]; whole images)")
+    from .fuse_sharded import add_shard_arguments
+    from .fuse_video import add_video_arguments
+
+    add_shard_arguments(p)
+    add_video_arguments(p)
     p.set_defaults(func=run)
     return p
 
@@ -130,10 +135,17 @@ def run(args: argparse.Namespace) -> int:
     for p, what in ((ir, "IR"), (vis, "VIS")):
         if not p.exists():
             raise CDDFuseError(f"{what} {p}: no such file or folder")
+    from .fuse_video import is_video_job, run_video
+
+    if is_video_job(args):  # a video file in or out (or two frame folders with --temporal ema)
+        return run_video(args, _make_fuser)
     if ir.is_dir() != vis.is_dir():
         raise UsageError("IR and VIS must both be files or both be folders")
     if ir.is_dir():
         return _run_folders(args, ir, vis, out)
+    from .fuse_sharded import check_not_sharded
+
+    check_not_sharded(args, "a single pair")
     from .._fileutil import check_writable_folder, remove_stale_temporaries, same_file
     from ..io.image import check_output_path, write_image
 
@@ -164,12 +176,11 @@ def _run_folders(args: argparse.Namespace, ir: Path, vis: Path, out: Path) -> in
     from tqdm import tqdm
 
     from ..fusion.folder import fuse_folders
+    from .fuse_sharded import ShardedRun
 
+    job = ShardedRun.start(args)  # this process's share: --shard K/N, a torchrun rank's, or every pair
     report = fuse_folders(lambda: _make_fuser(args), ir, vis, out, ext=args.ext, bit_depth=args.bit_depth,
                           resize=args.resize, overwrite=args.overwrite, batch_size=args.batch_size,
-                          progress=not args.quiet and sys.stderr.isatty(),
-                          log=lambda line: tqdm.write(line, file=sys.stderr))
-    print(report.summary(), file=sys.stderr)
-    if report.failed:
-        print(f"failed pairs: {', '.join(report.failed)}", file=sys.stderr)
-    return 0 if report.ok else 1
+                          progress=job.progress(not args.quiet and sys.stderr.isatty()),
+                          log=job.log(lambda line: tqdm.write(line, file=sys.stderr)), select=job.select)
+    return job.finish(report)  # the summary (combined over torchrun's ranks) and the exit code

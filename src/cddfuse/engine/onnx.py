@@ -17,6 +17,9 @@ Example (skipped where the extras are not installed):
     >>> with tempfile.TemporaryDirectory() as folder:
     ...     path = export_onnx(model, f"{folder}/tiny.onnx", residual="vis")
     ...     fused = OnnxFuser(path, threads=1).fuse_luminance(ya, yb)
+    ...     checks = check_onnx(path, model, residual="vis", threads=1)  # ONNX Runtime vs torch, two sizes
+    >>> [(c.shape, c.passed()) for c in checks]
+    [((1, 1, 61, 83), True), ((2, 1, 96, 72), True)]
     >>> with torch.inference_mode():
     ...     want = model(torch.from_numpy(ya)[None, None], torch.from_numpy(yb)[None, None])[0, 0].numpy()
     >>> fused.shape, bool(np.abs(fused - want).max() <= 1e-4)
@@ -27,6 +30,8 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
@@ -34,10 +39,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["export_onnx", "OnnxFuser", "onnx_available"]
+__all__ = ["export_onnx", "OnnxFuser", "onnx_available", "check_onnx", "OnnxCheck", "CHECK_SIZES", "CHECK_TOLERANCE"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 OPSET = 17  # LayerNormalization is a single op from opset 17
+#: Shapes ``(N, H, W)`` on which :func:`check_onnx` compares ONNX Runtime with torch by default: two
+#: sizes that differ from the tracing size (64x64) and from each other, odd sides and a batch of two.
+CHECK_SIZES: tuple[tuple[int, int, int], ...] = ((1, 61, 83), (2, 96, 72))
+#: Largest absolute difference :func:`check_onnx` accepts between the two runtimes (outputs in (0, 1)).
+CHECK_TOLERANCE = 1e-4
 
 
 def onnx_available() -> bool:
@@ -60,7 +70,7 @@ class _Wrapped(nn.Module):
 
 
 def export_onnx(model: nn.Module, path: PathLike, *, residual: str = "vis", opset: int = OPSET,
-                sample_size: tuple[int, int] = (64, 64)) -> Path:
+                sample_size: tuple[int, int] = (64, 64), metadata: dict[str, str] | None = None) -> Path:
     """Write ``model`` (a :class:`~cddfuse.models.cddfuse.CDDFuse`) as ONNX with dynamic N, H, W.
 
     Args:
@@ -69,6 +79,8 @@ def export_onnx(model: nn.Module, path: PathLike, *, residual: str = "vis", opse
         residual: residual mode baked into the graph (``"vis"``, ``"sum"`` or ``"none"``).
         opset: ONNX opset (>= 17).
         sample_size: ``(H, W)`` of the example inputs used for tracing.
+        metadata: strings stored in the file's ``metadata_props`` (read back with
+            ``onnxruntime.InferenceSession(path).get_modelmeta().custom_metadata_map``).
     """
     import copy
 
@@ -87,7 +99,60 @@ def export_onnx(model: nn.Module, path: PathLike, *, residual: str = "vis", opse
         torch.onnx.export(wrapped, (a, b), str(dest), input_names=["a", "b"], output_names=["fused"],
                           dynamic_axes={"a": axes, "b": axes, "fused": axes}, opset_version=opset,
                           do_constant_folding=True, dynamo=False)
+    if metadata:
+        import onnx
+
+        proto = onnx.load(str(dest))
+        for key, value in metadata.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = str(key), str(value)
+        onnx.save(proto, str(dest))
     return dest
+
+
+@dataclass(frozen=True)
+class OnnxCheck:
+    """One comparison of :func:`check_onnx`: input shape ``(N, 1, H, W)`` and the largest absolute difference."""
+
+    shape: tuple[int, int, int, int]
+    max_abs_diff: float
+
+    def passed(self, tolerance: float = CHECK_TOLERANCE) -> bool:
+        return self.max_abs_diff <= tolerance
+
+
+def check_onnx(path: PathLike, model: nn.Module, *, residual: str,
+               sizes: Sequence[tuple[int, int, int]] = CHECK_SIZES, seed: int = 0,
+               threads: int | None = None) -> list[OnnxCheck]:
+    """Run the exported file with ONNX Runtime (CPU) and ``model`` with torch on the same random inputs.
+
+    Args:
+        path: the ``.onnx`` file.
+        model: the network it was exported from (run in float32 on CPU, through the module itself, not the
+            tiled engine: the reference is the plain forward pass).
+        residual: the residual mode the file was exported with.
+        sizes: ``(N, H, W)`` shapes to try (default :data:`CHECK_SIZES`: two sizes other than the tracing
+            size, so that the dynamic axes are exercised).
+        seed: seed of the uniform [0, 1) inputs.
+        threads: ONNX Runtime intra-op threads (default ``torch.get_num_threads()``).
+
+    Returns:
+        one :class:`OnnxCheck` per size; a non-finite output counts as an infinite difference.
+    """
+    import copy
+
+    runner = OnnxFuser(path, threads=threads, providers=["CPUExecutionProvider"])
+    net = copy.deepcopy(model).to("cpu", torch.float32).eval()
+    rng = np.random.default_rng(seed)
+    checks = []
+    for n, h, w in sizes:
+        a, b = rng.random((2, n, 1, h, w), dtype=np.float32)
+        got = runner.run(a, b)
+        with torch.inference_mode():
+            want = net(torch.from_numpy(a), torch.from_numpy(b), residual=residual).numpy()
+        diff = float(np.abs(got - want).max()) if got.shape == want.shape and np.isfinite(got).all() else float("inf")
+        checks.append(OnnxCheck((n, 1, h, w), diff))
+    return checks
 
 
 class OnnxFuser:

@@ -8,6 +8,8 @@ What it guarantees, whoever calls it (the ``cddfuse fuse`` command, a server, a 
   leaves a half-written image (:func:`cddfuse.io.image.write_image`);
 * **one bad pair is not the end**: a pair that cannot be read or fused is recorded in the report
   and the others go on;
+* **shardable**: ``select`` picks the pairs this process handles (:mod:`cddfuse.fusion.shard` splits a
+  folder over ``torchrun`` ranks or ``--shard K/N`` jobs with it), so every guarantee above holds per shard;
 * **overlapped**: two threads decode the next pairs and one thread encodes and writes while the
   calling thread fuses (torch, OpenCV and file I/O release the GIL); consecutive pairs of one size
   are fused as one batch of up to ``batch_size`` (on CUDA, where one pair does not fill the GPU).
@@ -29,7 +31,7 @@ Example:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +115,7 @@ def fuse_folders(
     batch_size: int | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    select: Callable[[Sequence[tuple[str, Path, Path]]], Collection[str]] | None = None,
 ) -> FolderReport:
     """Fuse every pair of ``dir_a`` (infrared / functional) and ``dir_b`` (visible / MRI) into ``out_dir``.
 
@@ -129,6 +132,9 @@ def fuse_folders(
         batch_size: consecutive same-size pairs fused as one batch (default 8 on CUDA, 1 on CPU).
         progress: show a progress bar on stderr.
         log: called with one line per event worth telling (unmatched names, a failed pair).
+        select: given every matched ``(stem, path_a, path_b)`` (sorted by stem), returns the stems this call
+            handles; the other pairs are left alone and appear nowhere in the report (another process
+            fuses them). ``None``: all pairs. See :func:`cddfuse.fusion.shard.shard_selector`.
 
     Returns:
         the :class:`FolderReport`; ``report.ok`` is False when a pair failed.
@@ -161,8 +167,12 @@ def fuse_folders(
     except OSError as e:
         raise CDDFuseError(f"cannot write to the output folder {out_dir}: {e.strerror or e}") from None
     remove_stale_temporaries(out_dir)  # left by a run that was killed (SIGKILL, power loss)
+    pairs = listing.pairs
+    if select is not None:
+        chosen = set(select(pairs))
+        pairs = [pair for pair in pairs if pair[0] in chosen]
     todo: list[tuple[str, Path, Path, Path]] = []
-    for stem, path_a, path_b in listing.pairs:
+    for stem, path_a, path_b in pairs:
         dest = out_dir / (stem + ext)
         if same_file(dest, path_a) or same_file(dest, path_b):  # a source linked into the output folder
             report.failed[stem] = f"{dest} is one of its sources; a source is never overwritten"
