@@ -52,7 +52,7 @@ def test_tune_writes_an_entry_that_is_then_reused(cache, monkeypatch):
 def test_first_use_tunes_once_when_auto_tuning_is_on(cache, monkeypatch):
     monkeypatch.setenv("CDDFUSE_TUNE", "1")
     calls = []
-        monkeypatch.setattr(tuning, "tune", lambda **k: calls.append(1) or _tune())
+    monkeypatch.setattr(tuning, "tune", lambda **k: calls.append(1) or _tune())
     told = []
     first = tuning.settings(notify=told.append)
     second = tuning.settings(notify=told.append)

@@ -75,7 +75,7 @@ DEFAULTS: dict[str, Any] = {
         "drop_last": True,  # drop the last incomplete batch of every epoch
         "max_steps_per_epoch": None,  # cap (quick experiments); None = the whole data set
         "micro_batch": "auto",  # pairs per forward/backward chunk (same gradient); auto: by memory on CPU, all on CUDA
-        "precision": "fp32",  # fp32 | bf16 (autocast, CUDA only)
+        "precision": "fp32",  # fp32 | bf16 (autocast: CUDA, or CPUs with AMX / AVX512-BF16)
         "threads": None,  # torch intra-op threads on CPU (None: torch's default)
         "cpu_malloc_tuning": True,  # on Linux/glibc CPU: reuse freed memory instead of mmap/munmap per tensor
     },

@@ -120,8 +120,15 @@ class Trainer(TrainStep):
         if tr["cpu_malloc_tuning"] and self.device.type == "cpu":
             tune_glibc_malloc()
         self.use_bf16 = tr["precision"] == "bf16"
-        if self.use_bf16 and self.device.type != "cuda":
-            raise UsageError("train.precision=bf16 (autocast) needs a CUDA device; use fp32 on CPU")
+        if self.use_bf16 and self.device.type == "cpu":
+            from ..engine.cpu import bf16_feature
+
+            if bf16_feature() is None:
+                raise UsageError("train.precision=bf16 on CPU needs AMX or AVX512-BF16, which this processor lacks "
+                                 "(bfloat16 would be slower than fp32 here); use fp32, or a CUDA GPU")
+        elif self.use_bf16 and self.device.type != "cuda":
+            raise UsageError(f"train.precision=bf16 needs a CUDA GPU or a CPU with AMX/AVX512-BF16, not "
+                             f"{self.device.type}; use fp32")
         gb = tr["batch_size"]
         if gb % self.dist.world_size:
             raise UsageError(
