@@ -273,8 +273,8 @@ def _confidence(blocks: int, inliers: int, model: AlignModel) -> float:
 def estimate_matrix(a: np.ndarray, b: np.ndarray, model: AlignModel) -> RawEstimate:
     """Estimate the ``model`` transform from float32 luminance ``a`` ``(Ha, Wa)`` to ``b`` ``(Hb, Wb)`` in [0, 1].
 
-    Sizes may differ: the search starts from the size ratio (``sqrt(area_b / area_a)``) and covers
-    scales 0.86..1.14 around it, rotations up to 6 degrees and translations up to 20% of the size.
+    Sizes may differ: the search starts from the size ratio (``sqrt(area_b / area_a)``; 1 for a
+    ``translation``) and covers scales 0.86..1.14 around it, rotations up to 6 degrees and translations up to 20% of the size.
 
     >>> rng = np.random.default_rng(0)
     >>> b = cv2.GaussianBlur(rng.random((120, 160)).astype(np.float32), (0, 0), 2)
@@ -288,7 +288,8 @@ def estimate_matrix(a: np.ndarray, b: np.ndarray, model: AlignModel) -> RawEstim
     a = np.ascontiguousarray(a, np.float32)
     b = np.ascontiguousarray(b, np.float32)
     va, vb = border_mask(a), border_mask(b)
-    ratio = float(np.sqrt(b.size / a.size))
+    # the first guess of the scale: the size ratio (same field of view), except for a translation, which has none
+    ratio = 1.0 if model == "translation" else float(np.sqrt(b.size / a.size))
     levels = [s for i, s in enumerate(_SCHEDULE) if i == 0 or _SCHEDULE[i - 1][0] < max(b.shape)]
     best: RawEstimate | None = None
     for candidate in _global_search(a, va, b, vb, ratio, model):
