@@ -71,24 +71,61 @@ class RawEstimate:
 
 
 def border_mask(img: np.ndarray, erode: int = 2) -> np.ndarray:
-    """``uint8`` mask, 1 where the image has content: 0 on exactly black regions that touch the border
-    (the black frame that warping leaves), shrunk by ``erode`` pixels.
+    """``uint8`` mask, 0 on the black frame that warping leaves around an image, 1 elsewhere.
 
-    >>> img = np.zeros((6, 8), np.float32); img[1:5, 2:7] = 0.5
-    >>> border_mask(img, erode=0)[:, 1:8].tolist()[2]
-    [0, 1, 1, 1, 1, 1, 0]
+    A frame is the exactly black region touching the border *when the content it surrounds is a
+    polygon* (a warped rectangle: its convex hull has at most 8 corners and fills it); the mask is then
+    shrunk by ``erode`` pixels. Black backgrounds around rounded content (a head on a CT or MRI slice)
+    are not a frame: their edge against the content is real structure, and the mask is all ones.
+
+    >>> img = np.zeros((40, 50), np.float32); img[5:35, 8:45] = 0.5    # a rectangle on black: a frame
+    >>> m = border_mask(img, erode=0); int(m.sum()), int(m[20, 8]), int(m[20, 7])
+    (1110, 1, 0)
+    >>> disc = np.zeros((160, 160), np.float32); cv2.circle(disc, (80, 80), 60, 0.5, -1) is not None
+    True
+    >>> int(border_mask(disc).min())                                     # a round object on black: no frame
+    1
     """
+    h, w = img.shape
+    ones = np.ones((h, w), np.uint8)
     zero = (img <= 1e-6).astype(np.uint8)
-    valid = np.ones(img.shape, np.uint8)
-    if zero.any():
-        _, labels = cv2.connectedComponents(zero, connectivity=4)
-        edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-        edge = edge[edge > 0]
-        if edge.size:
-            valid[np.isin(labels, edge)] = 0
-    if erode > 0 and not valid.all():
+    if not zero.any():
+        return ones
+    _, labels = cv2.connectedComponents(zero, connectivity=4)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    edge = edge[edge > 0]
+    if not edge.size:
+        return ones
+    valid = (~np.isin(labels, edge)).astype(np.uint8)
+    contours, _ = cv2.findContours(valid, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return ones
+    hull = cv2.convexHull(max(contours, key=cv2.contourArea))
+    corners = cv2.approxPolyDP(hull, 2.0 + 0.005 * max(h, w), True)
+    if len(corners) > 8 or valid.sum() < 0.97 * cv2.contourArea(hull):
+        return ones
+    if erode > 0:
         valid = cv2.erode(valid, np.ones((2 * erode + 1, 2 * erode + 1), np.uint8), borderType=cv2.BORDER_REPLICATE)
     return valid
+
+
+def _fill_frame(img: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``img`` with the pixels outside ``valid`` set to their nearest valid pixel's value, so that the frame's
+    edge is no structure.
+
+    >>> img = np.zeros((3, 5), np.float32); img[:, 2:] = [0.2, 0.4, 0.6]
+    >>> [round(float(v), 3) for v in _fill_frame(img, (img > 0).astype(np.uint8))[0]]
+    [0.2, 0.2, 0.2, 0.4, 0.6]
+    """
+    if valid.all() or not valid.any():
+        return img
+    # labels: every valid (zero in the source) pixel its own; every other pixel its nearest valid pixel's
+    _, labels = cv2.distanceTransformWithLabels((valid == 0).astype(np.uint8), cv2.DIST_L2, 5,
+                                                labelType=cv2.DIST_LABEL_PIXEL)
+    ys, xs = np.nonzero(valid)
+    lookup = np.zeros(labels.max() + 1, np.float32)
+    lookup[labels[ys, xs]] = img[ys, xs]
+    return lookup[labels]
 
 
 def orientation_field(img: np.ndarray, valid: np.ndarray, sigma: float = _SIGMA) -> np.ndarray:
@@ -288,6 +325,7 @@ def estimate_matrix(a: np.ndarray, b: np.ndarray, model: AlignModel) -> RawEstim
     a = np.ascontiguousarray(a, np.float32)
     b = np.ascontiguousarray(b, np.float32)
     va, vb = border_mask(a), border_mask(b)
+    a, b = _fill_frame(a, va), _fill_frame(b, vb)
     # the first guess of the scale: the size ratio (same field of view), except for a translation, which has none
     ratio = 1.0 if model == "translation" else float(np.sqrt(b.size / a.size))
     levels = [s for i, s in enumerate(_SCHEDULE) if i == 0 or _SCHEDULE[i - 1][0] < max(b.shape)]
