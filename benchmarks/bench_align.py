@@ -103,11 +103,20 @@ def main() -> int:
     ap.add_argument("--step", type=int, default=1, help="use every K-th pair (default: all)")
     ap.add_argument("--sets", default=",".join(SETS), help="comma-separated sets")
     ap.add_argument("--fusion", type=int, default=0, help="fuse N cases per group for the metric drop")
+    ap.add_argument("--fusion-only", action="store_true", help="only the metric drop (no registration table)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     cv2.setNumThreads(1)
     from cddfuse.align import DEFAULT_MIN_CONFIDENCE, estimate
     from cddfuse.io.color import luminance
+
+    if args.fusion_only:
+        stub = [{"set": name, "pair": fa.name, "case": 0, "model": "homography" if SETS[name][2] == "ivf" else "affine"}
+                for name in SETS for fa, _ in pairs(args.shared, name)[:: args.step]]
+        fusion = fusion_drop(args, stub)
+        if args.json:
+            args.json.write_text(json.dumps({"fusion": fusion}, indent=1))
+        return 0
 
     rng = np.random.default_rng(16)
     rows: list[dict] = []
@@ -163,7 +172,8 @@ def main() -> int:
                 table[name] = summary(sel)
     print(f"\nalign benchmark, {platform.processor() or platform.machine()}, threads=1, threshold "
           f"{DEFAULT_MIN_CONFIDENCE}")
-    print("| set | cases | accepted | median px | p95 px | max px | accepted > 5 px | self median | self p95 | s/case |")
+    print("| set | cases | accepted | median px | p95 px | max px | accepted > 5 px | self median | self p95 "
+          "| s/case |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, s in table.items():
         print(f"| {name} | {s['cases']} | {100 * s['accepted']:.1f}% | {s['median']:.2f} | {s['p95']:.2f} | "
@@ -172,10 +182,13 @@ def main() -> int:
         refused = sum(not r["accepted"] for r in unrelated)
         print(f"\nunrelated pairs: {refused} of {len(unrelated)} refused ({100 * refused / len(unrelated):.1f}%), "
               f"{len(unrelated) - refused} not refused; {np.mean([r['seconds'] for r in unrelated]):.2f} s/pair")
-    fusion = fusion_drop(args, rows) if args.fusion else {}
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "unrelated": unrelated, "table": table, "fusion": fusion},
-                                        indent=1))
+        args.json.write_text(json.dumps({"rows": rows, "unrelated": unrelated, "table": table}, indent=1))
+    if args.fusion:
+        fusion = fusion_drop(args, rows)
+        if args.json:
+            args.json.write_text(json.dumps({"rows": rows, "unrelated": unrelated, "table": table, "fusion": fusion},
+                                            indent=1))
     return 0
 
 

@@ -144,15 +144,17 @@ def _as_luminance(img: np.ndarray, name: str) -> np.ndarray:
     return luminance(arr) if arr.ndim == 3 else arr
 
 
-def coverage(matrix: np.ndarray, size_a: tuple[int, int], size_b: tuple[int, int]) -> np.ndarray:
-    """Boolean ``(Hb, Wb)``: the second-image pixels that the warped first image covers.
+def coverage(matrix: np.ndarray, size_a: tuple[int, int], size_b: tuple[int, int],
+             content: np.ndarray | None = None) -> np.ndarray:
+    """Boolean ``(Hb, Wb)``: the second-image pixels that the warped first image covers (with ``content``, an
+    ``(Ha, Wa)`` mask of the first image's pixels that count, e.g. without its own black frame).
 
     >>> coverage(np.array([[1, 0, 2.0], [0, 1, 0], [0, 0, 1]]), (6, 2), (6, 2)).astype(int).tolist()
     [[0, 0, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]]
     """
     wb, hb = size_b
     wa, ha = size_a
-    ones = np.ones((ha, wa), np.uint8)
+    ones = np.ones((ha, wa), np.uint8) if content is None else (np.asarray(content) > 0).astype(np.uint8)
     inside = cv2.warpPerspective(ones, matrix, (wb, hb), flags=cv2.INTER_NEAREST, borderValue=0)
     return inside > 0
 
@@ -188,7 +190,7 @@ def estimate(a: np.ndarray, b: np.ndarray, model: AlignModel = "affine", *,
 def _plausible(matrix: np.ndarray, size_a: tuple[int, int], size_b: tuple[int, int]) -> bool:
     """The first image's corners land in front of the camera, in the same order, with a sane area."""
     wa, ha = size_a
-    corners = np.float64([[0, 0, 1], [wa - 1, 0, 1], [wa - 1, ha - 1, 1], [0, ha - 1, 1]]).T
+    corners = np.array([[0, 0, 1], [wa - 1, 0, 1], [wa - 1, ha - 1, 1], [0, ha - 1, 1]], np.float64).T
     mapped = matrix @ corners
     if np.any(mapped[2] <= 1e-9):
         return False

@@ -96,7 +96,7 @@ def border_mask(img: np.ndarray, erode: int = 2) -> np.ndarray:
     edge = edge[edge > 0]
     if not edge.size:
         return ones
-    valid = (~np.isin(labels, edge)).astype(np.uint8)
+    valid: np.ndarray = (~np.isin(labels, edge)).astype(np.uint8)
     contours, _ = cv2.findContours(valid, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         return ones
@@ -294,8 +294,9 @@ def _block_step(a: np.ndarray, va: np.ndarray, b: np.ndarray, vb: np.ndarray, zb
             q_list.append((cx + dx, cy + dy))
     if not p_list:
         return None, 0, 0
-    q = np.float32(q_list)
-    p = cv2.perspectiveTransform(np.float32(p_list)[None], np.linalg.inv(h_level))[0]  # back to the first image
+    q = np.array(q_list, np.float32)
+    # the block centres, back in the first image's coordinates
+    p = cv2.perspectiveTransform(np.array(p_list, np.float32)[None], np.linalg.inv(h_level))[0]
     m, inliers = _fit(p.astype(np.float32), q, model, max(1.0, radius / 3))
     return (None if m is None else _normalised(m)), len(p_list), inliers
 
@@ -311,7 +312,8 @@ def estimate_matrix(a: np.ndarray, b: np.ndarray, model: AlignModel) -> RawEstim
     """Estimate the ``model`` transform from float32 luminance ``a`` ``(Ha, Wa)`` to ``b`` ``(Hb, Wb)`` in [0, 1].
 
     Sizes may differ: the search starts from the size ratio (``sqrt(area_b / area_a)``; 1 for a
-    ``translation``) and covers scales 0.86..1.14 around it, rotations up to 6 degrees and translations up to 20% of the size.
+    ``translation``) and covers scales 0.86..1.14 around it, rotations up to 6 degrees and translations
+    up to 20% of the size.
 
     >>> rng = np.random.default_rng(0)
     >>> b = cv2.GaussianBlur(rng.random((120, 160)).astype(np.float32), (0, 0), 2)

@@ -255,6 +255,7 @@ class Fuser:
         self.align: AlignChoice = align
         self.align_min_confidence = check_min_confidence(align_min_confidence)
         self.last_alignment: Alignment | None = None
+        self._uncovered: dict[int, np.ndarray] = {}  # id(second source) -> pixels the aligned first does not cover
         self.method = method
         self.normalize = normalize
         self.color = color
@@ -368,8 +369,11 @@ class Fuser:
         arr_a = _load_source(a, "first source (infrared/functional)", self.max_pixels)
         arr_b = _load_source(b, "second source (visible/MRI)", self.max_pixels)
         assert self.align != "none"
-        arr_a, self.last_alignment = align_sources(arr_a, arr_b, self.align, self.align_min_confidence)
-        return split_luminance(arr_a), split_luminance(arr_b)
+        arr_a, self.last_alignment, uncovered = align_sources(arr_a, arr_b, self.align, self.align_min_confidence)
+        sa, sb = split_luminance(arr_a), split_luminance(arr_b)
+        if uncovered.any():
+            self._uncovered[id(sb)] = uncovered
+        return sa, sb
 
     def _finish(self, raw: np.ndarray, sa: YCbCrImage, sb: YCbCrImage) -> FusionResult:
         """Normalise one pair's raw output (over its whole image) and put the colour back."""
@@ -377,6 +381,9 @@ class Fuser:
             raise CDDFuseError("the fusion produced NaN or infinite values (broken weights, or a numeric failure "
                                f"in {self.precision}); no image is made from it")
         y = minmax_normalize(raw) if self.normalize == "minmax" else np.clip(raw, 0.0, 1.0).astype(np.float32)
+        uncovered = self._uncovered.pop(id(sb), None)
+        if uncovered is not None:  # align: where the warped first source is missing, the second alone
+            y[uncovered] = sb.y[uncovered]
         chroma: YCbCrImage | None = None
         chroma_from: str | None = None
         if self.color == "auto":
