@@ -190,3 +190,34 @@ def test_folder_mode_with_align(tmp_path, capsys):
     assert rc == 1  # one pair failed, the other was fused
     assert (tmp_path / "out" / "good.png").exists() and not (tmp_path / "out" / "bad.png").exists()
     assert "alignment failed" in capsys.readouterr().err
+
+
+def _bench():
+    """benchmarks/bench_align.py as a module (its case generator and error measure)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_align", Path(__file__).parents[1] / "benchmarks" /
+                                                  "bench_align.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_cases_on_a_real_pair():
+    """The benchmark's synthetic misalignment (perspective included, and the 2x downscaled case) on TNO 07,
+    where the estimate is sub-pixel; and an unrelated scene refused."""
+    bench = _bench()
+    tno = shared_path("data", "test", "TNO")
+    ya = read_image(tno / "ir" / "07.png")
+    yb = read_image(tno / "vi" / "07.png")
+    rng = np.random.default_rng(16)
+    for downscale in (False, True):
+        t = bench.random_transform(rng, 256, 256, perspective=True)
+        a2, t_true = bench.misalign(ya, t, (256, 256), downscale=downscale)
+        al = estimate(a2, yb, "homography")
+        assert al.accepted, al
+        assert bench.corner_error(al.matrix, t_true, 256, 256) < 1.5
+        assert bench.corner_error(np.eye(3), t_true, 256, 256) > 5  # the case was misaligned to begin with
+    assert not estimate(read_image(tno / "ir" / "01.png"), read_image(tno / "vi" / "13.png"), "homography").accepted
