@@ -26,7 +26,7 @@ __all__ = [
     "Task", "TASKS",
     "ResidualMode", "RESIDUAL_MODES", "ResidualChoice", "RESIDUAL_CHOICES",
     "Method", "METHODS", "Normalize", "NORMALIZE_MODES", "ColorMode", "COLOR_MODES", "ChromaMode", "CHROMA_MODES",
-    "Precision", "PRECISIONS", "Backend", "BACKENDS",
+    "Precision", "PRECISIONS", "Backend", "BACKENDS", "AlignModel", "ALIGN_MODELS", "AlignChoice", "ALIGN_CHOICES",
     "check_choice", "DEFAULT_MAX_PIXELS",
 ]
 
@@ -68,6 +68,14 @@ PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 #: What runs the network: PyTorch, or ONNX Runtime on the exported graph.
 Backend = Literal["torch", "onnx"]
 BACKENDS: tuple[Backend, ...] = get_args(Backend)
+
+#: The transform ``cddfuse align`` estimates from the first image to the second (2, 4, 6 or 8 parameters).
+AlignModel = Literal["translation", "similarity", "affine", "homography"]
+ALIGN_MODELS: tuple[AlignModel, ...] = get_args(AlignModel)
+
+#: ``fuse --align``: ``none`` (default: the sources are registered already), or the model to align with.
+AlignChoice = Literal["none", "translation", "similarity", "affine", "homography"]
+ALIGN_CHOICES: tuple[AlignChoice, ...] = get_args(AlignChoice)
 
 #: Images with more pixels than this are refused from their header, before decoding, unless the caller
 #: raises the limit (``max_pixels=``, ``--max-pixels``): 100 megapixels (e.g. 10000 x 10000) -- far above

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import CDDFuseError, UsageError
 from ..options import (
+    ALIGN_CHOICES,
     BACKENDS,
     CHROMA_MODES,
     COLOR_MODES,
@@ -72,6 +73,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     p.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="bits per channel of PNG/TIFF output")
     p.add_argument("--resize", action="store_true",
                    help="if the sources differ in size, resample VIS to the size of IR (default: error)")
+    p.add_argument("--align", choices=ALIGN_CHOICES, default="none",
+                   help="none (default: the sources are registered), or align IR to VIS first with this model "
+                        "and fuse in the frame of VIS (sizes may differ; pixels IR does not cover show VIS alone; "
+                        "a pair that cannot be aligned confidently fails)")
+    p.add_argument("--align-min-confidence", type=float, default=0.5, metavar="C",
+                   help="with --align: refuse pairs whose alignment confidence is below C (default 0.5)")
     p.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
                    help=f"refuse images with more pixels, read from the header before decoding (default "
                         f"{DEFAULT_MAX_PIXELS:,}; protects against decompression bombs)")
@@ -121,7 +128,9 @@ def _make_fuser(args: argparse.Namespace):  # -> Fuser (import deferred: torch s
                   normalize=args.normalize, color=args.color, chroma=args.chroma, device=args.device,
                   max_pixels=args.max_pixels,
                   tile=getattr(args, "tile", None), max_memory=getattr(args, "max_memory", None),
-                  precision=getattr(args, "precision", "fp32"), backend=getattr(args, "backend", "torch"))
+                  precision=getattr(args, "precision", "fp32"), backend=getattr(args, "backend", "torch"),
+                  align=getattr(args, "align", "none"),
+                  align_min_confidence=getattr(args, "align_min_confidence", 0.5))
     if fuser.model is not None and fuser.device.type == "cpu" and fuser.backend == "torch":
         from ..engine.tuning import settings
 

@@ -20,6 +20,7 @@ from ..models.cddfuse import CDDFuse
 from ..models.pretrained import pretrained_path
 from ..models.weights import WeightsInfo, load_weights
 from ..options import (
+    ALIGN_CHOICES,
     BACKENDS,
     CHROMA_MODES,
     COLOR_MODES,
@@ -27,6 +28,7 @@ from ..options import (
     NORMALIZE_MODES,
     PRECISIONS,
     TASKS,
+    AlignChoice,
     Backend,
     ChromaMode,
     ColorMode,
@@ -209,6 +211,8 @@ class Fuser:
         backend: Backend = "torch",
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         chroma: ChromaMode = "auto",
+        align: AlignChoice = "none",
+        align_min_confidence: float = 0.5,
     ) -> None:
         """See the class docstring for the first arguments. Performance options (same results):
 
@@ -227,6 +231,12 @@ class Fuser:
                 decoding (default 100 megapixels; ``None``: no limit).
             backend: ``"torch"`` (default) or ``"onnx"`` (ONNX Runtime on the exported network,
                 whole image at once; needs ``pip install cddfuse[onnx]``).
+            align: ``"none"`` (default: the sources are registered), or a model of
+                :func:`cddfuse.align.estimate` (``translation``, ``similarity``, ``affine``, ``homography``):
+                the first source is warped into the second's frame (the sources may then differ in size),
+                pixels it does not cover take the second source alone, and a pair whose alignment confidence
+                is below ``align_min_confidence`` raises :class:`cddfuse.align.AlignmentError`. The last
+                pair's :class:`~cddfuse.align.Alignment` is in ``last_alignment``.
         """
         check_choice("method", method, METHODS)
         if task is not None:
@@ -236,6 +246,13 @@ class Fuser:
         check_choice("chroma", chroma, CHROMA_MODES)
         check_choice("precision", precision, PRECISIONS)
         check_choice("backend", backend, BACKENDS)
+        check_choice("align", align, ALIGN_CHOICES)
+        from ..align import Alignment, check_min_confidence
+
+        self.align: AlignChoice = align
+        self.align_min_confidence = check_min_confidence(align_min_confidence)
+        self.last_alignment: Alignment | None = None
+        self._uncovered: dict[int, np.ndarray] = {}  # id(second source) -> pixels the aligned first does not cover
         self.method = method
         self.normalize = normalize
         self.color = color
@@ -324,6 +341,8 @@ class Fuser:
 
     def _prepare(self, a: ImageLike, b: ImageLike, resize: bool) -> tuple[YCbCrImage, YCbCrImage]:
         """Load both sources (same size, or ``b`` resampled with ``resize``) and split off their luminance."""
+        if self.align != "none":
+            return self._prepare_aligned(a, b, resize)
         if _is_path(a) and _is_path(b) and not resize:  # sizes from the headers, before decoding either
             header_a, header_b = probe_image(a, self.max_pixels), probe_image(b, self.max_pixels)
             if header_a and header_b and (header_a.width, header_a.height) != (header_b.width, header_b.height):
@@ -336,12 +355,32 @@ class Fuser:
             arr_b = _resize_to(arr_b, arr_a.shape[:2])
         return split_luminance(arr_a), split_luminance(arr_b)
 
+    def _prepare_aligned(self, a: ImageLike, b: ImageLike, resize: bool) -> tuple[YCbCrImage, YCbCrImage]:
+        """Load both sources, warp the first into the second's frame (see ``align``), split the luminance."""
+        from ..align.sources import align_sources
+
+        if resize:
+            raise UsageError("resize and align exclude each other: align resamples the first source into the "
+                             "second's frame", cli="--resize and --align exclude each other: --align resamples IR "
+                                                   "into the frame of VIS")
+        arr_a = _load_source(a, "first source (infrared/functional)", self.max_pixels)
+        arr_b = _load_source(b, "second source (visible/MRI)", self.max_pixels)
+        assert self.align != "none"
+        arr_a, self.last_alignment, uncovered = align_sources(arr_a, arr_b, self.align, self.align_min_confidence)
+        sa, sb = split_luminance(arr_a), split_luminance(arr_b)
+        if uncovered.any():
+            self._uncovered[id(sb)] = uncovered
+        return sa, sb
+
     def _finish(self, raw: np.ndarray, sa: YCbCrImage, sb: YCbCrImage) -> FusionResult:
         """Normalise one pair's raw output (over its whole image) and put the colour back."""
         if not np.all(np.isfinite(raw)):
             raise CDDFuseError("the fusion produced NaN or infinite values (broken weights, or a numeric failure "
                                f"in {self.precision}); no image is made from it")
         y = minmax_normalize(raw) if self.normalize == "minmax" else np.clip(raw, 0.0, 1.0).astype(np.float32)
+        uncovered = self._uncovered.pop(id(sb), None)
+        if uncovered is not None:  # align: where the warped first source is missing, the second alone
+            y[uncovered] = sb.y[uncovered]
         chroma: YCbCrImage | None = None
         chroma_from: str | None = None
         if self.color == "auto":

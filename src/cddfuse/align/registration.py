@@ -1,0 +1,360 @@
+"""Multi-modal registration of a pair: the transform that maps the first image onto the second.
+
+Infrared and visible intensities are not related by any function (hot dark clothes, cold bright sky),
+CT, PET, SPECT and MRI even less, but their *edges* mostly coincide, with either polarity. The
+similarity used throughout is therefore the agreement of local edge orientations, polarity-blind:
+each image becomes the complex field ``z = w * exp(2i * theta)`` (``theta`` the gradient
+direction, the double angle making ``theta`` and ``theta + pi`` equal; ``w`` in [0, 1] the gradient
+magnitude, clipped at its 90th percentile so that a few strong edges do not dominate), and two
+fields agree by ``Re sum(za * conj(zb)) / (|za| |zb|)`` -- 1 for identical edge maps, about 0 for
+unrelated ones (a weighted mean of ``cos(2 * dtheta)``). Cross-correlations of these fields over
+all translations are products of FFTs.
+
+Steps of :func:`estimate_matrix`:
+
+1. *Global search* at coarse scale (second image at 128 px on its long side): every rotation in
+   -6..6 degrees (1 degree steps) and scale 0.86..1.14 (2% steps) around the size ratio of the two
+   images, each with an exhaustive translation search (up to 20% of the size) by FFT correlation.
+   The best few distinct candidates go on.
+2. *Local refinement*, coarse to fine (160, 320 and 640 px): the first image is warped with the
+   current estimate, cut into overlapping blocks, and each block's shift is found by FFT
+   correlation within a few pixels (sub-pixel by a parabola through the peak). Distinct peaks
+   give point matches; OpenCV's RANSAC fits (``findHomography``, ``estimateAffine2D``,
+   ``estimateAffinePartial2D``) turn them into the next estimate of the chosen model.
+3. *Confidence*: from the final level's matches -- the fraction that the fitted transform explains
+   (RANSAC inliers) and their number; unrelated images give few blocks with a distinct peak and
+   fewer that agree on one transform.
+
+Coordinates are pixel centres: pixel ``(x, y)`` covers ``[x - 0.5, x + 0.5]``; resampling by a
+factor ``s`` maps ``x`` to ``s * (x + 0.5) - 0.5``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ..options import AlignModel
+
+__all__ = ["RawEstimate", "estimate_matrix", "border_mask", "orientation_field", "MIN_MATCHES"]
+
+#: Fewest point matches each model needs to be fitted (and a few more than the minimum, for RANSAC).
+MIN_MATCHES: dict[str, int] = {"translation": 3, "similarity": 4, "affine": 5, "homography": 8}
+
+_SIGMA = 1.0  # Gaussian smoothing (pixels of the working level) before the gradients
+_SEARCH_SIDE = 128  # long side of the second image in the global search
+_ANGLES = np.arange(-6.0, 6.01, 1.0)
+_SCALES = np.arange(0.86, 1.141, 0.02)
+_MAX_SHIFT = 0.2  # translation searched, as a fraction of the size
+_CANDIDATES = 3
+# (long side of the second image, search radius in px, block side in px, iterations)
+_SCHEDULE = ((160, 8, 32, 3), (320, 4, 48, 3), (640, 3, 64, 2))
+
+
+@dataclass
+class RawEstimate:
+    """What :func:`estimate_matrix` found.
+
+    Attributes:
+        matrix: ``(3, 3)`` float64: first-image pixel ``(x, y, 1)`` -> second-image pixel (up to scale).
+        blocks: number of blocks with a distinct correlation peak at the finest level.
+        inliers: how many of them the fitted transform explains (RANSAC inliers).
+        confidence: in [0, 1]: ``inliers / blocks``, scaled down linearly when fewer than
+            ``4 * MIN_MATCHES[model]`` inliers support the transform.
+    """
+
+    matrix: np.ndarray
+    blocks: int
+    inliers: int
+    confidence: float
+
+
+def border_mask(img: np.ndarray, erode: int = 2) -> np.ndarray:
+    """``uint8`` mask, 0 on the black frame that warping leaves around an image, 1 elsewhere.
+
+    A frame is the exactly black region touching the border *when the content it surrounds is a
+    polygon* (a warped rectangle: its convex hull has at most 8 corners and fills it); the mask is then
+    shrunk by ``erode`` pixels. Black backgrounds around rounded content (a head on a CT or MRI slice)
+    are not a frame: their edge against the content is real structure, and the mask is all ones.
+
+    >>> img = np.zeros((40, 50), np.float32); img[5:35, 8:45] = 0.5    # a rectangle on black: a frame
+    >>> m = border_mask(img, erode=0); int(m.sum()), int(m[20, 8]), int(m[20, 7])
+    (1110, 1, 0)
+    >>> disc = np.zeros((160, 160), np.float32); cv2.circle(disc, (80, 80), 60, 0.5, -1) is not None
+    True
+    >>> int(border_mask(disc).min())                                     # a round object on black: no frame
+    1
+    """
+    h, w = img.shape
+    ones = np.ones((h, w), np.uint8)
+    zero = (img <= 1e-6).astype(np.uint8)
+    if not zero.any():
+        return ones
+    _, labels = cv2.connectedComponents(zero, connectivity=4)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    edge = edge[edge > 0]
+    if not edge.size:
+        return ones
+    valid: np.ndarray = (~np.isin(labels, edge)).astype(np.uint8)
+    contours, _ = cv2.findContours(valid, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return ones
+    hull = cv2.convexHull(max(contours, key=cv2.contourArea))
+    corners = cv2.approxPolyDP(hull, 2.0 + 0.005 * max(h, w), True)
+    if len(corners) > 8 or valid.sum() < 0.97 * cv2.contourArea(hull):
+        return ones
+    if erode > 0:
+        valid = cv2.erode(valid, np.ones((2 * erode + 1, 2 * erode + 1), np.uint8), borderType=cv2.BORDER_REPLICATE)
+    return valid
+
+
+def _fill_frame(img: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``img`` with the pixels outside ``valid`` set to their nearest valid pixel's value, so that the frame's
+    edge is no structure.
+
+    >>> img = np.zeros((3, 5), np.float32); img[:, 2:] = [0.2, 0.4, 0.6]
+    >>> [round(float(v), 3) for v in _fill_frame(img, (img > 0).astype(np.uint8))[0]]
+    [0.2, 0.2, 0.2, 0.4, 0.6]
+    """
+    if valid.all() or not valid.any():
+        return img
+    # labels: every valid (zero in the source) pixel its own; every other pixel its nearest valid pixel's
+    _, labels = cv2.distanceTransformWithLabels((valid == 0).astype(np.uint8), cv2.DIST_L2, 5,
+                                                labelType=cv2.DIST_LABEL_PIXEL)
+    ys, xs = np.nonzero(valid)
+    lookup = np.zeros(labels.max() + 1, np.float32)
+    lookup[labels[ys, xs]] = img[ys, xs]
+    return lookup[labels]
+
+
+def orientation_field(img: np.ndarray, valid: np.ndarray, sigma: float = _SIGMA) -> np.ndarray:
+    """The complex double-angle edge field ``w * exp(2i * theta)`` of a float32 ``(H, W)`` image, 0 outside
+    ``valid``; ``|value|`` in [0, 1].
+
+    >>> img = np.zeros((16, 16), np.float32); img[:, 8:] = 1.0       # a vertical edge
+    >>> z = orientation_field(img, np.ones((16, 16), np.uint8))
+    >>> round(float(z[8, 8].real), 3), round(float(abs(z[8, 8].imag)), 3)   # theta = 0 -> +1
+    (1.0, 0.0)
+    >>> z2 = orientation_field(1.0 - img, np.ones((16, 16), np.uint8))     # opposite polarity: same field
+    >>> bool(np.allclose(z, z2, atol=1e-6))
+    True
+    """
+    g = cv2.GaussianBlur(img, (0, 0), sigma) if sigma > 0 else img
+    gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)
+    m2 = gx * gx + gy * gy
+    m = np.sqrt(m2)
+    inside = valid > 0
+    values = m[inside]
+    k = float(np.percentile(values, 90)) if values.size else 0.0
+    if k <= 1e-9:
+        return np.zeros(img.shape, np.complex64)
+    w = np.minimum(m / k, 1.0) * inside
+    z = ((gx + 1j * gy) ** 2) / (m2 + 1e-20) * w
+    return z.astype(np.complex64)
+
+
+def _scale_matrix(sx: float, sy: float) -> np.ndarray:
+    """Pixel-centre coordinates of an image resampled by ``(sx, sy)``."""
+    return np.array([[sx, 0, 0.5 * (sx - 1)], [0, sy, 0.5 * (sy - 1)], [0, 0, 1.0]])
+
+
+def _resized(img: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """``img`` resampled by ``factor`` (area when shrinking), and the matrix of that change of coordinates."""
+    h, w = img.shape
+    if abs(factor - 1.0) < 1e-3:
+        return img, np.eye(3)
+    nw, nh = max(8, round(w * factor)), max(8, round(h * factor))
+    out = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+    return out, _scale_matrix(nw / w, nh / h)
+
+
+def _similarity(angle_deg: float, scale: float, centre_a: tuple[float, float],
+                centre_b: tuple[float, float]) -> np.ndarray:
+    t = np.deg2rad(angle_deg)
+    c, s = np.cos(t) * scale, np.sin(t) * scale
+    return (np.array([[1, 0, centre_b[0]], [0, 1, centre_b[1]], [0, 0, 1.0]])
+            @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
+            @ np.array([[1, 0, -centre_a[0]], [0, 1, -centre_a[1]], [0, 0, 1.0]]))
+
+
+def _normalised(h: np.ndarray) -> np.ndarray:
+    return h / h[2, 2]
+
+
+def _global_search(a: np.ndarray, va: np.ndarray, b: np.ndarray, vb: np.ndarray, ratio: float,
+                   model: AlignModel) -> list[np.ndarray]:
+    """Candidate full-resolution matrices (best first) from the exhaustive coarse search."""
+    fb = min(1.0, _SEARCH_SIDE / max(b.shape))
+    bs, sb = _resized(b, fb)
+    vbs = cv2.resize(vb, bs.shape[::-1], interpolation=cv2.INTER_NEAREST)
+    as_, sa = _resized(a, fb * ratio)
+    vas = cv2.resize(va, as_.shape[::-1], interpolation=cv2.INTER_NEAREST)
+    h, w = bs.shape
+    zb = orientation_field(bs, vbs)
+    mx, my = int(_MAX_SHIFT * w), int(_MAX_SHIFT * h)
+    ph, pw = cv2.getOptimalDFTSize(h + my + 1), cv2.getOptimalDFTSize(w + mx + 1)
+    fzb = np.fft.fft2(zb, (ph, pw))
+    nb = float(np.sqrt((np.abs(zb) ** 2).sum()))
+    centre_a = ((as_.shape[1] - 1) / 2, (as_.shape[0] - 1) / 2)
+    centre_b = ((w - 1) / 2, (h - 1) / 2)
+    angles, scales = (_ANGLES, _SCALES) if model != "translation" else (np.zeros(1), np.ones(1))
+    found: list[tuple[float, float, float, np.ndarray]] = []
+    for angle in angles:
+        for scale in scales:
+            m = _similarity(float(angle), float(scale), centre_a, centre_b)
+            wa = cv2.warpAffine(as_, m[:2], (w, h), flags=cv2.INTER_LINEAR)
+            wv = cv2.warpAffine(vas, m[:2], (w, h), flags=cv2.INTER_NEAREST)
+            za = orientation_field(wa, wv)
+            na = float(np.sqrt((np.abs(za) ** 2).sum()))
+            if na == 0 or nb == 0:
+                continue
+            corr = np.fft.ifft2(np.conj(np.fft.fft2(za, (ph, pw))) * fzb).real
+            window = np.roll(corr, (my, mx), axis=(0, 1))[: 2 * my + 1, : 2 * mx + 1]
+            iy, ix = np.unravel_index(int(np.argmax(window)), window.shape)
+            shift = np.array([[1, 0, ix - mx], [0, 1, iy - my], [0, 0, 1.0]])
+            found.append((float(window[iy, ix]) / (na * nb), float(ix - mx), float(iy - my),
+                          _normalised(np.linalg.inv(sb) @ shift @ m @ sa)))
+    found.sort(key=lambda r: -r[0])
+    picked: list[tuple[float, float, float, np.ndarray]] = []
+    for r in found:  # distinct translations only
+        if all(abs(r[1] - q[1]) + abs(r[2] - q[2]) > 3 for q in picked):
+            picked.append(r)
+        if len(picked) == _CANDIDATES:
+            break
+    return [r[3] for r in picked]
+
+
+def _fit(p: np.ndarray, q: np.ndarray, model: AlignModel, threshold: float) -> tuple[np.ndarray | None, int]:
+    """Robust fit of ``model`` to matches ``p -> q`` (``(N, 2)`` float32); the matrix and the inlier count."""
+    if len(p) < MIN_MATCHES[model]:
+        return None, 0
+    if model == "translation":
+        d = (q - p).astype(np.float64)
+        inl = np.hypot(*(d - np.median(d, 0)).T) < threshold
+        t = d[inl].mean(0)
+        return np.array([[1, 0, t[0]], [0, 1, t[1]], [0, 0, 1.0]]), int(inl.sum())
+    if model == "homography":
+        m, inl = cv2.findHomography(p, q, cv2.RANSAC, threshold, maxIters=1000, confidence=0.999)
+    elif model == "affine":
+        m, inl = cv2.estimateAffine2D(p, q, method=cv2.RANSAC, ransacReprojThreshold=threshold, maxIters=1000,
+                                      refineIters=10)
+    else:
+        m, inl = cv2.estimateAffinePartial2D(p, q, method=cv2.RANSAC, ransacReprojThreshold=threshold,
+                                             maxIters=1000, refineIters=10)
+    if m is None or not np.all(np.isfinite(m)):
+        return None, 0
+    if m.shape[0] == 2:
+        m = np.vstack([m, [0, 0, 1]])
+    return m.astype(np.float64), int(np.count_nonzero(inl))
+
+
+def _parabola(cm: float, c0: float, cp: float) -> float:
+    d = cm - 2 * c0 + cp
+    return 0.0 if d >= 0 else 0.5 * (cm - cp) / d
+
+
+def _block_step(a: np.ndarray, va: np.ndarray, b: np.ndarray, vb: np.ndarray, zb: np.ndarray, h_level: np.ndarray,
+                model: AlignModel, radius: int, side: int) -> tuple[np.ndarray | None, int, int]:
+    """One refinement step at one level: block matches of the warped first image against the second, then a
+    robust fit. Returns (new level matrix or None, blocks with a distinct peak, inliers)."""
+    h, w = b.shape
+    wa = cv2.warpPerspective(a, h_level, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    wv = cv2.warpPerspective(va, h_level, (w, h), flags=cv2.INTER_NEAREST)
+    both = ((wv > 0) & (vb > 0)).astype(np.uint8)
+    za = orientation_field(wa, both)
+    r, n, step = radius, side + 2 * radius, side // 2
+    floor = 0.02 * side * side
+    p_list, q_list = [], []
+    for y0 in range(r, h - side - r + 1, step):
+        for x0 in range(r, w - side - r + 1, step):
+            if both[y0:y0 + side, x0:x0 + side].mean() < 0.9:
+                continue
+            block = za[y0:y0 + side, x0:x0 + side]
+            window = zb[y0 - r:y0 + side + r, x0 - r:x0 + side + r]
+            ea = float((np.abs(block) ** 2).sum())
+            eb = float((np.abs(window[r:-r, r:-r]) ** 2).sum())
+            if ea < floor or eb < floor:
+                continue
+            c = np.fft.ifft2(np.conj(np.fft.fft2(block, (n, n))) * np.fft.fft2(window)).real
+            c = c[: 2 * r + 1, : 2 * r + 1] / np.sqrt(ea * eb)
+            iy, ix = np.unravel_index(int(np.argmax(c)), c.shape)
+            if iy in (0, 2 * r) or ix in (0, 2 * r):
+                continue  # the best shift is at the edge of the search: no local peak
+            peak = float(c[iy, ix])
+            others = c.copy()
+            others[max(iy - 2, 0):iy + 3, max(ix - 2, 0):ix + 3] = -np.inf
+            if peak < 0.1 or peak - float(others.max()) < 0.02:
+                continue  # weak or ambiguous (repetitive structure)
+            dx = ix - r + _parabola(c[iy, ix - 1], peak, c[iy, ix + 1])
+            dy = iy - r + _parabola(c[iy - 1, ix], peak, c[iy + 1, ix])
+            cx, cy = x0 + (side - 1) / 2, y0 + (side - 1) / 2
+            p_list.append((cx, cy))
+            q_list.append((cx + dx, cy + dy))
+    if not p_list:
+        return None, 0, 0
+    q = np.array(q_list, np.float32)
+    # the block centres, back in the first image's coordinates
+    p = cv2.perspectiveTransform(np.array(p_list, np.float32)[None], np.linalg.inv(h_level))[0]
+    m, inliers = _fit(p.astype(np.float32), q, model, max(1.0, radius / 3))
+    return (None if m is None else _normalised(m)), len(p_list), inliers
+
+
+def _confidence(blocks: int, inliers: int, model: AlignModel) -> float:
+    if blocks == 0:
+        return 0.0
+    support = min(1.0, inliers / (4 * MIN_MATCHES[model]))
+    return float(inliers / blocks * support)
+
+
+def estimate_matrix(a: np.ndarray, b: np.ndarray, model: AlignModel) -> RawEstimate:
+    """Estimate the ``model`` transform from float32 luminance ``a`` ``(Ha, Wa)`` to ``b`` ``(Hb, Wb)`` in [0, 1].
+
+    Sizes may differ: the search starts from the size ratio (``sqrt(area_b / area_a)``; 1 for a
+    ``translation``) and covers scales 0.86..1.14 around it, rotations up to 6 degrees and translations
+    up to 20% of the size.
+
+    >>> rng = np.random.default_rng(0)
+    >>> b = cv2.GaussianBlur(rng.random((120, 160)).astype(np.float32), (0, 0), 2)
+    >>> b = (b - b.min()) / (b.max() - b.min())
+    >>> shift = np.array([[1, 0, 5.0], [0, 1, -3.0], [0, 0, 1]])           # b(x + 5, y - 3) = a(x, y)
+    >>> a = cv2.warpPerspective(b, np.linalg.inv(shift), (160, 120), borderMode=cv2.BORDER_REFLECT)
+    >>> est = estimate_matrix(a, 1.0 - b, "translation")                    # inverted contrast too
+    >>> np.round(est.matrix[:2, 2], 1).tolist()
+    [5.0, -3.0]
+    """
+    a = np.ascontiguousarray(a, np.float32)
+    b = np.ascontiguousarray(b, np.float32)
+    va, vb = border_mask(a), border_mask(b)
+    a, b = _fill_frame(a, va), _fill_frame(b, vb)
+    # the first guess of the scale: the size ratio (same field of view), except for a translation, which has none
+    ratio = 1.0 if model == "translation" else float(np.sqrt(b.size / a.size))
+    levels = [s for i, s in enumerate(_SCHEDULE) if i == 0 or _SCHEDULE[i - 1][0] < max(b.shape)]
+    best: RawEstimate | None = None
+    for candidate in _global_search(a, va, b, vb, ratio, model):
+        matrix, blocks, inliers = candidate, 0, 0
+        for level, (side_b, radius, block, iterations) in enumerate(levels):
+            fb = min(1.0, side_b / max(b.shape))
+            scale = float(np.sqrt(abs(np.linalg.det(_normalised(matrix)[:2, :2]))))
+            bs, sb = _resized(b, fb)
+            vbs = cv2.resize(vb, bs.shape[::-1], interpolation=cv2.INTER_NEAREST)
+            as_, sa = _resized(a, fb * scale)
+            vas = cv2.resize(va, as_.shape[::-1], interpolation=cv2.INTER_NEAREST)
+            zb = orientation_field(bs, vbs)
+            level_model: AlignModel = (
+                "similarity" if level == 0 and len(levels) > 1 and model in ("affine", "homography") else model)
+            for _ in range(iterations):
+                h_level = _normalised(sb @ matrix @ np.linalg.inv(sa))
+                fitted, blocks, inliers = _block_step(as_, vas, bs, vbs, zb, h_level, level_model, radius, block)
+                if fitted is None:
+                    break
+                matrix = _normalised(np.linalg.inv(sb) @ fitted @ sa)
+        result = RawEstimate(matrix, blocks, inliers, _confidence(blocks, inliers, model))
+        if best is None or result.confidence > best.confidence:
+            best = result
+        if best.confidence >= 0.6:
+            break  # no need to try the other candidates
+    if best is None:  # no structure at all (e.g. a constant image)
+        return RawEstimate(np.diag([ratio, ratio, 1.0]), 0, 0, 0.0)
+    return best

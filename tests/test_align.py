@@ -1,0 +1,223 @@
+"""Alignment (issue 16): known transforms for each model, sources of different sizes, the refusal path,
+the command line (align, fuse --align, folder mode) and that --align none changes nothing."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from cddfuse import Fuser
+from cddfuse.align import AlignmentError, estimate, warp
+from cddfuse.cli.main import main
+from cddfuse.errors import UsageError
+from cddfuse.io.image import read_image, write_image
+
+from .conftest import shared_path
+
+
+def scene(seed: int, h: int = 150, w: int = 200) -> np.ndarray:
+    """A textured test image in [0, 1]: smoothed noise with a few rectangles (edges in all directions)."""
+    rng = np.random.default_rng(seed)
+    img = cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (0, 0), 2.5)
+    for _ in range(6):
+        x, y = rng.integers(0, w - 40), rng.integers(0, h - 40)
+        img[y:y + rng.integers(10, 40), x:x + rng.integers(10, 40)] += rng.uniform(-0.3, 0.3)
+    return ((img - img.min()) / (img.max() - img.min())).astype(np.float32)
+
+
+def other_modality(img: np.ndarray) -> np.ndarray:
+    """Same edges, different intensities: contrast inverted in one half, a non-linear curve elsewhere."""
+    out = img ** 2
+    out[:, : img.shape[1] // 2] = 1 - img[:, : img.shape[1] // 2]
+    return out.astype(np.float32)
+
+
+def make_first(b: np.ndarray, t: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The first image whose pixel p shows the second's pixel t(p) (t: first -> second)."""
+    w, h = size or (b.shape[1], b.shape[0])
+    return cv2.warpPerspective(other_modality(b), t, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                               borderMode=cv2.BORDER_REFLECT)
+
+
+def corner_error(h_est: np.ndarray, t: np.ndarray, w: int, h: int) -> float:
+    c = np.float64([[0, 0, 1], [w - 1, 0, 1], [w - 1, h - 1, 1], [0, h - 1, 1]]).T
+    p = np.linalg.inv(t) @ c
+    q = h_est @ (p / p[2])
+    return float(np.mean(np.hypot(q[0] / q[2] - c[0], q[1] / q[2] - c[1])))
+
+
+def similarity(angle: float, scale: float, tx: float, ty: float, centre=(99.5, 74.5)) -> np.ndarray:
+    m = cv2.getRotationMatrix2D(centre, angle, scale)
+    m[:, 2] += (tx, ty)
+    return np.vstack([m, [0, 0, 1]])
+
+
+PERSPECTIVE = cv2.getPerspectiveTransform(np.float32([[0, 0], [199, 0], [199, 149], [0, 149]]),
+                                          np.float32([[3, -2], [196, 2], [201, 152], [-2, 147]])).astype(np.float64)
+CASES = {
+    "translation": np.array([[1, 0, 7.5], [0, 1, -4.25], [0, 0, 1.0]]),
+    "similarity": similarity(4.0, 1.06, -3.0, 5.0),
+    "affine": np.array([[1.04, 0.03, -5.0], [-0.02, 0.97, 3.0], [0, 0, 1.0]]),
+    "homography": similarity(-2.0, 0.97, 4.0, 2.0) @ PERSPECTIVE,
+}
+
+
+@pytest.mark.parametrize("model", list(CASES))
+def test_known_transform_each_model(model):
+    b = scene(1)
+    t = CASES[model]
+    al = estimate(make_first(b, t), b, model)
+    assert al.accepted and al.confidence > 0.8
+    assert al.model == model and al.matrix[2, 2] == 1.0
+    assert corner_error(al.matrix, t, 200, 150) < 0.5
+    assert 0.8 < al.valid_fraction <= 1.0
+
+
+def test_restricted_model_cannot_fit_a_rotation_exactly():
+    b = scene(2)
+    t = similarity(5.0, 1.0, 0.0, 0.0)
+    err_translation = corner_error(estimate(make_first(b, t), b, "translation").matrix, t, 200, 150)
+    err_similarity = corner_error(estimate(make_first(b, t), b, "similarity").matrix, t, 200, 150)
+    assert err_similarity < 0.5 < 3 < err_translation  # a translation cannot describe a 5 degree rotation
+
+
+def test_sources_of_different_sizes():
+    b = scene(3, 240, 320)
+    t = similarity(2.0, 1.0, 6.0, -4.0, centre=(159.5, 119.5)) @ np.diag([2.0, 2.0, 1.0])  # first: half the size
+    t[:2, 2] += 0.5  # pixel centres: x_b = 2 x_a + 0.5
+    a = make_first(b, t, (160, 120))
+    al = estimate(a, b, "similarity")
+    assert al.accepted and al.size_a == (160, 120) and al.size_b == (320, 240)
+    assert corner_error(al.matrix, t, 320, 240) < 1.0
+    assert warp(a, al).shape == (240, 320)
+    rgb = np.dstack([a] * 3)  # colour and integer inputs: same estimate, warp keeps channels and dtype
+    warped = warp((rgb * 255).astype(np.uint8), estimate((rgb * 255).astype(np.uint8), b, "similarity"))
+    assert warped.shape == (240, 320, 3) and warped.dtype == np.uint8
+
+
+def test_unrelated_images_are_refused():
+    al = estimate(scene(4), scene(5), "homography")
+    assert not al.accepted and al.confidence < 0.5
+    with pytest.raises(AlignmentError, match="alignment failed"):
+        al.check()
+    flat = estimate(np.full((64, 64), 0.5, np.float32), scene(6, 64, 64), "affine")
+    assert not flat.accepted and flat.matches == 0
+
+
+def test_bad_arguments():
+    with pytest.raises(UsageError, match="model"):
+        estimate(scene(1), scene(1), "projective")  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="align_min_confidence"):
+        estimate(scene(1), scene(1), min_confidence=1.5)
+    with pytest.raises(UsageError, match="NaN"):
+        estimate(np.full((32, 32), np.nan, np.float32), scene(1))
+    with pytest.raises(UsageError, match="align"):
+        Fuser(method="max", align="rigid")  # type: ignore[arg-type]
+
+
+def test_fuser_align_uses_the_second_frame_and_fills_uncovered_pixels():
+    b = scene(7)
+    t = np.array([[1, 0, 12.0], [0, 1, 0.0], [0, 0, 1]])  # first image starts 12 px into the second
+    a = cv2.warpPerspective(other_modality(b), t, (188, 150), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    fuser = Fuser(method="max", align="translation", normalize="none")
+    out = fuser.fuse(a, b)
+    assert out.shape == (150, 200) and fuser.last_alignment is not None
+    assert corner_error(fuser.last_alignment.matrix, t, 200, 150) < 0.5
+    np.testing.assert_array_equal(out[:, :12], b[:, :12])  # not covered: the second image alone
+    fused = Fuser(task="ivf", device="cpu", align="translation").fuse(a, b)  # the network too
+    np.testing.assert_array_equal(fused[:, :12], b[:, :12])
+    assert np.abs(fused[:, 14:] - b[:, 14:]).max() > 0.05
+    with pytest.raises(AlignmentError):
+        Fuser(method="max", align="affine").fuse(scene(8), scene(9))
+    with pytest.raises(UsageError, match="exclude"):
+        fuser.fuse(a, b, resize=True)
+
+
+def test_align_none_is_bit_identical(tmp_path):
+    pair = (str(shared_path("data", "test", "TNO", "ir", "07.png")), str(shared_path("data", "test", "TNO", "vi",
+                                                                                     "07.png")))
+    assert main(["fuse", *pair, "-o", str(tmp_path / "a.png"), "-q"]) == 0
+    assert main(["fuse", *pair, "-o", str(tmp_path / "b.png"), "--align", "none", "-q"]) == 0
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    ref = Fuser(method="max").fuse(*pair)
+    np.testing.assert_array_equal(Fuser(method="max", align="none").fuse(*pair), ref)
+
+
+def test_cli_align_and_fuse_align(tmp_path, capsys):
+    tno = shared_path("data", "test", "TNO")
+    b = read_image(tno / "vi" / "07.png")
+    t = similarity(3.0, 1.05, 8.0, -6.0, centre=(127.5, 127.5))
+    a = cv2.warpPerspective(read_image(tno / "ir" / "07.png"), t, (230, 230),
+                            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    write_image(tmp_path / "ir.png", a)
+    assert main(["align", str(tmp_path / "ir.png"), str(tno / "vi" / "07.png"), "--model", "similarity",
+                 "--format", "json", "-o", str(tmp_path / "warped.png")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) >= {"matrix", "model", "confidence", "accepted", "valid_fraction"}
+    assert result["accepted"] and result["model"] == "similarity" and 0 <= result["confidence"] <= 1
+    assert corner_error(np.array(result["matrix"]), t, 256, 256) < 1.0
+    assert read_image(tmp_path / "warped.png").shape == b.shape
+    assert main(["fuse", str(tmp_path / "ir.png"), str(tno / "vi" / "07.png"), "-o", str(tmp_path / "f.png"),
+                 "--align", "similarity", "--method", "max", "-q"]) == 0
+    assert read_image(tmp_path / "f.png").shape == b.shape
+    # refusal: another scene; one line, exit 1, nothing written
+    rc = main(["fuse", str(tno / "ir" / "01.png"), str(tno / "vi" / "11.png"), "-o", str(tmp_path / "no.png"),
+               "--align", "affine", "--method", "max", "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "alignment failed" in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "no.png").exists()
+    assert main(["align", str(tno / "ir" / "01.png"), str(tno / "vi" / "11.png"), "-o", str(tmp_path / "n.png")]) == 1
+    assert not (tmp_path / "n.png").exists()
+    assert main(["fuse", str(tmp_path / "ir.png"), str(tno / "vi" / "07.png"), "-o", str(tmp_path / "x.png"),
+                 "--align", "affine", "--align-min-confidence", "2"]) == 2
+
+
+def test_folder_mode_with_align(tmp_path, capsys):
+    tno = shared_path("data", "test", "TNO")
+    (tmp_path / "ir").mkdir()
+    (tmp_path / "vi").mkdir()
+    t = np.array([[1, 0, 6.0], [0, 1, 4.0], [0, 0, 1]])
+    a = cv2.warpPerspective(read_image(tno / "ir" / "07.png"), t, (256, 256),
+                            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    write_image(tmp_path / "ir" / "good.png", a)
+    write_image(tmp_path / "vi" / "good.png", read_image(tno / "vi" / "07.png"))
+    write_image(tmp_path / "ir" / "bad.png", read_image(tno / "ir" / "07.png"))
+    write_image(tmp_path / "vi" / "bad.png", cv2.resize(read_image(tno / "vi" / "19.png"), (256, 256)))
+    rc = main(["fuse", str(tmp_path / "ir"), str(tmp_path / "vi"), "-o", str(tmp_path / "out"), "--align",
+               "translation", "--method", "max", "-q"])
+    assert rc == 1  # one pair failed, the other was fused
+    assert (tmp_path / "out" / "good.png").exists() and not (tmp_path / "out" / "bad.png").exists()
+    assert "alignment failed" in capsys.readouterr().err
+
+
+def _bench():
+    """benchmarks/bench_align.py as a module (its case generator and error measure)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_align", Path(__file__).parents[1] / "benchmarks" /
+                                                  "bench_align.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_cases_on_a_real_pair():
+    """The benchmark's synthetic misalignment (perspective included, and the 2x downscaled case) on TNO 07,
+    where the estimate is sub-pixel; and an unrelated scene refused."""
+    bench = _bench()
+    tno = shared_path("data", "test", "TNO")
+    ya = read_image(tno / "ir" / "07.png")
+    yb = read_image(tno / "vi" / "07.png")
+    rng = np.random.default_rng(16)
+    for downscale in (False, True):
+        t = bench.random_transform(rng, 256, 256, perspective=True)
+        a2, t_true = bench.misalign(ya, t, (256, 256), downscale=downscale)
+        al = estimate(a2, yb, "homography")
+        assert al.accepted, al
+        assert bench.corner_error(al.matrix, t_true, 256, 256) < 1.5
+        assert bench.corner_error(np.eye(3), t_true, 256, 256) > 5  # the case was misaligned to begin with
+    assert not estimate(read_image(tno / "ir" / "01.png"), read_image(tno / "vi" / "13.png"), "homography").accepted
