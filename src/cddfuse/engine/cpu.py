@@ -33,7 +33,8 @@ BF16_FEATURES = ("amx_bf16", "avx512_bf16")
 @functools.lru_cache(maxsize=1)
 def _cpuinfo() -> tuple[str, tuple[str, ...]]:
     """``(model name, flags)`` from ``/proc/cpuinfo`` (empty where there is none: not Linux)."""
-    model, flags = "", ()
+    model = ""
+    flags: tuple[str, ...] = ()
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from ..models.cddfuse import CDDFuse
+from . import tuning
 from .attention import AttentionStats, TileSums
 from .blocks import Blocks
 from .geometry import Region, RegionTensor, TileGeometry, plan_tiles
@@ -49,7 +50,6 @@ from .memory import MemoryGuard, default_budget, parse_memory, tune_malloc
 from .ops import PRECISIONS, Ops, fused_ops_available, make_ops, precision_context
 from .packing import FastWeights, RestormerBlockWeights
 from .planning import auto_tile, choose_tile, default_workers, estimate_memory, guard_limit
-from . import tuning
 from .stores import (
     DiskStore,
     FeatureSource,

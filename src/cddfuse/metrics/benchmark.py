@@ -13,7 +13,7 @@ import numpy as np
 from .._fileutil import is_inside
 from ..errors import CDDFuseError, UsageError
 from ..fusion.policy import fuse_rule, minmax_normalize
-from ..options import METHODS, NORMALIZE_MODES, TASKS, check_choice
+from ..options import METHODS, NORMALIZE_MODES, TASKS, Precision, check_choice
 from .evaluate import EvaluationResult, progress_bar
 from .io import PathLike, quantize_like_authors, read_gray
 from .paper import COLUMNS, KNOWN_SETS, PublishedRow, reference_rows
@@ -82,7 +82,7 @@ def detect_testset(path: PathLike) -> BenchSet:
 
 
 def _network(weights: PathLike | None, data_task: str, weights_task: str | None,
-             precision: str = "fp32") -> tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], str, str]:
+             precision: Precision = "fp32") -> tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], str, str]:
     """The network's fusion function, the kind of weights (``"ivf"``/``"mif"``) and the residual mode.
 
     ``data_task`` is the kind of images (from the set's layout): IVF weights on medical images use
@@ -145,7 +145,7 @@ class BenchResult:
 def run_bench(testset_dir: PathLike, method: str = "cddfuse", weights: PathLike | None = None,
               task: str | None = None, out_dir: PathLike | None = None, limit: int | None = None,
               names: str | Sequence[str] = COLUMNS, normalize: str = "auto",
-              progress: bool | None = None, precision: str = "fp32") -> BenchResult:
+              progress: bool | None = None, precision: Precision = "fp32") -> BenchResult:
     """Fuse every pair of a test set with the authors' protocol and evaluate it.
 
     Protocol (their ``test_IVF.py`` / ``test_MIF.py``): sources read with their gray conversion and
