@@ -93,11 +93,15 @@ def main(argv=None) -> int:
     ap.add_argument("--micro-batch", default="auto", help="ours: pairs per forward/backward chunk (auto: 1 on CPU)")
     ap.add_argument("--no-malloc-tuning", action="store_true", help="ours: leave glibc malloc as it is")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--bf16", action="store_true",
+                    help="ours: bfloat16 autocast as `cddfuse train --bf16` (CPUs with AMX/AVX512-BF16, or CUDA)")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
+    if args.bf16:
+        os.environ["CDDFUSE_BENCH_BF16"] = "1"
     g = torch.Generator().manual_seed(0)
     vis = torch.rand(args.batch, 1, args.size, args.size, generator=g).to(dev)
     ir = torch.rand(args.batch, 1, args.size, args.size, generator=g).to(dev)
@@ -197,6 +201,8 @@ def _run_in_subprocess(variant, argv):
 
 
 def _report(results, variant, what, times, cpu):
+    if variant == "ours" and os.environ.get("CDDFUSE_BENCH_BF16") == "1":
+        what += ", bf16 autocast"
     results[variant] = {"what": what, "seconds": times, "min_s": min(times), "median_s": statistics.median(times),
                         "cpu_seconds": cpu, "min_cpu_s": min(cpu)}
     print(f"{variant:8s} best {min(times):7.2f} s/step wall (median {statistics.median(times):.2f}), "
@@ -267,7 +273,7 @@ def _bare_trainer(cfg, dev, size: int = 128):
     cfg["train"]["micro_batch"] = mb if mb == "auto" else int(mb)
     t.dist = DistContext(device=dev)
     t.device = dev
-    t.use_bf16 = False
+    t.use_bf16 = os.environ.get("CDDFUSE_BENCH_BF16") == "1"  # --bf16 (inherited by --procs workers)
     t.weights = LossWeights(**cfg["loss"])
     torch.manual_seed(0)
     t.model = CDDFuse(CDDFuseConfig()).to(dev).train()
