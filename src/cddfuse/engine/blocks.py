@@ -46,7 +46,9 @@ class Blocks:
         """``y + project_out(gelu(x1) * x2)``, ``x1|x2 = conv3x3(project_in(LN(y)))``."""
         ops = self.ops
         u = _layer_norm(y.tensor, weights.ln)
-        a, b = y.like(ops.linear(u, weights.w_a)), y.like(ops.linear(u, weights.w_b))
+        ta, tb = ops.linear_pair(u, weights.w_a, weights.w_b)
+        a, b = y.like(ta), y.like(tb)
+        del ta, tb
         del u
         groups = weights.dw_a.shape[0] // weights.dw_a.shape[1]
         gate = ops.conv_gate(self.geometry, a, b, weights.dw_a, weights.dw_b, groups)

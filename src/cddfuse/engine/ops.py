@@ -65,6 +65,10 @@ class Ops:
             out.clamp_(0.0, 6.0)
         return out.view(*shape, w.shape[0])
 
+    def linear_pair(self, x: Tensor, w1: Tensor, w2: Tensor) -> tuple[Tensor, Tensor]:
+        """``(linear(x, w1), linear(x, w2))``: two 1x1 convolutions of the same input."""
+        return self.linear(x, w1), self.linear(x, w2)
+
     def conv(self, geometry: TileGeometry, x: RegionTensor, w: Tensor, groups: int = 1, pad: str = "zeros",
              post: str | None = None) -> RegionTensor:
         """Size-preserving 3x3 convolution; ``post``: None, 'relu6' or 'leaky'."""
@@ -188,19 +192,26 @@ class BF16Ops(FusedOps):
 
     def linear(self, x: Tensor, w: Tensor, bias: Tensor | None = None, relu6: bool = False,
                add: Tensor | None = None) -> Tensor:
-        shape, n = x.shape[:-1], w.shape[0]
-        x2 = self._narrow(x.reshape(-1, x.shape[-1]))
+        return self._linear_narrow(self._narrow(x.reshape(-1, x.shape[-1])), x.shape[:-1], w, bias, relu6, add)
+
+    def linear_pair(self, x: Tensor, w1: Tensor, w2: Tensor) -> tuple[Tensor, Tensor]:
+        x2 = self._narrow(x.reshape(-1, x.shape[-1]))  # one bfloat16 copy for both
+        shape = x.shape[:-1]
+        return self._linear_narrow(x2, shape, w1), self._linear_narrow(x2, shape, w2)
+
+    def _linear_narrow(self, x2: Tensor, shape: torch.Size, w: Tensor, bias: Tensor | None = None,
+                       relu6: bool = False, add: Tensor | None = None) -> Tensor:
+        n = w.shape[0]
         if relu6 and bias is None:
             out = self.mkldnn._linear_pointwise(x2, self._bf16(w), None, "hardtanh", [0.0, 6.0], "")
         else:
             out = self.mkldnn._linear_pointwise(x2, self._bf16(w), None, "none", [], "")
-        del x2
+        wide = out.float()
+        del out
         if add is not None:
-            wide = torch.add(add.reshape(-1, n), out)  # float32 + bfloat16 -> float32, one pass
+            wide += add.reshape(-1, n)  # float32 residual add
         elif bias is not None:
-            wide = torch.add(bias, out)
-        else:
-            wide = out.float()
+            wide += bias
         if relu6 and bias is not None:
             wide.clamp_(0.0, 6.0)
         return wide.view(*shape, n)
