@@ -12,7 +12,7 @@ DESCRIPTION = """\
 The engine's speed on a CPU depends on three choices that never change the result: the tile
 side, how many tiles are computed at the same time, and the backend of the matrix products
 (oneDNN with fused post-ops, or PyTorch's BLAS path). `cddfuse fuse` measures them once per
-machine on first use; this command measures them again (about 10 s) and rewrites this machine's
+machine on first use; this command measures them again (about 20 s) and rewrites this machine's
 entry in the cache (CDDFUSE_CACHE, else ~/.cache/cddfuse/tuning.json). Delete the file to forget
 every machine; CDDFUSE_TUNE=0 turns tuning off (the built-in defaults are used)."""
 
