@@ -734,7 +734,7 @@ def test_default_memory_is_bounded_on_cpu(monkeypatch, size):
 
     seen = {}
 
-    def plan_only(model, a, b, residual, *, tile, store, dtype, ops, memory_budget):
+    def plan_only(model, a, b, residual, *, tile, store, dtype, ops, memory_budget, workers=None):
         seen.update(tile=tile, store=store, budget=memory_budget)
         return torch.zeros_like(a)
 

@@ -221,8 +221,11 @@ def test_tiled_fuse_uses_the_guard_with_a_budget(tiny, monkeypatch):
     assert len(made) == 1 and made[0].limit < 2**20  # the budget less room for the next tile
     assert made[0].trims == len(plan_tiles(30, 34, 16)) * n_passes(1, 1)  # after every tile of every pass
     made.clear()
-    tiled_fuse(tiny, a, b, tile=16)  # no budget: the limit is twice the estimate, far above this process
-    assert made[0].trims == 0
+    tiled_fuse(tiny, a, b, tile=16)  # no budget: the limit is twice the estimate (which includes the
+    # fixed cost of PyTorch and oneDNN), not the resident size of this long-lived test process
+    from cddfuse.engine.planning import _BASE_BYTES
+
+    assert made[0].limit >= 2 * _BASE_BYTES
 
 
 def test_map_pool_reuses_buffers_of_the_same_shape():

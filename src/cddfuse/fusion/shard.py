@@ -125,7 +125,7 @@ def combine_reports(reports: Sequence[FolderReport]) -> FolderReport:
         combined.skipped.extend(report.skipped)
         combined.failed.update(report.failed)
         if report.stopped:
-            stopped.append(f"rank {rank}: {report.stopped}")
+            stopped.append(f"rank {rank}: {report.stopped}" if len(reports) > 1 else report.stopped)
     combined.done.sort()
     combined.skipped.sort()
     combined.failed = dict(sorted(combined.failed.items()))
