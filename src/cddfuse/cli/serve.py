@@ -81,6 +81,11 @@ def run(args: argparse.Namespace) -> int:
               "use it", file=sys.stderr)
     app = create_app(weights=args.weights, task=args.task, device=args.device, max_upload=args.max_upload,
                      max_pixels=args.max_pixels, token=args.token, queue_size=args.queue)
+    fuser = app.state.fuser
+    if fuser.model is not None and fuser.device.type == "cpu":  # tune now, not during the first request
+        from ..engine.tuning import settings
+
+        settings(notify=lambda line: print(f"cddfuse serve: {line}", file=sys.stderr, flush=True))
     print(f"cddfuse serve: http://{args.host}:{args.port}/ (task {app.state.fuser.task}; Ctrl-C to stop)",
           file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
