@@ -482,12 +482,12 @@ def fuse_tensors(model: CDDFuse, a: Tensor, b: Tensor, residual: str = "vis", *,
         tuned = tuning.settings() if dev.type == "cpu" else tuning.DEFAULT_SETTINGS
         chosen, on_disk = choose_tile(h, w, device=dev, tile=tile, memory_budget=budget, config=model.config,
                                       pairs=pairs, cpu_tile=tuned.tile)
-        if precision == "bf16" and not cuda:  # float32 activations, bfloat16 products (BF16Ops)
-            dtype, ops = None, ("bf16" if dev.type == "cpu" and fused_ops_available() else "plain")
-            if ops == "plain":
-                dtype = torch.bfloat16
+        if precision == "bf16" and dev.type == "cpu" and fused_ops_available():
+            dtype, ops = None, "bf16"  # float32 activations, bfloat16 products (BF16Ops)
+        elif precision == "bf16":
+            dtype, ops = torch.bfloat16, "plain"
         else:
-            dtype, ops = (torch.bfloat16, "plain") if precision == "bf16" else (None, tuned.ops)
+            dtype, ops = None, tuned.ops
         fused = tiled_fuse(model, a, b, residual, tile=chosen, store="disk" if on_disk else "memory", dtype=dtype,
                            ops=ops, memory_budget=max_bytes, workers=tuned.workers if dev.type == "cpu" else None)
     assert isinstance(fused, Tensor)

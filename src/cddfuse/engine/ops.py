@@ -95,6 +95,15 @@ class Ops:
         return torch.baddbmm(_flatten_pixels(x), _flatten_pixels(v), m).view(b, h, w, c)
 
 
+def _post_op(post: str | None) -> tuple[str, list[float]]:
+    """oneDNN's name and scalars for a convolution's ``post`` activation (None, 'relu6' or 'leaky')."""
+    if post == "relu6":
+        return "hardtanh", [0.0, 6.0]
+    if post == "leaky":
+        return "leaky_relu", [0.01]
+    return "none", []
+
+
 class FusedOps(Ops):
     """The same ops with oneDNN primitives and fused post-ops (CPU, float32).
 
@@ -122,13 +131,7 @@ class FusedOps(Ops):
     def conv(self, geometry: TileGeometry, x: RegionTensor, w: Tensor, groups: int = 1, pad: str = "zeros",
              post: str | None = None) -> RegionTensor:
         t, padding = geometry.nchw(x, pad)
-        scalars: list[float]
-        if post == "relu6":
-            attr, scalars = "hardtanh", [0.0, 6.0]
-        elif post == "leaky":
-            attr, scalars = "leaky_relu", [0.01]
-        else:
-            attr, scalars = "none", []
+        attr, scalars = _post_op(post)
         out = self.mkldnn._convolution_pointwise(t, w, None, [padding, padding], [1, 1], [1, 1], groups, attr,
                                                  scalars, "")
         return x.like(to_nhwc(out), geometry.shrink(x.valid))
@@ -221,13 +224,7 @@ class BF16Ops(FusedOps):
         if w.shape[1] == 1:  # depthwise, or the one-channel input convolution: float32
             return super().conv(geometry, x, w, groups, pad, post)
         t, padding = geometry.nchw(x, pad)
-        scalars: list[float]
-        if post == "relu6":
-            attr, scalars = "hardtanh", [0.0, 6.0]
-        elif post == "leaky":
-            attr, scalars = "leaky_relu", [0.01]
-        else:
-            attr, scalars = "none", []
+        attr, scalars = _post_op(post)
         out = self.mkldnn._convolution_pointwise(self._narrow(t), self._bf16(w), None, [padding, padding], [1, 1],
                                                  [1, 1], groups, attr, scalars, "")
         return x.like(to_nhwc(out.float()), geometry.shrink(x.valid))
