@@ -19,16 +19,16 @@ fi
 if [ "$task" = mif ] && [ "$recipe" = bundled_mif ]; then  # staged: Phase I, residual-mode probes, Phase II (see scripts/bundled_mif.py)
   exec .venv/bin/python scripts/bundled_mif.py --split "$split" --run "$run" "$@"
 fi
-if [ -f "$run/checkpoints/last.pt" ]; then
-  exec .venv/bin/cddfuse train --resume "$run" "$@"
-fi
-# New runs on a CPU with AMX or AVX512-BF16 train with bfloat16 autocast (a Phase-I step of batch 8 x 128^2
+# Runs (new or resumed) on a CPU with AMX or AVX512-BF16 train with bfloat16 autocast (a Phase-I step of batch 8 x 128^2
 # took 15.2 s instead of 19.6 s on the AMX Xeon VM, loss curves tracking fp32: benchmarks/TRAIN_RESULTS.md);
 # BF16=0 keeps fp32.
 bf16=()
 if [ "${BF16:-auto}" != 0 ] && .venv/bin/python -c "import sys, torch; from cddfuse.engine.cpu import bf16_feature; \
 sys.exit(0 if bf16_feature() and not torch.cuda.is_available() else 1)"; then
   bf16=(--bf16)
+fi
+if [ -f "$run/checkpoints/last.pt" ]; then  # resumes keep the run's config; precision may change (autocast only)
+  exec .venv/bin/cddfuse train --resume "$run" "${bf16[@]}" "$@"
 fi
 exec .venv/bin/cddfuse train --config "configs/$recipe.yaml" --run-dir "$run" "${bf16[@]}" \
   --a "$split/train/a" --b "$split/train/b" --val-a "$split/val/a" --val-b "$split/val/b" "$@"

@@ -119,7 +119,7 @@ def test_few_step_run_on_real_pairs(workdir, capsys):
     assert out.exists()
 
 
-def test_existing_run_and_resume_rules(workdir, capsys):
+def test_existing_run_and_resume_rules(workdir, capsys, monkeypatch):
     run = workdir["root"] / "run_rules"
     base = ["train", "--config", str(workdir["cfg"]), "--data", str(workdir["cache"]), "--run-dir", str(run),
             "--no-tensorboard", "--set", "phase2.epochs=0", "--set", "phase1.epochs=1"]
@@ -130,6 +130,10 @@ def test_existing_run_and_resume_rules(workdir, capsys):
     assert cli(["train", "--resume", str(run), "--set", "optim.lr=1.0"]) == 2
     assert "cannot change optim.lr" in capsys.readouterr().err
     assert cli(["train", "--resume", str(run), "--set", "data.workers=1"]) == 0
+    assert "already complete" in capsys.readouterr().err
+    # precision is autocast only (fp32 weights, Adam state and losses): a resume may switch it
+    monkeypatch.setenv("CDDFUSE_CPU_FLAGS", "avx512f avx512_bf16 amx_bf16")  # a CPU that has bf16
+    assert cli(["train", "--resume", str(run), "--set", "train.precision=bf16"]) == 0
     assert "already complete" in capsys.readouterr().err
     assert cli(["train", "--resume", str(workdir["root"] / "nothing")]) == 2
     assert cli(["train", "--config", str(workdir["cfg"]), "--data", str(workdir["cache"]),

@@ -137,6 +137,7 @@ RESUME_OVERRIDABLE = (
     "train.micro_batch",  # same gradient (float rounding aside)
     "train.threads",
     "train.cpu_malloc_tuning",
+    "train.precision",  # autocast only: weights, Adam state and losses stay float32 in every precision
     "log.",
     "checkpoint.",
     "val.",
