@@ -109,6 +109,8 @@ def main() -> int:
                     help="only time `estimate` N times on a 640x480 pair (TNO 01 resized, misaligned; all models)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    if (args.shared / "data").is_dir():  # ../shared itself, or its data/ folder
+        args.shared = args.shared / "data"
     cv2.setNumThreads(1)
     from cddfuse.align import DEFAULT_MIN_CONFIDENCE, estimate
     from cddfuse.io.color import luminance
