@@ -2,7 +2,8 @@
 
     .venv/bin/python scripts/model_card_figures.py            # needs matplotlib (pip install matplotlib)
 
-Reads the TensorBoard logs of runs/bundled_ivf and runs/bundled_mif/{phase1,final} and fuses two
+Reads the TensorBoard logs of runs/bundled_ivf and runs/bundled_mif/{phase1,final} (``--only lineages``:
+runs/bundled_ivf_v2 and runs/bundled_mif_v2, the continuation lineages) and fuses two
 pairs of every test set in ../shared/data/test with the bundled weights (``cddfuse.Fuser``, the
 default pipeline a user gets: colour restored from the colour source). Writes docs/model_card/*.png.
 """
@@ -79,6 +80,42 @@ def curves(out: Path) -> None:
     print(f"wrote {out / 'loss_curves.png'}")
 
 
+def lineages(out: Path) -> None:
+    """Loss and held-out metrics of the v2 continuation runs (whatever of them exists here)."""
+    import matplotlib.pyplot as plt
+
+    runs = [(title, ROOT / "runs" / name / "tb") for title, name in
+            (("IVF v2 (RoadScene)", "bundled_ivf_v2"), ("MIF v2 (Harvard)", "bundled_mif_v2"))]
+    runs = [(t, d) for t, d in runs if d.is_dir()]
+    if not runs:
+        print("no v2 run folders under runs/: nothing to draw", file=sys.stderr)
+        return
+    fig, axes = plt.subplots(2, len(runs), figsize=(5.5 * len(runs), 7), squeeze=False)
+    for col, (title, d) in enumerate(runs):
+        s = scalars(d)
+        ax_l, ax_v = axes[0, col], axes[1, col]
+        for tag, label in (("loss_phase2/total", "total"), ("loss_phase2/intensity", "intensity"),
+                           ("loss_phase2/gradient", "gradient"), ("loss_phase2/decomp", "L_decomp")):
+            if tag in s:
+                st, v = zip(*s[tag])
+                ax_l.plot(st, v, label=label, lw=0.8)
+        for tag in ("val/MI", "val/SCD", "val/VIF", "val/Qabf", "val/SSIM"):
+            if tag in s:
+                st, v = zip(*s[tag])
+                ax_v.plot(st, v, marker="o", ms=3, label=tag[4:])
+        ax_l.set_title(f"{title}: Phase II loss (every 10 steps)", fontsize=9)
+        ax_l.set_yscale("log")
+        ax_l.set_xlabel("step")
+        ax_l.legend(fontsize=7)
+        ax_v.set_title(f"{title}: held-out training pairs", fontsize=9)
+        ax_v.set_xlabel("step")
+        ax_v.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "lineage_v2.png", dpi=80)
+    plt.close(fig)
+    print(f"wrote {out / 'lineage_v2.png'}")
+
+
 def samples(out: Path, shared: Path, per_set: int) -> None:
     import matplotlib.pyplot as plt
 
@@ -118,10 +155,13 @@ def main() -> int:
     ap.add_argument("--shared", default=os.environ.get("CDDFUSE_SHARED", str(ROOT.parent / "shared")))
     ap.add_argument("--out", default=str(ROOT / "docs/model_card"))
     ap.add_argument("--per-set", type=int, default=2)
-    ap.add_argument("--only", choices=("curves", "samples"))
+    ap.add_argument("--only", choices=("curves", "samples", "lineages"))
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    if a.only == "lineages":
+        lineages(out)
+        return 0
     if a.only != "samples":
         curves(out)
     if a.only != "curves":
