@@ -40,6 +40,32 @@ def scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
+def plot_run(ax_l, ax_v, s: dict[str, list[tuple[int, float]]], losses: tuple[tuple[str, str], ...],
+             metrics: tuple[str, ...], offset: int = 0, lw: float = 1.0) -> None:
+    """One run's loss terms (``(tag, label)``) on ``ax_l`` and its ``val/<metric>`` values on ``ax_v``,
+    steps shifted by ``offset``; tags the run did not log are skipped."""
+    for tag, label in losses:
+        if tag in s:
+            st, v = zip(*s[tag])
+            ax_l.plot(np.array(st) + offset, v, label=label, lw=lw)
+    for m in metrics:
+        if f"val/{m}" in s:
+            st, v = zip(*s[f"val/{m}"])
+            ax_v.plot(np.array(st) + offset, v, marker="o", ms=3, label=m)
+
+
+def label_axes(ax_l, ax_v, loss_title: str, val_title: str, fontsize: float | None = None) -> None:
+    """Titles (matplotlib's title size unless ``fontsize``), step axes, a log scale for the losses, small legends."""
+    size = {} if fontsize is None else {"fontsize": fontsize}
+    ax_l.set_title(loss_title, **size)
+    ax_l.set_xlabel("step")
+    ax_l.set_yscale("log")
+    ax_l.legend(fontsize=7)
+    ax_v.set_title(val_title, **size)
+    ax_v.set_xlabel("step")
+    ax_v.legend(fontsize=7)
+
+
 def curves(out: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -53,27 +79,16 @@ def curves(out: Path) -> None:
             if not d.is_dir():
                 continue
             s = scalars(d)
-            for tag, label in (("loss_phase1/total", "Phase I total"), ("loss_phase2/total", "Phase II total"),
-                               ("loss_phase2/intensity", "Phase II intensity"),
-                               ("loss_phase2/gradient", "Phase II gradient"),
-                               ("loss_phase1/decomp", "Phase I L_decomp"),
-                               ("loss_phase2/decomp", "Phase II L_decomp")):
-                if tag in s:
-                    st, v = zip(*s[tag])
-                    ax_l.plot(np.array(st) + offset, v, label=label, lw=1)
-            for tag in ("val/VIF", "val/Qabf", "val/SSIM", "val/SCD", "val/MI"):
-                if tag in s:
-                    st, v = zip(*s[tag])
-                    ax_v.plot(np.array(st) + offset, v, marker="o", ms=3, label=tag[4:])
+            plot_run(ax_l, ax_v, s, (("loss_phase1/total", "Phase I total"), ("loss_phase2/total", "Phase II total"),
+                                     ("loss_phase2/intensity", "Phase II intensity"),
+                                     ("loss_phase2/gradient", "Phase II gradient"),
+                                     ("loss_phase1/decomp", "Phase I L_decomp"),
+                                     ("loss_phase2/decomp", "Phase II L_decomp")),
+                     ("VIF", "Qabf", "SSIM", "SCD", "MI"), offset=offset, lw=1.0)
             last = max((max(x[0] for x in vals) for vals in s.values() if vals), default=0)
             offset += last
-        ax_l.set_title(f"{title}: training loss (every 10 steps)")
-        ax_l.set_xlabel("step")
-        ax_l.set_yscale("log")
-        ax_l.legend(fontsize=7)
-        ax_v.set_title(f"{title}: metrics on held-out training pairs")
-        ax_v.set_xlabel("step")
-        ax_v.legend(fontsize=7)
+        label_axes(ax_l, ax_v, f"{title}: training loss (every 10 steps)",
+                   f"{title}: metrics on held-out training pairs")
     fig.tight_layout()
     fig.savefig(out / "loss_curves.png", dpi=90)
     plt.close(fig)
@@ -92,24 +107,12 @@ def lineages(out: Path) -> None:
         return
     fig, axes = plt.subplots(2, len(runs), figsize=(5.5 * len(runs), 7), squeeze=False)
     for col, (title, d) in enumerate(runs):
-        s = scalars(d)
         ax_l, ax_v = axes[0, col], axes[1, col]
-        for tag, label in (("loss_phase2/total", "total"), ("loss_phase2/intensity", "intensity"),
-                           ("loss_phase2/gradient", "gradient"), ("loss_phase2/decomp", "L_decomp")):
-            if tag in s:
-                st, v = zip(*s[tag])
-                ax_l.plot(st, v, label=label, lw=0.8)
-        for tag in ("val/MI", "val/SCD", "val/VIF", "val/Qabf", "val/SSIM"):
-            if tag in s:
-                st, v = zip(*s[tag])
-                ax_v.plot(st, v, marker="o", ms=3, label=tag[4:])
-        ax_l.set_title(f"{title}: Phase II loss (every 10 steps)", fontsize=9)
-        ax_l.set_yscale("log")
-        ax_l.set_xlabel("step")
-        ax_l.legend(fontsize=7)
-        ax_v.set_title(f"{title}: held-out training pairs", fontsize=9)
-        ax_v.set_xlabel("step")
-        ax_v.legend(fontsize=7)
+        plot_run(ax_l, ax_v, scalars(d), (("loss_phase2/total", "total"), ("loss_phase2/intensity", "intensity"),
+                                          ("loss_phase2/gradient", "gradient"), ("loss_phase2/decomp", "L_decomp")),
+                 ("MI", "SCD", "VIF", "Qabf", "SSIM"), lw=0.8)
+        label_axes(ax_l, ax_v, f"{title}: Phase II loss (every 10 steps)", f"{title}: held-out training pairs",
+                   fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "lineage_v2.png", dpi=80)
     plt.close(fig)
