@@ -458,27 +458,37 @@ def refine_dense(a: np.ndarray, va: np.ndarray, b: np.ndarray, vb: np.ndarray, h
     return to_matrix(res.x), float(-res.fun)
 
 
-def _block_level(a: np.ndarray, va: np.ndarray, b: np.ndarray, vb: np.ndarray, matrix: np.ndarray,
-                 model: AlignModel, levels: list[tuple[int, int, int, int]], level: int,
-                 measure_only: bool = False) -> tuple[np.ndarray, int, int]:
-    """The block fits of one level of ``levels`` (``_SCHEDULE``) from ``matrix``: the updated matrix, the blocks
-    with a distinct peak and the inliers of the last fit. ``measure_only``: one pass, ``matrix`` unchanged."""
-    side_b, radius, block, iterations = levels[level]
+_Level = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]
+
+
+def _level(a: np.ndarray, va: np.ndarray, b: np.ndarray, vb: np.ndarray, matrix: np.ndarray, side_b: int) -> _Level:
+    """Both images and masks at one level of the pyramid (the second at ``side_b`` px on its long side at most, the
+    first at the same scale under ``matrix``): ``(a, va, sa, b, vb, sb, fb)``, ``sa``/``sb`` the changes of
+    coordinates and ``fb`` the second image's factor."""
     fb = min(1.0, side_b / max(b.shape))
     scale = float(np.sqrt(abs(np.linalg.det(_normalised(matrix)[:2, :2]))))
     bs, sb = _resized(b, fb)
     vbs = cv2.resize(vb, bs.shape[::-1], interpolation=cv2.INTER_NEAREST)
     as_, sa = _resized(a, fb * scale)
     vas = cv2.resize(va, as_.shape[::-1], interpolation=cv2.INTER_NEAREST)
+    return as_, vas, sa, bs, vbs, sb, fb
+
+
+def _block_level(a: np.ndarray, va: np.ndarray, b: np.ndarray, vb: np.ndarray, matrix: np.ndarray,
+                 model: AlignModel, levels: list[tuple[int, int, int, int]], level: int) -> tuple[np.ndarray, int, int]:
+    """The block fits of one level of ``levels`` (``_SCHEDULE``) from ``matrix``: the updated matrix, the blocks
+    with a distinct peak and the inliers of the last fit."""
+    side_b, radius, block, iterations = levels[level]
+    as_, vas, sa, bs, vbs, sb, _ = _level(a, va, b, vb, matrix, side_b)
     zb = orientation_field(bs, vbs)
     # the coarsest level fits a similarity first when a finer level follows
     level_model: AlignModel = (
         "similarity" if level == 0 and len(levels) > 1 and model in ("affine", "homography") else model)
     blocks = inliers = 0
-    for _ in range(1 if measure_only else iterations):
+    for _ in range(iterations):
         h_level = _normalised(sb @ matrix @ np.linalg.inv(sa))
         fitted, blocks, inliers = _block_step(as_, vas, bs, vbs, zb, h_level, level_model, radius, block)
-        if fitted is None or measure_only:
+        if fitted is None:
             break
         matrix = _normalised(np.linalg.inv(sb) @ fitted @ sa)
     return matrix, blocks, inliers
@@ -488,12 +498,7 @@ def _refined(a: np.ndarray, va: np.ndarray, b: np.ndarray, vb: np.ndarray, matri
              model: AlignModel) -> np.ndarray:
     """``matrix`` after the dense refinement, coarse to fine (levels of ``_DENSE_SIDES``, at most full size)."""
     for side_b in _DENSE_SIDES:
-        fb = min(1.0, side_b / max(b.shape))
-        scale = float(np.sqrt(abs(np.linalg.det(_normalised(matrix)[:2, :2]))))
-        bs, sb = _resized(b, fb)
-        vbs = cv2.resize(vb, bs.shape[::-1], interpolation=cv2.INTER_NEAREST)
-        as_, sa = _resized(a, fb * scale)
-        vas = cv2.resize(va, as_.shape[::-1], interpolation=cv2.INTER_NEAREST)
+        as_, vas, sa, bs, vbs, sb, fb = _level(a, va, b, vb, matrix, side_b)
         # every second pixel in each direction on large levels, and on a coarse level followed by a finer one
         stride = 2 if max(bs.shape) > (400 if fb == 1.0 else 200) else 1
         fitted, _ = refine_dense(as_, vas, bs, vbs, _normalised(sb @ matrix @ np.linalg.inv(sa)), model, stride=stride)
