@@ -2,7 +2,7 @@
 
 ``bench_align.py`` measures errors against the datasets' own registration (identity between the two
 images of a pair). That registration can only be the answer to 1 px if the two images of the pair
-really are related by a affine transform close to the identity. This probe measures it: for every
+really are related by an affine transform close to the identity. This probe measures it: for every
 registered pair (TNO, RoadScene; medical sets with ``--sets``), the local shifts between the two
 images are measured by ``cddfuse.align``'s block matcher (edge-orientation fields, 64 px blocks
 overlapping by half, shifts up to 8 px, distinct peaks only; images at most 640 px on the long side,
@@ -19,8 +19,8 @@ shifts reported in pixels of the original second image), starting from the ident
   halves would agree far better than either departs from the identity; a larger value means the
   shifts do not determine one affine transform to that accuracy (several layers -- parallax -- or
   matching noise);
-- ``rows``: the mean vertical shift of the top and bottom third of the blocks (parallax between near
-  ground and far field shows as a difference).
+- ``top-bottom dy``: the mean vertical shift of the bottom third of the blocks minus that of the top
+  third (parallax between near ground and far field shows as a difference).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/align_gt_probe.py [--sets TNO,RoadScene] [--threshold 1]
         [--verbose] [--figure docs/align_gt_check.png --pair TNO/13.png]
@@ -45,13 +45,10 @@ from bench_align import SETS, corner_error, pairs, read_rgb  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-THRESHOLD = [1.0]  # RANSAC threshold in px of the working image (``--threshold``)
-
-
-def fit(p: np.ndarray, q: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Affine ``p -> q`` by RANSAC, as a 3x3 matrix, and the inlier mask."""
-    m, inl = cv2.estimateAffine2D(p, q, method=cv2.RANSAC, ransacReprojThreshold=THRESHOLD[0], maxIters=2000,
-                                  refineIters=10)
+def fit(p: np.ndarray, q: np.ndarray, threshold: float) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Affine ``p -> q`` by RANSAC (``threshold`` px), as a 3x3 matrix, and the inlier mask."""
+    m, inl = cv2.estimateAffine2D(np.ascontiguousarray(p), np.ascontiguousarray(q), method=cv2.RANSAC,
+                                  ransacReprojThreshold=threshold, maxIters=2000, refineIters=10)
     return (None if m is None else np.vstack([m, [0, 0, 1]])), inl
 
 
@@ -91,7 +88,6 @@ def main() -> int:
     args = ap.parse_args()
     shared = args.shared / "data" if (args.shared / "data").is_dir() else args.shared
     cv2.setNumThreads(1)
-    THRESHOLD[0] = args.threshold
     print("| set | pairs | blocks per pair | \\|d\\| med px | A corner px: median | p90 | pairs > 1 px | "
           "halves median px | inl 1px median | top-bottom dy median px |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -114,14 +110,14 @@ def main() -> int:
                 stats.append((len(p), np.nan, np.nan, np.nan, np.nan, np.nan))
                 continue
             d = (q - p) / f
-            hm, inl = fit(p, q)
+            hm, inl = fit(p, q, args.threshold)
             h, w = yb.shape
             corner = corner_error(hm, np.eye(3), w, h) / f if hm is not None else np.nan
             share = float(np.count_nonzero(inl)) / len(p) if inl is not None else 0.0
             order = np.argsort(p[:, 1])
             third = max(1, len(p) // 3)
             dy = float(d[order[-third:], 1].mean() - d[order[:third], 1].mean())
-            halves = [fit(np.ascontiguousarray(p[k::2]), np.ascontiguousarray(q[k::2]))[0] for k in (0, 1)]
+            halves = [fit(p[k::2], q[k::2], args.threshold)[0] for k in (0, 1)]
             split = (corner_error(np.linalg.inv(halves[1]) @ halves[0], np.eye(3), w, h) / f
                      if halves[0] is not None and halves[1] is not None else np.nan)
             stats.append((len(p), float(np.median(np.hypot(*d.T))), corner, share, dy, split))

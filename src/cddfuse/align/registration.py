@@ -27,7 +27,7 @@ Steps of :func:`estimate_matrix`:
 4. *Dense refinement* (:func:`refine_dense`, at 320 and 640 px): the correlation of the two fields
    over every pixel they share, maximised over the model's parameters by SciPy's L-BFGS-B with an
    analytic gradient. Block fits weigh a few dozen matches equally and drop the rest; the dense
-   objective uses all the structure, which makes the estimate repeat itself about twice as
+   objective uses all the structure, which makes the estimate repeat itself about three times as
    closely when the same pair is misaligned in different ways (``benchmarks/RESULTS.md``).
 
 Coordinates are pixel centres: pixel ``(x, y)`` covers ``[x - 0.5, x + 0.5]``; resampling by a
@@ -206,11 +206,7 @@ def _normalised(h: np.ndarray) -> np.ndarray:
 def _global_search(a: np.ndarray, va: np.ndarray, b: np.ndarray, vb: np.ndarray, ratio: float,
                    model: AlignModel) -> list[np.ndarray]:
     """Candidate full-resolution matrices (best first) from the exhaustive coarse search."""
-    fb = min(1.0, _SEARCH_SIDE / max(b.shape))
-    bs, sb = _resized(b, fb)
-    vbs = cv2.resize(vb, bs.shape[::-1], interpolation=cv2.INTER_NEAREST)
-    as_, sa = _resized(a, fb * ratio)
-    vas = cv2.resize(va, as_.shape[::-1], interpolation=cv2.INTER_NEAREST)
+    as_, vas, sa, bs, vbs, sb, _ = _level(a, va, b, vb, np.diag([ratio, ratio, 1.0]), _SEARCH_SIDE)
     h, w = bs.shape
     zb = orientation_field(bs, vbs)
     mx, my = int(_MAX_SHIFT * w), int(_MAX_SHIFT * h)
