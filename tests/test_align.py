@@ -265,3 +265,22 @@ def test_repeatable_on_a_real_pair():
         assert al.accepted, al
         errors.append(bench.corner_error(al.matrix, h0 @ t_true, wb, hb))
     assert np.median(errors) < 1.0 and max(errors) < 2.0, errors
+
+
+@pytest.mark.parametrize("name,first", [("MRI_PET", "PET"), ("MRI_SPECT", "SPECT")])
+def test_pet_and_spect_slices_are_refused_with_advice(name, first, tmp_path, capsys):
+    """A registered PET/SPECT-MRI slice pair holds too little shared structure for 2-D registration: refused, and
+    the reason says so and what to do instead (register the volumes before slicing); an infrared-visible refusal
+    does not carry that advice."""
+    folder = shared_path("data", "test", name)
+    pair = (str(folder / first / "20.png"), str(folder / "MRI" / "20.png"))
+    al = estimate(read_image(pair[0]), read_image(pair[1]), "affine")
+    assert not al.accepted and al.extra["slices"]
+    assert "2-D slice registration" in al.reason() and "register the 3-D volumes before slicing" in al.reason()
+    rc = main(["fuse", *pair, "-o", str(tmp_path / "f.png"), "--align", "affine", "--method", "max", "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "register the 3-D volumes before slicing" in err[0]
+    assert not (tmp_path / "f.png").exists()
+    tno = shared_path("data", "test", "TNO")
+    other = estimate(read_image(tno / "ir" / "01.png"), read_image(tno / "vi" / "13.png"), "homography")
+    assert not other.accepted and not other.extra["slices"] and "slice" not in other.reason()

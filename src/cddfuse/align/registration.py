@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from scipy import fft as sfft
 from scipy.optimize import minimize
 
 from ..options import AlignModel
@@ -60,6 +61,7 @@ _CANDIDATES = 3
 _SCHEDULE = ((160, 8, 32, 3), (320, 4, 48, 3), (640, 3, 64, 2))
 _DENSE_SIDES = (320, 640)  # long side of the second image at each level of the dense refinement
 _DENSE_BLUR = 1.0  # Gaussian smoothing of both fields before the dense refinement (px of the level)
+_NULL_SHIFT = 3  # px (finest dense level): the shift of the null transforms that the optimum is compared with
 _DENSE_TOL = 0.02  # the dense refinement stops when an iteration moves the frame's edge by less (px of the level)
 # p -> D(p) = I + [[p0, p1, p2], [p3, p4, p5], [p6, p7, 0]]: the parameters each model lets the dense refinement move
 _DENSE_BASIS: dict[str, np.ndarray] = {
@@ -88,6 +90,9 @@ class RawEstimate:
     blocks: int
     inliers: int
     confidence: float
+    block_confidence: float = 0.0
+    correlation: float = 0.0
+    sharpness: float = 0.0
 
 
 def border_mask(img: np.ndarray, erode: int = 2) -> np.ndarray:
@@ -211,7 +216,7 @@ def _global_search(a: np.ndarray, va: np.ndarray, b: np.ndarray, vb: np.ndarray,
     zb = orientation_field(bs, vbs)
     mx, my = int(_MAX_SHIFT * w), int(_MAX_SHIFT * h)
     ph, pw = cv2.getOptimalDFTSize(h + my + 1), cv2.getOptimalDFTSize(w + mx + 1)
-    fzb = np.fft.fft2(zb, (ph, pw))
+    fzb = sfft.fft2(zb, (ph, pw))
     nb = float(np.sqrt((np.abs(zb) ** 2).sum()))
     centre_a = ((as_.shape[1] - 1) / 2, (as_.shape[0] - 1) / 2)
     centre_b = ((w - 1) / 2, (h - 1) / 2)
@@ -226,7 +231,7 @@ def _global_search(a: np.ndarray, va: np.ndarray, b: np.ndarray, vb: np.ndarray,
             na = float(np.sqrt((np.abs(za) ** 2).sum()))
             if na == 0 or nb == 0:
                 continue
-            corr = np.fft.ifft2(np.conj(np.fft.fft2(za, (ph, pw))) * fzb).real
+            corr = sfft.ifft2(np.conj(sfft.fft2(za, (ph, pw))) * fzb).real
             window = np.roll(corr, (my, mx), axis=(0, 1))[: 2 * my + 1, : 2 * mx + 1]
             iy, ix = np.unravel_index(int(np.argmax(window)), window.shape)
             shift = np.array([[1, 0, ix - mx], [0, 1, iy - my], [0, 0, 1.0]])
@@ -286,7 +291,7 @@ def block_matches(a: np.ndarray, va: np.ndarray, b: np.ndarray, vb: np.ndarray, 
     za = orientation_field(wa, both)
     r, n, step = radius, side + 2 * radius, side // 2
     floor = 0.02 * side * side
-    p_list, q_list = [], []
+    corners, blocks, windows, energies = [], [], [], []
     for y0 in range(r, h - side - r + 1, step):
         for x0 in range(r, w - side - r + 1, step):
             if both[y0:y0 + side, x0:x0 + side].mean() < 0.9:
@@ -297,21 +302,29 @@ def block_matches(a: np.ndarray, va: np.ndarray, b: np.ndarray, vb: np.ndarray, 
             eb = float((np.abs(window[r:-r, r:-r]) ** 2).sum())
             if ea < floor or eb < floor:
                 continue
-            c = np.fft.ifft2(np.conj(np.fft.fft2(block, (n, n))) * np.fft.fft2(window)).real
-            c = c[: 2 * r + 1, : 2 * r + 1] / np.sqrt(ea * eb)
-            iy, ix = np.unravel_index(int(np.argmax(c)), c.shape)
-            if iy in (0, 2 * r) or ix in (0, 2 * r):
-                continue  # the best shift is at the edge of the search: no local peak
-            peak = float(c[iy, ix])
-            others = c.copy()
-            others[max(iy - 2, 0):iy + 3, max(ix - 2, 0):ix + 3] = -np.inf
-            if peak < 0.1 or peak - float(others.max()) < 0.02:
-                continue  # weak or ambiguous (repetitive structure)
-            dx = ix - r + _parabola(c[iy, ix - 1], peak, c[iy, ix + 1])
-            dy = iy - r + _parabola(c[iy - 1, ix], peak, c[iy + 1, ix])
-            cx, cy = x0 + (side - 1) / 2, y0 + (side - 1) / 2
-            p_list.append((cx, cy))
-            q_list.append((cx + dx, cy + dy))
+            corners.append((x0, y0))
+            blocks.append(block)
+            windows.append(window)
+            energies.append(np.sqrt(ea * eb))
+    p_list, q_list = [], []
+    if corners:  # all blocks' correlations at once: one batched FFT per direction
+        fa = sfft.fft2(np.array(blocks), (n, n))
+        cs = sfft.ifft2(np.conj(fa) * sfft.fft2(np.array(windows))).real[:, : 2 * r + 1, : 2 * r + 1]
+        cs /= np.array(energies)[:, None, None]
+    for (x0, y0), c in zip(corners, cs if corners else []):
+        iy, ix = np.unravel_index(int(np.argmax(c)), c.shape)
+        if iy in (0, 2 * r) or ix in (0, 2 * r):
+            continue  # the best shift is at the edge of the search: no local peak
+        peak = float(c[iy, ix])
+        others = c.copy()
+        others[max(iy - 2, 0):iy + 3, max(ix - 2, 0):ix + 3] = -np.inf
+        if peak < 0.1 or peak - float(others.max()) < 0.02:
+            continue  # weak or ambiguous (repetitive structure)
+        dx = ix - r + _parabola(c[iy, ix - 1], peak, c[iy, ix + 1])
+        dy = iy - r + _parabola(c[iy - 1, ix], peak, c[iy + 1, ix])
+        cx, cy = x0 + (side - 1) / 2, y0 + (side - 1) / 2
+        p_list.append((cx, cy))
+        q_list.append((cx + dx, cy + dy))
     if not p_list:
         return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
     q = np.array(q_list, np.float32)
@@ -345,6 +358,50 @@ def _corner_shift(m1: np.ndarray, m2: np.ndarray, w: int, h: int) -> float:
     return float(np.max(np.hypot(*(p[:2] / p[2] - q[:2] / q[2]))))
 
 
+def _dense_field(img: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The orientation field of the dense refinement: :func:`orientation_field` smoothed by ``_DENSE_BLUR`` px (a
+    smoother objective: fewer line-search steps)."""
+    z = orientation_field(img, valid)
+    if _DENSE_BLUR <= 0:
+        return z
+    zz = cv2.GaussianBlur(np.dstack([z.real, z.imag]), (0, 0), _DENSE_BLUR)
+    return (zz[..., 0] + 1j * zz[..., 1]).astype(np.complex64)
+
+
+def field_correlations(a: np.ndarray, va: np.ndarray, b: np.ndarray, vb: np.ndarray,
+                       matrices: list[np.ndarray], stride: int = 2) -> np.ndarray:
+    """The normalised correlation (in [-1, 1]) of the dense refinement's fields of ``b`` and of ``a`` warped by each
+    of ``matrices`` (pixel of ``a`` -> pixel of ``b``, same level), over the pixels both cover (every ``stride``-th
+    pixel of ``b`` in each direction); ``(len(matrices),)`` float64.
+
+    >>> rng = np.random.default_rng(2)
+    >>> b = cv2.GaussianBlur(rng.random((96, 128)).astype(np.float32), (0, 0), 2.0)
+    >>> ones = np.ones(b.shape, np.uint8)
+    >>> c = field_correlations(b, ones, 1 - b, ones, [np.eye(3), np.array([[1, 0, 4.0], [0, 1, 0], [0, 0, 1]])], 1)
+    >>> round(float(c[0]), 3), bool(c[1] < 0.5)
+    (1.0, True)
+    """
+    h, w = b.shape
+    za, zb = _dense_field(a, va), _dense_field(b, vb)
+    fa = np.dstack([za.real, za.imag])
+    zbs, vbs = zb[::stride, ::stride], vb[::stride, ::stride] > 0
+    out = np.zeros(len(matrices))
+    for i, m in enumerate(matrices):
+        # sample every stride-th pixel of b: the map from the strided grid to a's pixels
+        k = np.linalg.inv(m) @ np.diag([stride, stride, 1.0])
+        size = (zbs.shape[1], zbs.shape[0])
+        wa = cv2.warpPerspective(fa, k, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                 borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        wv = cv2.warpPerspective(va, k, size, flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+                                 borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        both = (wv > 0) & vbs
+        ar, ai = wa[..., 0][both], wa[..., 1][both]
+        br, bi = zbs.real[both], zbs.imag[both]
+        saa, sbb = float(ar @ ar + ai @ ai), float(br @ br + bi @ bi)
+        out[i] = float(ar @ br + ai @ bi) / np.sqrt(saa * sbb) if saa > 0 and sbb > 0 else 0.0
+    return out
+
+
 _Objective = Callable[[np.ndarray], tuple[float, np.ndarray]]
 
 
@@ -354,10 +411,7 @@ def _dense_problem(a: np.ndarray, va: np.ndarray, b: np.ndarray, vb: np.ndarray,
     its gradient for the ``n`` parameters ``q`` of ``model`` (0: the start); ``to_matrix(q)`` the matrix they give."""
     h, w = b.shape
     ha, wa = a.shape
-    za, zb = orientation_field(a, va), orientation_field(b, vb)
-    if _DENSE_BLUR > 0:  # a smoother objective: fewer line-search steps
-        za, zb = (cv2.GaussianBlur(np.dstack([z.real, z.imag]), (0, 0), _DENSE_BLUR) for z in (za, zb))
-        za, zb = za[..., 0] + 1j * za[..., 1], zb[..., 0] + 1j * zb[..., 1]
+    za, zb = _dense_field(a, va), _dense_field(b, vb)
     s = 2.0 / max(wa, ha)
     n = np.array([[s, 0, -s * (wa - 1) / 2], [0, s, -s * (ha - 1) / 2], [0, 0, 1.0]])
     n_inv = np.linalg.inv(n)
@@ -490,6 +544,26 @@ def _block_level(a: np.ndarray, va: np.ndarray, b: np.ndarray, vb: np.ndarray, m
     return matrix, blocks, inliers
 
 
+def _sharpness(a: np.ndarray, va: np.ndarray, b: np.ndarray, vb: np.ndarray, matrix: np.ndarray) -> tuple[float, float]:
+    """The dense refinement's correlation at ``matrix`` (finest level) and how much higher it is than at the same
+    transform moved by ``_NULL_SHIFT`` px (of that level) in any of 8 directions: ``(c, c - max(c_shifted))``.
+
+    A true alignment sits on a sharp peak of the edge-field correlation (edges coincide only there); two unrelated
+    images, or a transform that matches only coarse structure, give a flat or shallow one."""
+    as_, vas, sa, bs, vbs, sb, _ = _level(a, va, b, vb, matrix, _DENSE_SIDES[-1])
+    m = _normalised(sb @ matrix @ np.linalg.inv(sa))
+    r = _NULL_SHIFT
+    shifts = [(r, 0), (-r, 0), (0, r), (0, -r), (r, r), (-r, -r), (r, -r), (-r, r)]
+    c = field_correlations(as_, vas, bs, vbs, [m] + [np.array([[1, 0, dx], [0, 1, dy], [0, 0, 1.0]]) @ m
+                                                     for dx, dy in shifts])
+    return float(c[0]), float(c[0] - c[1:].max())
+
+
+def _final_confidence(block_confidence: float, sharpness: float) -> float:
+    """The confidence of an estimate from its block fits' confidence and its dense correlation's sharpness."""
+    return block_confidence
+
+
 def _refined(a: np.ndarray, va: np.ndarray, b: np.ndarray, vb: np.ndarray, matrix: np.ndarray,
              model: AlignModel) -> np.ndarray:
     """``matrix`` after the dense refinement, coarse to fine (levels of ``_DENSE_SIDES``, at most full size)."""
@@ -540,6 +614,9 @@ def estimate_matrix(a: np.ndarray, b: np.ndarray, model: AlignModel) -> RawEstim
             break  # no need to try the other candidates
     if best is None:  # no structure at all (e.g. a constant image)
         return RawEstimate(np.diag([ratio, ratio, 1.0]), 0, 0, 0.0)
-    if best.blocks:  # the dense refinement; the confidence stays that of the block matches around the start
+    best.block_confidence = best.confidence
+    if best.blocks:  # the dense refinement, then how distinct its optimum is
         best.matrix = _refined(a, va, b, vb, best.matrix, model)
+        best.correlation, best.sharpness = _sharpness(a, va, b, vb, best.matrix)
+        best.confidence = _final_confidence(best.block_confidence, best.sharpness)
     return best
