@@ -117,15 +117,15 @@ def model_of(name: str) -> str:
     return "homography" if SETS[name][2] == "ivf" else "affine"
 
 
-def run_set(args: argparse.Namespace, name: str, rng: np.random.Generator) -> tuple[list[dict], list[dict]]:
-    """The misaligned cases and the unrelated pairs of one set."""
+def run_set(args: argparse.Namespace, name: str, step: int, rng: np.random.Generator) -> tuple[list[dict], list[dict]]:
+    """The misaligned cases and the unrelated pairs of every ``step``-th pair of one set."""
     from cddfuse.align import estimate
     from cddfuse.io.color import luminance
 
     model = model_of(name)
     ps = pairs(args.shared, name)
     rows: list[dict] = []
-    for fa, fb in ps[:: args.step]:
+    for fa, fb in ps[:: step]:
         ya, yb = luminance(read_rgb(fa)), luminance(read_rgb(fb))
         hb, wb = yb.shape
         transforms = [random_transform(rng, wb, hb, model == "homography") for _ in range(5)]
@@ -143,16 +143,20 @@ def run_set(args: argparse.Namespace, name: str, rng: np.random.Generator) -> tu
                          "seconds": seconds, "size": [wb, hb]})
             r = rows[-1]
             print(f"{name:10s} {fa.name:16s} #{k} conf {r['confidence']:.2f} {'acc' if r['accepted'] else 'REF'} "
-                  f"self {r['self']:7.2f} dataset {r['dataset']:7.2f} {seconds:.2f}s", file=sys.stderr, flush=True)
+                  f"self {r['self']:7.2f} dataset {r['dataset']:7.2f} {seconds:.2f}s "
+                  f"{json.dumps(r['extra'])}", file=sys.stderr, flush=True)
     unrelated: list[dict] = []
     if name not in ("MRI_PET", "MRI_SPECT"):  # refused anyway; nothing to learn from their unrelated pairs
-        for i in range(0, len(ps), args.step):
+        for i in range(0, len(ps), step):
             fa, fb = ps[i][0], ps[(i + len(ps) // 2) % len(ps)][1]
             ya, yb = luminance(read_rgb(fa)), luminance(read_rgb(fb))
             start = time.perf_counter()
             al = estimate(ya, yb, model)
             unrelated.append({"set": name, "a": fa.name, "b": fb.name, "accepted": al.accepted,
-                              "confidence": al.confidence, "seconds": time.perf_counter() - start})
+                              "confidence": al.confidence, "seconds": time.perf_counter() - start,
+                              "extra": {k2: v for k2, v in al.extra.items() if isinstance(v, (int, float, str))}})
+            print(f"{name:10s} unrelated {fa.name} / {fb.name} conf {al.confidence:.2f} "
+                  f"{json.dumps(unrelated[-1]['extra'])}", file=sys.stderr, flush=True)
     return rows, unrelated
 
 
@@ -173,7 +177,8 @@ def main() -> int:
     ap.add_argument("--shared", type=Path, default=Path(os.environ.get("CDDFUSE_SHARED", ROOT.parent / "shared")))
     ap.add_argument("--split", choices=list(SPLITS), default="held-out")
     ap.add_argument("--step", type=int, default=1, help="use every K-th pair (default: all)")
-    ap.add_argument("--sets", default=None, help="comma-separated sets (default: those of --split)")
+    ap.add_argument("--sets", default=None,
+                    help="comma-separated sets, each NAME or NAME:K for every K-th pair (default: those of --split)")
     ap.add_argument("--fusion", type=int, default=0, help="fuse N cases per group for the metric drop")
     ap.add_argument("--fusion-only", action="store_true", help="only the metric drop (no registration table)")
     ap.add_argument("--timing", type=int, default=0, metavar="N",
@@ -196,12 +201,15 @@ def main() -> int:
         return 0
 
     names, seed = SPLITS[args.split]
-    wanted = names if args.sets is None else tuple(args.sets.split(","))
+    # NAME or NAME:K (every K-th pair of that set; default --step)
+    specs = [(x.split(":")[0], int(x.split(":")[1]) if ":" in x else args.step)
+             for x in (",".join(names) if args.sets is None else args.sets).split(",")]
+    wanted = tuple(name for name, _ in specs)
     rng = np.random.default_rng(seed)
     rows: list[dict] = []
     unrelated: list[dict] = []
-    for name in wanted:
-        r, u = run_set(args, name, rng)
+    for name, step in specs:
+        r, u = run_set(args, name, step, rng)
         rows += r
         unrelated += u
 
@@ -212,7 +220,7 @@ def main() -> int:
         sel = [r for r in rows if r["set"] in members]
         if sel and (label in members or len({r["set"] for r in sel}) > 1):
             table[label] = summary(sel)
-    print(f"\nalign benchmark ({args.split}: seed {seed}, every {args.step}. pair), "
+    print(f"\nalign benchmark ({args.split}: seed {seed}, sets {', '.join(f'{n}:{k}' for n, k in specs)}), "
           f"{platform.processor() or platform.machine()}, threads=1, threshold {DEFAULT_MIN_CONFIDENCE}")
     print("| set | cases | accepted | self median px | self p95 px | self max px | accepted > 5 px "
           "| vs dataset median / p95 px (info) | pairs refused unwarped | s/case |")
@@ -250,12 +258,14 @@ def timing(args: argparse.Namespace) -> int:
     a2, _ = misalign(ya, t, (640, 480), downscale=False)
     print(f"estimate on a 640x480 pair, {args.timing} runs, 1 thread ({platform.processor() or platform.machine()})")
     for model in ("translation", "similarity", "affine", "homography"):
-        times = []
+        times, cpu = [], []
         for _ in range(args.timing):
-            start = time.perf_counter()
-            estimate(a2, yb, model)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            al = estimate(a2, yb, model)
             times.append(time.perf_counter() - start)
-        print(f"  {model:12s} min {min(times):.3f} s, median {float(np.median(times)):.3f} s")
+            cpu.append(time.process_time() - start_cpu)
+        print(f"  {model:12s} min {min(times):.3f} s, median {float(np.median(times)):.3f} s "
+              f"(CPU time: median {float(np.median(cpu)):.3f} s; confidence {al.confidence:.2f})")
     return 0
 
 

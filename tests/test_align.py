@@ -284,3 +284,25 @@ def test_pet_and_spect_slices_are_refused_with_advice(name, first, tmp_path, cap
     tno = shared_path("data", "test", "TNO")
     other = estimate(read_image(tno / "ir" / "01.png"), read_image(tno / "vi" / "13.png"), "homography")
     assert not other.accepted and not other.extra["slices"] and "slice" not in other.reason()
+
+
+def test_sharp_dense_optimum_accepts_what_the_block_fits_alone_refused():
+    """RoadScene (training split) FLIR_07747, registered and misaligned by a known transform: the block fits alone
+    give a confidence under 0.5 for both (refused before the sharpness term), but the dense correlation has a sharp
+    peak at each refined transform, so both are accepted -- and they agree (the self error of bench_align.py) to
+    within 1.5 px. An unrelated pair has no such peak and stays refused."""
+    bench = _bench()
+    road = shared_path("data", "train", "RoadScene")
+    ya, yb = read_image(road / "ir" / "FLIR_07747.jpg"), read_image(road / "vi" / "FLIR_07747.jpg")
+    hb, wb = yb.shape[:2]
+    rng = np.random.default_rng(29)
+    t = [bench.random_transform(rng, wb, hb, perspective=True) for _ in range(3)][2]
+    a2, t_true = bench.misalign(ya, t, (wb, hb), downscale=False)
+    al0, al = estimate(ya, yb, "homography"), estimate(a2, yb, "homography")
+    for x in (al0, al):
+        assert x.extra["block_confidence"] < 0.5 <= x.confidence and x.accepted and x.extra["sharpness"] > 0.04
+    assert bench.corner_error(al.matrix, al0.matrix @ t_true, wb, hb) < 1.5
+    assert bench.corner_error(np.eye(3), t_true, wb, hb) > 5
+    tno = shared_path("data", "test", "TNO")
+    other = estimate(read_image(tno / "ir" / "01.png"), read_image(tno / "vi" / "13.png"), "homography")
+    assert other.extra["sharpness"] < 0.025 and not other.accepted
