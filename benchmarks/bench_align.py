@@ -24,8 +24,8 @@ pair i with the second image of pair i + n/2 of the same set): the fraction refu
 Two splits of disjoint pairs and seeds:
 - ``--split held-out`` (the default; the reported numbers): the test sets TNO, RoadScene (together
   "IVF"), MRI_CT, MRI_PET, MRI_SPECT and the VIFB scenes, seed 16;
-- ``--split calibration``: the training pairs (RoadScene train, Harvard MRI_CT train), seed 29 -- the
-  cases the thresholds of ``cddfuse.align`` were chosen on.
+- ``--split calibration``: the training pairs (RoadScene train, Harvard MRI_CT train), seed 29 -- the pairs
+  and seed the confidence of ``cddfuse.align`` was calibrated on (``align_calibration_probe.py``).
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_align.py [--split held-out|calibration]
         [--sets TNO,RoadScene,...] [--step K] [--fusion N] [--shared PATH] [--json out.json]
