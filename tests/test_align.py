@@ -306,3 +306,15 @@ def test_sharp_dense_optimum_accepts_what_the_block_fits_alone_refused():
     tno = shared_path("data", "test", "TNO")
     other = estimate(read_image(tno / "ir" / "01.png"), read_image(tno / "vi" / "13.png"), "homography")
     assert other.extra["sharpness"] < 0.025 and not other.accepted
+
+
+def test_refusal_by_a_flat_dense_optimum_says_so():
+    """Block fits that pass the threshold but a flat dense optimum (the sharpness term lowered the confidence): the
+    reason names the edges not coinciding, not the block matches."""
+    from cddfuse.align import Alignment
+
+    al = Alignment(np.eye(3), "affine", 0.45, False, 1.0, (64, 64), (64, 64), matches=40, inliers=30,
+                   extra={"block_confidence": 0.55, "sharpness": 0.012, "slices": False})
+    assert "do not coincide sharply" in al.reason() and "0.012" in al.reason()
+    with pytest.raises(AlignmentError, match="do not coincide sharply"):
+        al.check()

@@ -107,6 +107,10 @@ class Alignment:
             return ""
         if self.matches == 0:
             why = "no shared structure found (no region of one image has a distinct match in the other)"
+        elif self.extra.get("block_confidence", 0.0) >= self.min_confidence:
+            why = (f"the edges of the two images do not coincide sharply at the estimated transform (sharpness "
+                   f"{self.extra.get('sharpness', 0.0):.3f}; a different scene with similar outlines, or too little "
+                   "fine structure)")
         elif self.inliers < 4 * _min_matches(self.model):
             why = (f"too little shared structure: only {self.inliers} of {self.matches} matched regions agree on "
                    "one transform")
