@@ -4,7 +4,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -225,17 +224,40 @@ def test_bundled_weights_fuse_without_options(test_data, tmp_path):
     assert out is not None and out.shape[:2] == ir.shape
 
 
+# The CLI in a subprocess whose second fusion first waits until the first output is on disk, says so on
+# stdout and then stays in the middle of fusing: the signal always lands mid-run, however busy the machine.
+_PAUSE_AFTER_FIRST_OUTPUT = """
+import pathlib, sys, time
+from cddfuse.cli.main import main
+from cddfuse.fusion.fuser import Fuser
+
+out, calls, fuse = pathlib.Path(sys.argv[1]), [], Fuser.fuse
+
+def paused(self, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+        while not any(p.suffix == ".png" and not p.name.startswith(".") for p in out.iterdir()):
+            time.sleep(0.01)
+        print("first output written", flush=True)
+        time.sleep(3600)
+    return fuse(self, *args, **kwargs)
+
+Fuser.fuse = paused
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_interrupted_folder_run_loses_nothing(test_data, tiny_weights, tmp_path, sig):
     names = ["07.png", "19.png", "20.png", "24.png"] * 2
     ir, vi = _folder_pair(tmp_path, test_data, names)
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "cddfuse.cli.main", "fuse", str(ir), str(vi), "-o", str(out),
-                             "--weights", str(tiny_weights), "--device", "cpu"],
+    proc = subprocess.Popen([sys.executable, "-c", _PAUSE_AFTER_FIRST_OUTPUT, str(out), "fuse", str(ir), str(vi),
+                             "-o", str(out), "--weights", str(tiny_weights), "--device", "cpu"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and not (out.exists() and any(p.suffix == ".png" for p in out.iterdir())):
-        time.sleep(0.05)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # blocks until the run is paused mid-folder (or has died: "")
+    assert line.strip() == "first output written", proc.communicate(timeout=600)[1][-2000:]
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert "Traceback" not in err
@@ -243,7 +265,7 @@ def test_interrupted_folder_run_loses_nothing(test_data, tiny_weights, tmp_path,
         assert proc.returncode == 130 and "interrupted" in err
         assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
     finished = [p for p in out.iterdir() if not p.name.startswith(".")]
-    assert 1 <= len(finished) < len(names)
+    assert len(finished) == 1  # the pair written before the pause, nothing else
     for p in finished:  # every visible output is a complete image of the right size
         assert read_image(p).shape == read_image(ir / p.name).shape
     rc, _, err = run_cli("fuse", ir, vi, "-o", out, "--weights", tiny_weights, "--device", "cpu", "-q")
