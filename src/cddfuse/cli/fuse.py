@@ -62,8 +62,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     p.add_argument("--task", choices=TASKS, default=None,
                    help="ivf: infrared-visible, mif: medical (default: what the weights were made for, else ivf)")
     p.add_argument("--weights", metavar="PATH", default=None,
-                   help="weights: a cddfuse .safetensors or the authors' CDDFuse_IVF.pth / CDDFuse_MIF.pth "
-                        "(default: the bundled weights of --task)")
+                   help="weights: a cddfuse .safetensors or the authors' CDDFuse_IVF.pth / CDDFuse_MIF.pth, or "
+                        "authors-ivf / authors-mif (those files, downloaded once and verified; default: the "
+                        "bundled weights of --task)")
     p.add_argument("--method", choices=METHODS, default="cddfuse",
                    help="cddfuse (default), or the simple baselines mean=(A+B)/2 and max=max(A,B)")
     p.add_argument("--residual", choices=RESIDUAL_CHOICES, default="auto",

@@ -66,7 +66,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     g.add_argument("--bf16", action="store_true",
                    help="train.precision=bf16: bfloat16 autocast with float32 weights and loss (CUDA, or CPUs "
                         "with AMX or AVX512-BF16)")
-    g.add_argument("--init", metavar="WEIGHTS", help="model.init: start from these weights")
+    g.add_argument("--init", metavar="WEIGHTS",
+                   help="model.init: start from these weights (a file, or authors-ivf / authors-mif)")
     g.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="checkpoint.every_steps")
     g.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     g.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard logs")
