@@ -69,7 +69,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     g.add_argument("--init", metavar="WEIGHTS",
                    help="model.init: start from these weights (a file, or authors-ivf / authors-mif)")
     g.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="checkpoint.every_steps")
-    g.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    g.add_argument("--no-progress", action="store_true",
+                   help="log lines instead of a progress bar (always so when stderr is not a terminal)")
     g.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard logs")
     p.set_defaults(func=run)
     return p
@@ -99,7 +100,7 @@ def _shortcut_overrides(args: argparse.Namespace) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    start = time.monotonic()
+    start = getattr(args, "started", None) or time.monotonic()  # --max-time counts from the command's start
     from ..errors import UsageError
     from ..train import config as C
 

@@ -59,6 +59,7 @@ class TimeBudget:
         self.max_time = max_time
         self.step_s: float | None = None  # moving average of a step's duration
         self.checkpoint_s = checkpoint_s
+        self.last_checkpoint_s = 0.0  # the last checkpoint's duration (its file alone)
         self.validation_s = 0.0  # last validation's duration
 
     def session_time(self) -> float:
@@ -69,6 +70,7 @@ class TimeBudget:
         self.step_s = seconds if self.step_s is None else 0.7 * self.step_s + 0.3 * seconds
 
     def note_checkpoint(self, seconds: float) -> None:
+        self.last_checkpoint_s = seconds
         self.checkpoint_s = max(0.5 * self.checkpoint_s, seconds)
 
     def short(self, extra_s: float = 0.0) -> bool:
