@@ -310,7 +310,7 @@ def test_fifo_is_refused_not_waited_on(tmp_path, pair):
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)
     proc = subprocess.run([sys.executable, "-m", "cddfuse.cli.main", "fuse", str(fifo), str(pair[1]), "-o",
-                           str(tmp_path / "o.png"), "--method", "max"], capture_output=True, text=True, timeout=120)
+                           str(tmp_path / "o.png"), "--method", "max"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1 and "not a regular file" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -609,7 +609,7 @@ def test_folder_with_a_fifo_does_not_block(folders, tmp_path):
     os.mkfifo(ir / "04.png")
     write_image(vi / "04.png", np.zeros((16, 18)))
     proc = subprocess.run([sys.executable, "-m", "cddfuse.cli.main", *map(str, fuse(ir, vi, "-o", tmp_path / "out"))],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=600)
     assert "Traceback" not in proc.stderr and "3 fused" in proc.stderr
     os.unlink(ir / "04.png")
 
@@ -652,7 +652,7 @@ def test_eval_with_a_fifo_as_fused_image(folders, tmp_path):
     os.mkfifo(out / "03.png")
     proc = subprocess.run([sys.executable, "-m", "cddfuse.cli.main", "eval", str(ir), str(vi), str(out),
                            "--metrics", "EN"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
 
 
