@@ -43,7 +43,8 @@ def convert(text: str) -> str:
                 text, target = m.group(1), m.group(2)
                 if _URL.match(target):
                     return m.group(0)
-                return f"{text} (`{target.split('#', 1)[0]}`)"
+                path = target.split("#", 1)[0]
+                return f"`{path}`" if text.strip("`") == path else f"{text} (`{path}`)"
 
             line = _LINK.sub(plain, line)
         out.append(line)

@@ -259,3 +259,18 @@ def test_package_index_description_is_current() -> None:
     assert (DOCS / "pypi.md").read_text(encoding="utf-8") == made, "run: python scripts/pypi_readme.py"
     assert relative_links(made) == [], "the package index cannot show repository-relative links or images"
     assert "fuse --example tno" in made
+
+
+def test_package_index_conversion() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pypi_readme", ROOT / "scripts" / "pypi_readme.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    text = ("# t\n\n![pic](docs/a.png)\n\n*A caption.*\n\nSee [the guide](docs/guide/x.md#part), "
+            "[LICENSE](LICENSE) and [site](https://e.org).\n\n```bash\n[kept](in/code.md)\n```\n")
+    made = mod.convert(text)
+    assert "pic" not in made and "A caption" not in made
+    assert "See the guide (`docs/guide/x.md`), `LICENSE` and [site](https://e.org)." in made
+    assert "[kept](in/code.md)" in made  # code is left alone
