@@ -26,6 +26,7 @@ def _crop_pair(test_data: Path, folder: Path, size=(72, 96)) -> tuple[Path, Path
     return folder / "ir.png", folder / "vis.png"
 
 
+@pytest.mark.slow
 def test_export_writes_a_checked_file_that_fuses_like_the_fuser(test_data, tiny_weights, tmp_path, capsys):
     from cddfuse.fusion import Fuser
     from cddfuse.io.color import split_luminance
@@ -52,6 +53,7 @@ def test_export_writes_a_checked_file_that_fuses_like_the_fuser(test_data, tiny_
     assert not list(out.parent.glob(".*cddfuse-tmp"))
 
 
+@pytest.mark.slow
 def test_residual_is_fixed_in_the_graph(tiny_weights, tmp_path, capsys):
     out = tmp_path / "none.onnx"
     assert main(["export", "-o", str(out), "--weights", str(tiny_weights), "--residual", "none", "-q"]) == 0
@@ -70,6 +72,7 @@ def test_residual_is_fixed_in_the_graph(tiny_weights, tmp_path, capsys):
     assert np.abs(got - vis).max() > 1e-3  # the residual matters, so the test above can fail
 
 
+@pytest.mark.slow
 def test_a_failed_check_writes_nothing(tiny_weights, tmp_path, capsys, monkeypatch):
     from cddfuse.engine import onnx as onnx_module
 

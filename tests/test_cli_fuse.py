@@ -106,6 +106,7 @@ def _folder_pair(root: Path, test_data: Path, names):
     return ir, vi
 
 
+@pytest.mark.slow
 def test_folder_mode_with_failures_unmatched_and_rerun(test_data, tiny_weights, tmp_path):
     ir, vi = _folder_pair(tmp_path, test_data, ["07.png", "19.png", "20.png"])
     (ir / "lonely.png").symlink_to(test_data / "TNO/ir/01.png")          # no partner
@@ -135,6 +136,7 @@ def test_folder_mode_with_failures_unmatched_and_rerun(test_data, tiny_weights, 
     assert rc == 0 and "4 fused, 0 already done" in err
 
 
+@pytest.mark.slow
 def test_folder_batches_of_same_size_pairs(test_data, tiny_weights, tmp_path, monkeypatch):
     """--batch-size groups consecutive same-size pairs; outputs equal the one-by-one run's and a
     bad pair in the middle is still reported on its own."""
@@ -173,6 +175,7 @@ def test_folder_batches_of_same_size_pairs(test_data, tiny_weights, tmp_path, mo
         assert a.shape == b.shape and float(np.abs(a - b).max()) <= 1e-5, name
 
 
+@pytest.mark.slow
 def test_missing_file_and_usage_errors(test_data, tiny_weights, tmp_path):
     rc, _, err = run_cli("fuse", tmp_path / "nope.png", test_data / TNO[1], "-o", tmp_path / "x.png",
                          "--weights", tiny_weights)
@@ -190,6 +193,7 @@ def test_missing_file_and_usage_errors(test_data, tiny_weights, tmp_path):
     assert not (tmp_path / "x.png").exists() and not (tmp_path / "x.jpg").exists()
 
 
+@pytest.mark.slow
 def test_mismatched_sizes_pair(test_data, tiny_weights, tmp_path):
     rc, _, err = run_cli("fuse", test_data / "TNO/ir/01.png", test_data / "TNO/vi/06.png", "-o", tmp_path / "x.png",
                          "--weights", tiny_weights, "--device", "cpu")
@@ -209,6 +213,7 @@ def test_no_weights_says_so(test_data, tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.slow
 def test_bundled_weights_fuse_without_options(test_data, tmp_path):
     """The main job: `cddfuse fuse IR VIS -o OUT` with nothing else uses the bundled IVF weights."""
     from cddfuse.models.pretrained import PRETRAINED, WEIGHTS_DIR
@@ -247,6 +252,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_interrupted_folder_run_loses_nothing(test_data, tiny_weights, tmp_path, sig):
     names = ["07.png", "19.png", "20.png", "24.png"] * 2

@@ -64,6 +64,7 @@ def test_package_data_ships_every_sample_file():
     assert files and all(any(fnmatch.fnmatch(f, pat) for pat in patterns) for f in files), (files, patterns)
 
 
+@pytest.mark.slow
 def test_example_equals_the_explicit_pair(tiny_weights, tmp_path):
     """`--example NAME` is the same job as passing the sample's two files (and its task)."""
     common = ["--weights", str(tiny_weights), "--device", "cpu", "-q"]

@@ -117,6 +117,7 @@ def test_full_size_settings_resolve_with_the_shipped_weights(task, tmp_path):
     assert scratch["model"]["init"] is None
 
 
+@pytest.mark.slow
 def test_split_is_the_one_the_shipped_weights_were_trained_on():
     """Same pairs as scripts/train_bundled.sh made: the training stems' digest matches the shipped weights'."""
     from cddfuse.models.weights import load_weights
@@ -156,6 +157,7 @@ def _prepare(dest: Path) -> None:
         pytest.skip(msg)
 
 
+@pytest.mark.slow
 def test_whole_script_on_cpu(tmp_path):
     """bash scripts/gpu_train.sh with a tiny network on the CPU: wheels installed offline, both models
     trained through Phase II (MAX_STEPS steps at most) before the deadline, their weights and logs in OUT."""

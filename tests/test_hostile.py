@@ -306,6 +306,7 @@ def test_max_pixels_must_be_a_positive_number(cli, pair, tmp_path, value):
     assert e.value.code == 2
 
 
+@pytest.mark.slow
 def test_fifo_is_refused_not_waited_on(tmp_path, pair):
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)
@@ -604,6 +605,7 @@ def test_folder_output_is_a_file(cli, folders, tmp_path):
     cli(*fuse(*folders, "-o", tmp_path / "out"), rc=2, says="is a file")
 
 
+@pytest.mark.slow
 def test_folder_with_a_fifo_does_not_block(folders, tmp_path):
     ir, vi = folders
     os.mkfifo(ir / "04.png")
@@ -614,6 +616,7 @@ def test_folder_with_a_fifo_does_not_block(folders, tmp_path):
     os.unlink(ir / "04.png")
 
 
+@pytest.mark.slow
 def test_two_folder_runs_into_one_output_folder(folders, tmp_path, tiny_weights):
     """Two runs at once, same output folder: every output complete and equal to a single run's."""
     ir, vi = folders
@@ -771,6 +774,7 @@ def tiny_run(tmp_path, folders):
     return ["train", "--config", cfg, "--a", folders[0], "--b", folders[1], "--run-dir", tmp_path / "run"]
 
 
+@pytest.mark.slow
 def test_disk_full_during_a_checkpoint_keeps_the_previous_one(cli, tiny_run, tmp_path, monkeypatch):
     import cddfuse.train.checkpoint as C
 
@@ -789,6 +793,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(cli, tiny_run, tmp
     assert not list(last.parent.glob(".*cddfuse-tmp"))
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_is_refused_on_resume(cli, tiny_run, tmp_path):
     cli(*tiny_run, rc=0)
     last = tmp_path / "run" / "checkpoints" / "last.pt"

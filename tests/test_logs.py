@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from cddfuse import data
@@ -43,6 +44,7 @@ def _sample_folders(root: Path) -> tuple[Path, Path]:
     return ir, vi
 
 
+@pytest.mark.slow
 def test_no_carriage_returns_in_log_files(tmp_path):
     ir, vi = _sample_folders(tmp_path / "set")
     cache, fused = tmp_path / "cache.h5", tmp_path / "fused"

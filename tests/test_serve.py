@@ -105,6 +105,7 @@ def test_options(client, pair, tiny_weights, tmp_path):
     assert r.status_code == 200 and np.array_equal(np.load(io.BytesIO(r.content)), want)
 
 
+@pytest.mark.slow
 def test_colour_pair_mif(tiny_weights, test_data, tmp_path):
     a, b = test_data / PET[0], test_data / PET[1]
     app = create_app(lambda: Fuser(weights=tiny_weights, task="mif", device="cpu"))

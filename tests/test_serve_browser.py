@@ -122,6 +122,7 @@ def _wait(condition, timeout: float = 600, what: str = "condition"):  # (a hang,
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow
 def test_page_fuses_compares_downloads_and_shows_errors(server, tiny_weights, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys

@@ -77,6 +77,7 @@ def _state(run: Path) -> dict:
     return json.loads((run / "state.json").read_text())
 
 
+@pytest.mark.slow
 def test_few_step_run_on_real_pairs(workdir, capsys):
     from cddfuse.models.weights import load_weights
     from cddfuse.train.trainer import load_checkpoint
@@ -171,6 +172,7 @@ class _VirtualTime:
         return getattr(time, name)
 
 
+@pytest.mark.slow
 def test_max_time_stops_before_the_limit_and_resumes(workdir, monkeypatch, capsys):
     """--max-time counts the step it would start, the checkpoint that step brings due (here the phase
     boundary's, three files) and the stop's own checkpoint: the run ends before the limit."""
@@ -195,6 +197,7 @@ def test_max_time_stops_before_the_limit_and_resumes(workdir, monkeypatch, capsy
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
 
 
+@pytest.mark.slow
 def test_checkpoint_weights_follow_the_run(workdir, monkeypatch, capsys):
     """checkpoint.weights: the latest weights after every checkpoint, also when --max-time stops the run
     (no final.safetensors then), with the run's status and Phase-II steps in the provenance."""
@@ -261,6 +264,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_sigkill_mid_phase_then_resume_is_bit_identical(workdir):
     cfg, cache, root = workdir["cfg"], workdir["cache"], workdir["root"]
     ref = root / "run_kill_ref"
@@ -290,6 +294,7 @@ def _losses_from_log(text: str):
     return [float(m.group(1)) for m in re.finditer(r"step \d+/\d+ loss ([0-9.eE+-]+)", text)]
 
 
+@pytest.mark.slow
 def test_two_ranks_follow_the_single_process_trajectory(workdir):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
@@ -355,6 +360,7 @@ def test_lazy_hdf5_cache(workdir, monkeypatch):
     assert torch.equal(first[0][1], eager[1][0])
 
 
+@pytest.mark.slow
 def test_random_crop_mode_medical_run(tmp_path, capsys):
     """Random-crop mode from a cache of whole images, medical task, residual `sum`."""
     from cddfuse.models.weights import load_weights

@@ -111,6 +111,7 @@ def test_tuned_settings_do_not_change_the_result(cache):
         torch.testing.assert_close(fused, whole, atol=2e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_cli_tune_writes_and_shows_the_cache(cache, capsys):
     from cddfuse.cli.main import main
 
