@@ -287,6 +287,7 @@ class Trainer(TrainStep):
             f"{self.global_batch} on {self.dist.world_size} process(es), device {self.device}"
             + (f"; resuming at step {self.global_step}" if self.global_step else "")
         )
+        self.budget.note_startup(self.budget.session_time())
         show = self.cfg["log"]["progress"] and self.dist.is_main
         self._bar = logs.progress_bar(self.total_steps, self.global_step, show)
         try:
