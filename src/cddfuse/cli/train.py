@@ -45,7 +45,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
                    help="continue the run in RUN (a run directory or a checkpoint .pt); without RUN: "
                         "the one given by --run-dir / --name")
     g.add_argument("--max-time", metavar="DURATION",
-                   help="wall-clock budget (3600, 90m, 8h, 1d): stop with a checkpoint before it runs out")
+                   help="wall-clock budget (3600, 90m, 8h, 1d) from the command's start: stop with a checkpoint "
+                        "before it runs out (estimated from the steps and checkpoints so far: the first step of "
+                        "a session is not known in advance)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config setting (repeatable), e.g. --set optim.lr=2e-4 --set data.workers=4")
     g.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
