@@ -128,7 +128,7 @@ class Plan:
 
 def make_plan(time_left_s: float, cal: Calibration, data_steps_per_epoch: int, *, p1_fraction: float = 0.25,
               safety: float = 0.92, min_epochs: int = 24, lr_periods: int = 6, checkpoint_interval_s: float = 30.0,
-              log_interval_s: float = 5.0, exit_s: float = 3.0) -> Plan:
+              log_interval_s: float = 5.0, exit_s: float = 3.0, max_steps: int | None = None) -> Plan:
     """Split ``time_left_s`` seconds (from now until the run must have exited) into Phase I and II steps.
 
     Reserved first: building the trainer again (1.2 x ``setup_s``), the final validation (1.3 x),
@@ -138,6 +138,8 @@ def make_plan(time_left_s: float, cal: Calibration, data_steps_per_epoch: int, *
     epochs; the StepLR period is ``1 / lr_periods`` of the epochs (the paper: 120 epochs, period 20).
     Each phase gets at least one epoch. ``--max-time`` is the time left less the exit, the final
     validation and a checkpoint, so that a run slower than measured still stops with its weights.
+    ``max_steps`` caps the steps of both phases together (shared in the same proportion): a run
+    whose length does not depend on the machine's speed, once the time suffices (the CPU test).
     """
     if not 0 <= p1_fraction < 1:
         raise ValueError(f"p1_fraction must be in [0, 1), got {p1_fraction}")
@@ -152,6 +154,9 @@ def make_plan(time_left_s: float, cal: Calibration, data_steps_per_epoch: int, *
     train_s = max(0.0, avail - n_ck * cal.checkpoint_s) * safety
     s1 = max(1, math.floor(p1_fraction * train_s * r1)) if p1_fraction > 0 else 0
     s2 = max(1, math.floor((1 - p1_fraction) * train_s * r2))
+    if max_steps is not None and s1 + s2 > max_steps:
+        scale = max_steps / (s1 + s2)
+        s1, s2 = (max(1, math.floor(s1 * scale)) if s1 else 0), max(1, math.floor(s2 * scale))
     per_epoch = max(1, min(data_steps_per_epoch, (s1 + s2) // min_epochs))
     e1 = max(1, round(s1 / per_epoch)) if s1 else 0  # (rounding: off by at most 1/48 of the steps)
     e2 = max(1, round(s2 / per_epoch))
@@ -327,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-tf32", dest="tf32", action="store_false", help="keep float32 matrix products in full fp32")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (train.precision=bf16)")
     ap.add_argument("--tiny", action="store_true", help="tiny network, 32x32 crops, batch 2 (CPU test of the script)")
+    ap.add_argument("--max-steps", type=int, help="at most this many steps in both phases together, however much time "
+                    "is left (the CPU test of the script: a run that does not race its budget on a busy machine)")
     a = ap.parse_args(argv)
     t_start = time.time()
     tag = f"[gpu_train {a.task}]"
@@ -381,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plan = make_plan(a.deadline - time.time(), cal, data_spe, p1_fraction=a.p1_fraction,
                          safety=a.safety or (0.5 if a.tiny else 0.92),
-                         checkpoint_interval_s=30.0 if not a.tiny else 5.0, log_interval_s=5.0 if not a.tiny else 2.0)
+                         checkpoint_interval_s=30.0 if not a.tiny else 5.0, log_interval_s=5.0 if not a.tiny else 2.0,
+                         max_steps=a.max_steps)
     except ValueError as e:
         log(f"no training: {e}")
         return 1

@@ -52,6 +52,7 @@
 #   GPU_TRAIN_P1         share of the training time for Phase I (default 0.25)
 #   GPU_TRAIN_DEVICE     cuda (default) or cpu
 #   GPU_TRAIN_TINY=1     tiny network and crops (the CPU test of this script)
+#   GPU_TRAIN_MAX_STEPS  at most this many training steps per model, however long the budget (the CPU test)
 #   GPU_TRAIN_EXTRA      more options for scripts/gpu_train.py (e.g. --bf16, --no-tf32)
 #   GPU_TRAIN_BUNDLE     the folder gpu_prepare.py wrote (default .gpu)
 #   GPU_TRAIN_WORK       where run folders and the kornia install go (default a new folder in /tmp)
@@ -99,6 +100,7 @@ args=(--work "$WORK" --out "$OUT" --device "${GPU_TRAIN_DEVICE:-cuda}" --init "$
 [ -n "${GPU_TRAIN_BATCH:-}" ] && args+=(--batch "$GPU_TRAIN_BATCH")
 [ -n "${GPU_TRAIN_LR:-}" ] && args+=(--lr "$GPU_TRAIN_LR")
 [ "${GPU_TRAIN_TINY:-0}" = 1 ] && args+=(--tiny)
+[ -n "${GPU_TRAIN_MAX_STEPS:-}" ] && args+=(--max-steps "$GPU_TRAIN_MAX_STEPS")
 read -r -a extra <<< "${GPU_TRAIN_EXTRA:-}"
 train_one() {  # task deadline [peers]; stopped by SIGTERM (a clean stop, with the weights) 1 s after its deadline
   local secs

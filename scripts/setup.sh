@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up (or update) the project's virtual environment in .venv: CPU PyTorch 2.13.0 and cddfuse
-# with all extras (train, onnx, test, dev, serve, video). Idempotent: when nothing changed since the last run
+# with all extras (train, onnx, test, dev, serve, video, docs). Idempotent: when nothing changed since the last run
 # (same pyproject.toml, package importable) it only checks. Usage: bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +20,6 @@ fi
 if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
   "$VPY" -m pip install -q --disable-pip-version-check "torch==2.13.0"
 fi
-"$VPY" -m pip install -q --disable-pip-version-check -e ".[train,onnx,test,dev,serve,video]"
+"$VPY" -m pip install -q --disable-pip-version-check -e ".[train,onnx,test,dev,serve,video,docs]"
 echo "$want" > "$STAMP"
 "$VPY" -c "import cddfuse, torch; print(f'cddfuse {cddfuse.__version__} ready (torch {torch.__version__}) in .venv')"

@@ -83,6 +83,7 @@ def test_restricted_model_cannot_fit_a_rotation_exactly():
     assert err_similarity < 0.5 < 3 < err_translation  # a translation cannot describe a 5 degree rotation
 
 
+@pytest.mark.slow
 def test_sources_of_different_sizes():
     b = scene(3, 240, 320)
     t = similarity(2.0, 1.0, 6.0, -4.0, centre=(159.5, 119.5)) @ np.diag([2.0, 2.0, 1.0])  # first: half the size
@@ -97,6 +98,7 @@ def test_sources_of_different_sizes():
     assert warped.shape == (240, 320, 3) and warped.dtype == np.uint8
 
 
+@pytest.mark.slow
 def test_unrelated_images_are_refused():
     al = estimate(scene(4), scene(5), "homography")
     assert not al.accepted and al.confidence < 0.5
@@ -117,6 +119,7 @@ def test_bad_arguments():
         Fuser(method="max", align="rigid")  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_fuser_align_uses_the_second_frame_and_fills_uncovered_pixels():
     b = scene(7)
     t = np.array([[1, 0, 12.0], [0, 1, 0.0], [0, 0, 1]])  # first image starts 12 px into the second
@@ -135,6 +138,7 @@ def test_fuser_align_uses_the_second_frame_and_fills_uncovered_pixels():
         fuser.fuse(a, b, resize=True)
 
 
+@pytest.mark.slow
 def test_align_none_is_bit_identical(tmp_path):
     pair = (str(shared_path("data", "test", "TNO", "ir", "07.png")), str(shared_path("data", "test", "TNO", "vi",
                                                                                      "07.png")))
@@ -145,6 +149,7 @@ def test_align_none_is_bit_identical(tmp_path):
     np.testing.assert_array_equal(Fuser(method="max", align="none").fuse(*pair), ref)
 
 
+@pytest.mark.slow
 def test_cli_align_and_fuse_align(tmp_path, capsys):
     tno = shared_path("data", "test", "TNO")
     b = read_image(tno / "vi" / "07.png")
@@ -174,6 +179,7 @@ def test_cli_align_and_fuse_align(tmp_path, capsys):
                  "--align", "affine", "--align-min-confidence", "2"]) == 2
 
 
+@pytest.mark.slow
 def test_folder_mode_with_align(tmp_path, capsys):
     tno = shared_path("data", "test", "TNO")
     (tmp_path / "ir").mkdir()
@@ -205,6 +211,7 @@ def _bench():
     return module
 
 
+@pytest.mark.slow
 def test_benchmark_cases_on_a_real_pair():
     """The benchmark's synthetic misalignment (perspective included, and the 2x downscaled case) on TNO 07,
     where the estimate is sub-pixel; and an unrelated scene refused."""
@@ -247,6 +254,7 @@ def test_dense_refinement_gradient_and_known_answer(model):
     assert corner_error(refined, t, 200, 150) < 0.1 and correlation > 0.9
 
 
+@pytest.mark.slow
 def test_repeatable_on_a_real_pair():
     """RoadScene FLIR_06325 misaligned four ways and downscaled once: each estimate agrees with the estimate on
     the registered pair (the "self" error of bench_align.py) -- median under 1 px, none over 2 px. Before the

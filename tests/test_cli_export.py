@@ -26,6 +26,7 @@ def _crop_pair(test_data: Path, folder: Path, size=(72, 96)) -> tuple[Path, Path
     return folder / "ir.png", folder / "vis.png"
 
 
+@pytest.mark.slow
 def test_export_writes_a_checked_file_that_fuses_like_the_fuser(test_data, tiny_weights, tmp_path, capsys):
     from cddfuse.fusion import Fuser
     from cddfuse.io.color import split_luminance
@@ -52,6 +53,7 @@ def test_export_writes_a_checked_file_that_fuses_like_the_fuser(test_data, tiny_
     assert not list(out.parent.glob(".*cddfuse-tmp"))
 
 
+@pytest.mark.slow
 def test_residual_is_fixed_in_the_graph(tiny_weights, tmp_path, capsys):
     out = tmp_path / "none.onnx"
     assert main(["export", "-o", str(out), "--weights", str(tiny_weights), "--residual", "none", "-q"]) == 0
@@ -70,6 +72,7 @@ def test_residual_is_fixed_in_the_graph(tiny_weights, tmp_path, capsys):
     assert np.abs(got - vis).max() > 1e-3  # the residual matters, so the test above can fail
 
 
+@pytest.mark.slow
 def test_a_failed_check_writes_nothing(tiny_weights, tmp_path, capsys, monkeypatch):
     from cddfuse.engine import onnx as onnx_module
 
@@ -100,17 +103,19 @@ def test_usage_and_file_errors_are_one_line(args, code, text, tmp_path, capsys, 
 
 
 def test_readme_onnxruntime_example_runs_as_written(test_data, tiny_weights, tmp_path, monkeypatch):
-    """The README's 10-line onnxruntime pipeline gives `cddfuse fuse --chroma ycbcr`'s image (to 8-bit rounding)."""
+    """The documentation's 10-line onnxruntime pipeline (README or docs pages, wherever it is) gives
+    `cddfuse fuse --chroma ycbcr`'s image (to 8-bit rounding)."""
     from cddfuse.fusion import Fuser
     from cddfuse.io.image import read_image
 
-    readme = (ROOT / "README.md").read_text()
-    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "ort.InferenceSession" in b]
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    blocks = [b for page in pages if page.is_file()
+              for b in re.findall(r"```python\n(.*?)```", page.read_text(), re.S) if "ort.InferenceSession" in b]
     assert len(blocks) == 1
     monkeypatch.chdir(tmp_path)
     _crop_pair(test_data, tmp_path)
     assert main(["export", "-o", "cddfuse_ivf.onnx", "--weights", str(tiny_weights), "-q"]) == 0
-    exec(compile(blocks[0], "README.md", "exec"), {})
+    exec(compile(blocks[0], "the documentation", "exec"), {})
     got = read_image(tmp_path / "fused.png")
     want = Fuser(weights=tiny_weights, device="cpu", chroma="ycbcr").fuse(tmp_path / "ir.png", tmp_path / "vis.png")
     assert got.shape == want.shape == (72, 96, 3)

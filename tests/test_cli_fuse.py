@@ -4,7 +4,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +106,7 @@ def _folder_pair(root: Path, test_data: Path, names):
     return ir, vi
 
 
+@pytest.mark.slow
 def test_folder_mode_with_failures_unmatched_and_rerun(test_data, tiny_weights, tmp_path):
     ir, vi = _folder_pair(tmp_path, test_data, ["07.png", "19.png", "20.png"])
     (ir / "lonely.png").symlink_to(test_data / "TNO/ir/01.png")          # no partner
@@ -136,6 +136,7 @@ def test_folder_mode_with_failures_unmatched_and_rerun(test_data, tiny_weights, 
     assert rc == 0 and "4 fused, 0 already done" in err
 
 
+@pytest.mark.slow
 def test_folder_batches_of_same_size_pairs(test_data, tiny_weights, tmp_path, monkeypatch):
     """--batch-size groups consecutive same-size pairs; outputs equal the one-by-one run's and a
     bad pair in the middle is still reported on its own."""
@@ -174,6 +175,7 @@ def test_folder_batches_of_same_size_pairs(test_data, tiny_weights, tmp_path, mo
         assert a.shape == b.shape and float(np.abs(a - b).max()) <= 1e-5, name
 
 
+@pytest.mark.slow
 def test_missing_file_and_usage_errors(test_data, tiny_weights, tmp_path):
     rc, _, err = run_cli("fuse", tmp_path / "nope.png", test_data / TNO[1], "-o", tmp_path / "x.png",
                          "--weights", tiny_weights)
@@ -191,6 +193,7 @@ def test_missing_file_and_usage_errors(test_data, tiny_weights, tmp_path):
     assert not (tmp_path / "x.png").exists() and not (tmp_path / "x.jpg").exists()
 
 
+@pytest.mark.slow
 def test_mismatched_sizes_pair(test_data, tiny_weights, tmp_path):
     rc, _, err = run_cli("fuse", test_data / "TNO/ir/01.png", test_data / "TNO/vi/06.png", "-o", tmp_path / "x.png",
                          "--weights", tiny_weights, "--device", "cpu")
@@ -210,6 +213,7 @@ def test_no_weights_says_so(test_data, tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.slow
 def test_bundled_weights_fuse_without_options(test_data, tmp_path):
     """The main job: `cddfuse fuse IR VIS -o OUT` with nothing else uses the bundled IVF weights."""
     from cddfuse.models.pretrained import PRETRAINED, WEIGHTS_DIR
@@ -225,25 +229,49 @@ def test_bundled_weights_fuse_without_options(test_data, tmp_path):
     assert out is not None and out.shape[:2] == ir.shape
 
 
+# The CLI in a subprocess whose second fusion first waits until the first output is on disk, says so on
+# stdout and then stays in the middle of fusing: the signal always lands mid-run, however busy the machine.
+_PAUSE_AFTER_FIRST_OUTPUT = """
+import pathlib, sys, time
+from cddfuse.cli.main import main
+from cddfuse.fusion.fuser import Fuser
+
+out, calls, fuse = pathlib.Path(sys.argv[1]), [], Fuser.fuse
+
+def paused(self, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+        while not any(p.suffix == ".png" and not p.name.startswith(".") for p in out.iterdir()):
+            time.sleep(0.01)
+        print("first output written", flush=True)
+        time.sleep(3600)
+    return fuse(self, *args, **kwargs)
+
+Fuser.fuse = paused
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_interrupted_folder_run_loses_nothing(test_data, tiny_weights, tmp_path, sig):
     names = ["07.png", "19.png", "20.png", "24.png"] * 2
     ir, vi = _folder_pair(tmp_path, test_data, names)
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "cddfuse.cli.main", "fuse", str(ir), str(vi), "-o", str(out),
-                             "--weights", str(tiny_weights), "--device", "cpu"],
+    proc = subprocess.Popen([sys.executable, "-c", _PAUSE_AFTER_FIRST_OUTPUT, str(out), "fuse", str(ir), str(vi),
+                             "-o", str(out), "--weights", str(tiny_weights), "--device", "cpu"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and not (out.exists() and any(p.suffix == ".png" for p in out.iterdir())):
-        time.sleep(0.05)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # blocks until the run is paused mid-folder (or has died: "")
+    assert line.strip() == "first output written", proc.communicate(timeout=600)[1][-2000:]
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=600)
     assert "Traceback" not in err
     if sig != signal.SIGKILL:
         assert proc.returncode == 130 and "interrupted" in err
         assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
     finished = [p for p in out.iterdir() if not p.name.startswith(".")]
-    assert 1 <= len(finished) < len(names)
+    assert len(finished) == 1  # the pair written before the pause, nothing else
     for p in finished:  # every visible output is a complete image of the right size
         assert read_image(p).shape == read_image(ir / p.name).shape
     rc, _, err = run_cli("fuse", ir, vi, "-o", out, "--weights", tiny_weights, "--device", "cpu", "-q")

@@ -49,6 +49,7 @@ def test_fast_path_equals_reference_tiny(ops, residual):
     assert float((got - want).abs().max()) <= 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ops", OPS)
 def test_fast_path_equals_reference_full_size(seed1_model, ops):
     ref = reference_from(seed1_model)
@@ -60,6 +61,7 @@ def test_fast_path_equals_reference_full_size(seed1_model, ops):
         assert float((got - want).abs().max()) <= 1e-4, tile
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["case0_", "case1_"])
 def test_fast_path_matches_authors_vectors(seed1_model, parity, case):
     ir = torch.from_numpy(parity[case + "ir"])[None, None]
@@ -136,6 +138,7 @@ def test_fuser_batches_same_size_pairs(tmp_path):
         assert float(np.abs(batch[i] - fuser.fuse_luminance(ya[i], yb[i])).max()) <= 1e-5
 
 
+@pytest.mark.slow
 def test_onnx_backend_matches_torch(tmp_path):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")

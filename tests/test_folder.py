@@ -64,6 +64,7 @@ def test_a_failing_pair_does_not_stop_the_others(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["01.png", "03.png"]
 
 
+@pytest.mark.slow
 def test_batches_give_the_same_images(tmp_path, tiny_weights, monkeypatch):
     a, b = _pairs(tmp_path, ["01", "02", "03"], size=(9, 13))
     fuser = Fuser(weights=tiny_weights, device="cpu")

@@ -16,6 +16,7 @@ def tiny_fuser(tiny_weights):
     return Fuser(weights=tiny_weights, device="cpu")
 
 
+@pytest.mark.slow
 def test_authors_protocol_on_a_real_crop(seed1_checkpoint, test_data, tmp_path):
     """Fuser == the authors' test_IVF.py steps: cv2 gray read, /255, model, min-max, x255."""
     import cv2
@@ -40,6 +41,7 @@ def test_authors_protocol_on_a_real_crop(seed1_checkpoint, test_data, tmp_path):
     assert np.abs(out - ref).max() <= 1e-5
 
 
+@pytest.mark.slow
 def test_inputs_paths_arrays_pil_agree(tiny_fuser, test_data):
     ir_p, vi_p = test_data / "RoadScene/ir/FLIR_00977.jpg", test_data / "RoadScene/vi/FLIR_00977.jpg"
     from_paths = tiny_fuser.fuse(ir_p, vi_p)
@@ -51,6 +53,7 @@ def test_inputs_paths_arrays_pil_agree(tiny_fuser, test_data):
     assert np.array_equal(from_paths, from_pil)
 
 
+@pytest.mark.slow
 def test_float_and_uint16_inputs(tiny_fuser):
     rng = np.random.default_rng(0)
     a8 = rng.integers(0, 256, (20, 24), dtype=np.uint8)
@@ -71,6 +74,7 @@ def test_color_output_keeps_chroma_and_gray_option(tiny_weights, test_data):
     np.testing.assert_allclose(gray, res.luminance, atol=0)
 
 
+@pytest.mark.slow
 def test_normalize_modes(tiny_weights, test_data):
     ir, vi = test_data / "TNO/ir/07.png", test_data / "TNO/vi/07.png"
     raw = Fuser(weights=tiny_weights, device="cpu", normalize="none").fuse_detailed(ir, vi)

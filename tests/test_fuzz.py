@@ -55,6 +55,7 @@ def _read(data: bytes, suffix: str) -> None:
         assert img.min() >= 0 and img.max() <= 1
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.binary(max_size=2048), suffix=st.sampled_from([".png", ".jpg", ".bmp", ".tif", ".xyz"]))
 def test_reader_on_random_bytes(data, suffix):
@@ -65,6 +66,7 @@ def test_reader_on_random_bytes(data, suffix):
 @given(name=st.sampled_from(sorted(SEEDS)), cuts=st.lists(st.tuples(st.integers(0, 4095), st.integers(0, 255)),
                                                           max_size=12),
        truncate=st.one_of(st.none(), st.integers(0, 4095)))
+@pytest.mark.slow
 def test_reader_on_mutated_real_files(name, cuts, truncate):
     data = bytearray(SEEDS[name])
     for pos, value in cuts:  # flip bytes, headers included
@@ -78,6 +80,7 @@ def test_reader_on_mutated_real_files(name, cuts, truncate):
 @given(a=st.lists(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_. -]{0,11}", fullmatch=True), max_size=8, unique=True),
        b=st.lists(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_. -]{0,11}", fullmatch=True), max_size=8, unique=True),
        ext=st.sampled_from([".png", ".jpg", ".PNG", ".txt", ""]))
+@pytest.mark.slow
 def test_pair_matcher(a, b, ext):
     from cddfuse.io.pairs import match_pairs
 

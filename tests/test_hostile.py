@@ -306,11 +306,12 @@ def test_max_pixels_must_be_a_positive_number(cli, pair, tmp_path, value):
     assert e.value.code == 2
 
 
+@pytest.mark.slow
 def test_fifo_is_refused_not_waited_on(tmp_path, pair):
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)
     proc = subprocess.run([sys.executable, "-m", "cddfuse.cli.main", "fuse", str(fifo), str(pair[1]), "-o",
-                           str(tmp_path / "o.png"), "--method", "max"], capture_output=True, text=True, timeout=120)
+                           str(tmp_path / "o.png"), "--method", "max"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1 and "not a regular file" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -604,16 +605,18 @@ def test_folder_output_is_a_file(cli, folders, tmp_path):
     cli(*fuse(*folders, "-o", tmp_path / "out"), rc=2, says="is a file")
 
 
+@pytest.mark.slow
 def test_folder_with_a_fifo_does_not_block(folders, tmp_path):
     ir, vi = folders
     os.mkfifo(ir / "04.png")
     write_image(vi / "04.png", np.zeros((16, 18)))
     proc = subprocess.run([sys.executable, "-m", "cddfuse.cli.main", *map(str, fuse(ir, vi, "-o", tmp_path / "out"))],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=600)
     assert "Traceback" not in proc.stderr and "3 fused" in proc.stderr
     os.unlink(ir / "04.png")
 
 
+@pytest.mark.slow
 def test_two_folder_runs_into_one_output_folder(folders, tmp_path, tiny_weights):
     """Two runs at once, same output folder: every output complete and equal to a single run's."""
     ir, vi = folders
@@ -652,7 +655,7 @@ def test_eval_with_a_fifo_as_fused_image(folders, tmp_path):
     os.mkfifo(out / "03.png")
     proc = subprocess.run([sys.executable, "-m", "cddfuse.cli.main", "eval", str(ir), str(vi), str(out),
                            "--metrics", "EN"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
 
 
@@ -771,6 +774,7 @@ def tiny_run(tmp_path, folders):
     return ["train", "--config", cfg, "--a", folders[0], "--b", folders[1], "--run-dir", tmp_path / "run"]
 
 
+@pytest.mark.slow
 def test_disk_full_during_a_checkpoint_keeps_the_previous_one(cli, tiny_run, tmp_path, monkeypatch):
     import cddfuse.train.checkpoint as C
 
@@ -789,6 +793,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(cli, tiny_run, tmp
     assert not list(last.parent.glob(".*cddfuse-tmp"))
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_is_refused_on_resume(cli, tiny_run, tmp_path):
     cli(*tiny_run, rc=0)
     last = tmp_path / "run" / "checkpoints" / "last.pt"

@@ -13,6 +13,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 import cddfuse
 
 #: Top-level packages of the optional extras in pyproject.toml (onnx; train; test; serve; video).
@@ -58,6 +60,7 @@ def test_package_modules_are_found() -> None:
     assert {"cddfuse", "cddfuse.models.cddfuse", "cddfuse.fusion.fuser", "cddfuse.cli.main"} <= set(names)
 
 
+@pytest.mark.slow
 def test_every_module_imports_without_optional_extras() -> None:
     proc = subprocess.run([sys.executable, "-c", _SCRIPT, ",".join(OPTIONAL), *package_modules()],
                           capture_output=True, text=True, timeout=300, check=False,

@@ -30,6 +30,7 @@ def test_state_dict_matches_authors_listing(reference_dir):
     assert theirs == ours
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["case0_", "case1_"])
 def test_parity_with_authors_code(seed1_model, parity, case):
     ir = torch.from_numpy(parity[case + "ir"])[None, None]

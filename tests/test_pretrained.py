@@ -31,6 +31,7 @@ def test_bundled_weights_are_shipped_and_self_describing(task):
     assert all(bool(np.isfinite(p.detach().numpy()).all()) for p in model.parameters())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task,testset", [("ivf", "TNO"), ("ivf", "RoadScene"), ("mif", "MRI_PET")])
 def test_bundled_weights_beat_the_mean_rule_on_a_real_pair(task, testset):
     """The first pair of a paper test set, fused and scored with the paper's protocol: the bundled
@@ -48,6 +49,7 @@ def test_bundled_weights_beat_the_mean_rule_on_a_real_pair(task, testset):
 
 @pytest.mark.parametrize("task,testset,colour", [("ivf", "RoadScene", True), ("mif", "MRI_PET", True),
                                                  ("mif", "MRI_CT", False)])
+@pytest.mark.slow
 def test_bundled_weights_default_pipeline(task, testset, colour):
     """`Fuser(task=...)` with nothing else: full-size output in [0, 1], colour kept from a colour source,
     and the visible / MRI structure present (correlation with its luminance)."""

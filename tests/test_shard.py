@@ -92,6 +92,7 @@ def test_select_hook_splits_by_pixels(frames, tmp_path):
     assert shard_selector(Shard(1, 2))(pairs) == ["b", "c", "d", "e", "f"]
 
 
+@pytest.mark.slow
 def test_shards_together_give_the_whole_set_byte_identical(frames, tiny_weights, tmp_path, capsys, one_thread):
     ir, vi = frames
     common = ["--weights", str(tiny_weights), "-q"]

@@ -44,6 +44,7 @@ def _untiled(model, a, b, residual="vis"):
         return model(a, b, residual=residual)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tile", [16, 7, 5])
 @pytest.mark.parametrize("residual", ["vis", "sum", "none"])
 def test_tiled_equals_untiled_odd_size(tiny, tile, residual):
@@ -53,6 +54,7 @@ def test_tiled_equals_untiled_odd_size(tiny, tile, residual):
     assert float((got - _untiled(tiny, a, b, residual)).abs().max()) <= 1e-4
 
 
+@pytest.mark.slow
 def test_tile_of_one_pixel_and_tiny_images(tiny):
     for h, w in [(5, 7), (1, 1), (1, 6), (2, 2)]:
         a, b = _pair(h, w, seed=h * 10 + w)
@@ -62,6 +64,7 @@ def test_tile_of_one_pixel_and_tiny_images(tiny):
             assert float((got - ref).abs().max()) <= 1e-4, (h, w, tile)
 
 
+@pytest.mark.slow
 def test_tile_worker_threads_give_the_same_result(tiny):
     a, b = _pair(41, 38, seed=21)
     one = tiled_fuse(tiny, a, b, tile=10, workers=1)
@@ -82,6 +85,7 @@ def test_disk_store_batch_of_pairs(tiny, tmp_path):
 
 @pytest.mark.parametrize("sizes", [dict(TINY, encoder_blocks=0, decoder_blocks=0),
                                    dict(TINY, encoder_blocks=2, decoder_blocks=2, fuse_inn_layers=0)])
+@pytest.mark.slow
 def test_other_network_sizes(sizes):
     model = _random_model(5, **sizes)
     a, b = _pair(23, 19, seed=5)
@@ -110,6 +114,7 @@ def test_memory_budget_chooses_tiles(tiny):
     assert calls and calls[-1][0] == calls[-1][1] - 1  # every pass reported
 
 
+@pytest.mark.slow
 def test_full_size_network_tiled(reference_model):
     """The paper-size network (authors' checkpoint format) on a 64x80 crop, tiles of 24 and 37."""
     g = torch.Generator().manual_seed(11)
@@ -245,6 +250,7 @@ def test_map_pool_reuses_buffers_of_the_same_shape():
     assert float(again.read((3, 6, 0, 5)).tensor.min()) == 2.0
 
 
+@pytest.mark.slow
 def test_fuser_tile_option_matches_untiled(tmp_path):
     from cddfuse.fusion import Fuser
     from cddfuse.models.weights import save_weights
@@ -261,6 +267,7 @@ def test_fuser_tile_option_matches_untiled(tmp_path):
     assert float(np.abs(whole - budget).max()) <= 1e-4
 
 
+@pytest.mark.slow
 def test_cli_tile_and_memory_options(tmp_path):
     """`cddfuse fuse --tile/--max-memory` writes the same image as the default run."""
     import subprocess

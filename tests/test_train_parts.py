@@ -187,3 +187,13 @@ def test_time_budget():
     assert b.step_s == pytest.approx(5.2) and not b.short() and b.short(extra_s=10.0)  # 10.5 s, 20.5 s
     b.note_checkpoint(0.5)
     assert b.checkpoint_s == 1.0  # an estimate halves at most per checkpoint
+
+
+def test_time_budget_keeps_time_for_the_exit():
+    b = TimeBudget(0.0, 30.0, checkpoint_s=1.0)
+    b.session_time = lambda: 10.0  # type: ignore[method-assign]  # 20 s left, whatever the clock
+    assert not b.short(extra_s=16.0)  # 1.5 * 1 + 16 + 1 s for the exit
+    b.note_startup(30.0)  # a slow start (a busy machine): a slow exit, a fifth of it
+    assert b.exit_s == 6.0 and b.short(extra_s=16.0)
+    b.note_startup(2.0)
+    assert b.exit_s == 1.0

@@ -77,6 +77,7 @@ def _state(run: Path) -> dict:
     return json.loads((run / "state.json").read_text())
 
 
+@pytest.mark.slow
 def test_few_step_run_on_real_pairs(workdir, capsys):
     from cddfuse.models.weights import load_weights
     from cddfuse.train.trainer import load_checkpoint
@@ -141,26 +142,62 @@ def test_existing_run_and_resume_rules(workdir, capsys, monkeypatch):
     assert "unknown config key 'optim.momentum'" in capsys.readouterr().err
 
 
-def test_max_time_stops_at_a_checkpoint_and_resumes(workdir, monkeypatch, capsys):
+class _VirtualTime:
+    """The training modules' clock, made deterministic: a step takes ``CDDFUSE_TRAIN_STEP_SLEEP`` seconds
+    (the trainer's per-step sleep advances it), every checkpoint file ``write_s``; nothing else takes time,
+    however busy the machine."""
+
+    def __init__(self, monkeypatch, write_s: float) -> None:
+        import cddfuse.train.checkpoint as ckpt_mod
+
+        self.now = 1000.0
+        for mod in ("cddfuse.cli.main", "cddfuse.cli.train", "cddfuse.train.trainer", "cddfuse.train.control",
+                    "cddfuse.train.checkpoint", "cddfuse.train.export"):
+            monkeypatch.setattr(f"{mod}.time", self)
+        write = ckpt_mod.atomic_write_bytes
+
+        def slow_write(*args, **kwargs):
+            self.now += write_s
+            return write(*args, **kwargs)
+
+        monkeypatch.setattr(ckpt_mod, "atomic_write_bytes", slow_write)
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+
+@pytest.mark.slow
+def test_max_time_stops_before_the_limit_and_resumes(workdir, monkeypatch, capsys):
+    """--max-time counts the step it would start, the checkpoint that step brings due (here the phase
+    boundary's, three files) and the stop's own checkpoint: the run ends before the limit."""
     reference = workdir["root"] / "run_ref_inproc"
     common = ["--data", str(workdir["cache"]), "--no-tensorboard", "--set", "log.image_every_steps=0",
               "--set", "checkpoint.every_steps=0"]
     assert cli(["train", "--config", str(workdir["cfg"]), "--run-dir", str(reference)] + common) == 0
     run = workdir["root"] / "run_maxtime"
-    monkeypatch.setenv("CDDFUSE_TRAIN_STEP_SLEEP", "0.4")
-    t0 = time.monotonic()
+    monkeypatch.setenv("CDDFUSE_TRAIN_STEP_SLEEP", "0.5")
+    clock = _VirtualTime(monkeypatch, write_s=1.0)
     assert cli(["train", "--config", str(workdir["cfg"]), "--run-dir", str(run), "--max-time", "6"] + common) == 0
-    assert time.monotonic() - t0 < 6.0
+    assert clock.now - 1000.0 <= 6.0, (clock.now, _state(run))
     assert "--max-time budget" in capsys.readouterr().err
     st = _state(run)
-    assert st["status"] == "stopped" and 0 < st["global_step"] < TOTAL_STEPS
-    monkeypatch.delenv("CDDFUSE_TRAIN_STEP_SLEEP")
+    # 5 steps (2.5 s) and the stop's checkpoint (2 files, 2 s): step 6 would bring the phase boundary's
+    # checkpoint (3 files) due before the stop's, 8 s in all
+    assert st["status"] == "stopped" and st["global_step"] == 5
+    monkeypatch.undo()
     assert cli(["train", "--resume", str(run)]) == 0
     assert _state(run)["status"] == "complete"
     w0, w1 = _weights(reference / "final.safetensors"), _weights(run / "final.safetensors")
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
 
 
+@pytest.mark.slow
 def test_checkpoint_weights_follow_the_run(workdir, monkeypatch, capsys):
     """checkpoint.weights: the latest weights after every checkpoint, also when --max-time stops the run
     (no final.safetensors then), with the run's status and Phase-II steps in the provenance."""
@@ -171,6 +208,7 @@ def test_checkpoint_weights_follow_the_run(workdir, monkeypatch, capsys):
     common = ["--data", str(workdir["cache"]), "--no-tensorboard", "--set", "log.image_every_steps=0",
               "--set", f"checkpoint.weights={latest}"]
     monkeypatch.setenv("CDDFUSE_TRAIN_STEP_SLEEP", "0.4")
+    _VirtualTime(monkeypatch, write_s=0.0)  # (steps of 0.4 s whatever the machine's load)
     assert cli(["train", "--config", str(workdir["cfg"]), "--run-dir", str(run), "--max-time", "5"] + common) == 0
     assert "--max-time budget" in capsys.readouterr().err
     st = _state(run)
@@ -184,7 +222,7 @@ def test_checkpoint_weights_follow_the_run(workdir, monkeypatch, capsys):
     w = _weights(latest)
     assert all(torch.equal(w[k], ck["model"][k]) for k in w)
 
-    monkeypatch.delenv("CDDFUSE_TRAIN_STEP_SLEEP")
+    monkeypatch.undo()
     assert cli(["train", "--resume", str(run)]) == 0
     _, info = load_weights(latest)
     assert info.provenance["status"] == "complete" and info.provenance["steps"] == TOTAL_STEPS
@@ -205,30 +243,45 @@ def _env(**kw):
     return env
 
 
+# `cddfuse train` in a subprocess that, once the checkpoint after step 4 is written, says so on stdout and
+# waits there (inside Phase I): the SIGKILL lands at a known step, however busy the machine.
+_PAUSE_AFTER_STEP_4 = """
+import sys, time
+from cddfuse.cli.main import main
+from cddfuse.train.trainer import Trainer
+
+save = Trainer.save_checkpoint
+
+def paused(self, *args, **kwargs):
+    path = save(self, *args, **kwargs)
+    if self.global_step == 4:
+        print("checkpoint after step 4 written", flush=True)
+        time.sleep(3600)
+    return path
+
+Trainer.save_checkpoint = paused
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
 def test_sigkill_mid_phase_then_resume_is_bit_identical(workdir):
     cfg, cache, root = workdir["cfg"], workdir["cache"], workdir["root"]
     ref = root / "run_kill_ref"
     subprocess.run(_train_cmd(cfg, cache, ref), check=True, env=_env(), capture_output=True, timeout=300)
     run = root / "run_killed"
-    proc = subprocess.Popen(_train_cmd(cfg, cache, run), env=_env(CDDFUSE_TRAIN_STEP_SLEEP="0.3"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-c", _PAUSE_AFTER_STEP_4, *_train_cmd(cfg, cache, run)[3:]],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:  # kill inside Phase I (steps 1-6), after a few checkpoints
-            try:
-                if _state(run)["global_step"] >= 4:
-                    break
-            except (FileNotFoundError, json.JSONDecodeError, KeyError):
-                pass
-            assert proc.poll() is None, "the run ended before it could be killed"
-            time.sleep(0.05)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "checkpoint after step 4 written", "the run ended early"
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     st = _state(run)
-    assert st["status"] == "running" and 4 <= st["global_step"] < 6 and st["phase"] == 1
+    assert st["status"] == "running" and st["global_step"] == 4 and st["phase"] == 1
     assert not (run / "final.safetensors").exists()
     subprocess.run([sys.executable, "-m", "cddfuse.cli.main", "train", "--resume", str(run)], check=True,
                    env=_env(), capture_output=True, timeout=300)
@@ -241,6 +294,7 @@ def _losses_from_log(text: str):
     return [float(m.group(1)) for m in re.finditer(r"step \d+/\d+ loss ([0-9.eE+-]+)", text)]
 
 
+@pytest.mark.slow
 def test_two_ranks_follow_the_single_process_trajectory(workdir):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
@@ -306,6 +360,7 @@ def test_lazy_hdf5_cache(workdir, monkeypatch):
     assert torch.equal(first[0][1], eager[1][0])
 
 
+@pytest.mark.slow
 def test_random_crop_mode_medical_run(tmp_path, capsys):
     """Random-crop mode from a cache of whole images, medical task, residual `sum`."""
     from cddfuse.models.weights import load_weights

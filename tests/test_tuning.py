@@ -87,7 +87,9 @@ def test_a_malformed_entry_is_ignored_with_a_warning(cache):
 def test_another_cpu_gets_its_own_entry(cache, monkeypatch):
     _tune()
     here = tuning.machine_key()
-    monkeypatch.setenv("CDDFUSE_CPU_FLAGS", "sse2 avx2")  # the same file read on a different processor
+    # the same file read on a different processor: this one's flags with AMX toggled (the key names it)
+    flags = set(cpu.cpu_flags()) ^ {"amx_bf16"}
+    monkeypatch.setenv("CDDFUSE_CPU_FLAGS", " ".join(sorted(flags)))
     assert tuning.machine_key() != here
     assert tuning.cached_settings() is None
     _tune()
@@ -109,6 +111,7 @@ def test_tuned_settings_do_not_change_the_result(cache):
         torch.testing.assert_close(fused, whole, atol=2e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_cli_tune_writes_and_shows_the_cache(cache, capsys):
     from cddfuse.cli.main import main
 
@@ -136,8 +139,14 @@ def test_cpu_flags_override_and_bf16_detection(monkeypatch):
     assert "baseline" not in cpu.cpu_key()
 
 
+def _need_bf16() -> None:
+    if cpu.bf16_feature() is None:
+        pytest.skip(f"this CPU ({cpu.cpu_model()}) has neither AMX nor AVX512-BF16: bf16 is refused here")
+
+
 def test_bf16_tiled_equals_untiled():
     """The mixed bf16 path is still exact under tiling: every pixel sees the same arithmetic."""
+    _need_bf16()
     model = make_random_model(5, **TINY_SIZES)
     a, b = torch.rand(1, 1, 53, 67), torch.rand(1, 1, 53, 67)
     with torch.inference_mode():
@@ -155,8 +164,7 @@ def test_bf16_tiled_equals_untiled():
 
 
 def test_bf16_on_a_real_pair_is_within_one_gray_level_of_fp32():
-    if cpu.bf16_feature() is None:
-        pytest.skip(f"this CPU ({cpu.cpu_model()}) has neither AMX nor AVX512-BF16: bf16 is refused here")
+    _need_bf16()
     from cddfuse.fusion import Fuser
     from cddfuse.io.image import read_image
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Union
 
 __all__ = ["atomic_path", "atomic_write_bytes", "remove_stale_temporaries", "same_file", "is_inside",
-           "check_writable_folder", "TMP_MARK"]
+           "check_writable_folder", "cache_dir", "TMP_MARK"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -29,6 +29,16 @@ _HOST = f"{zlib.crc32(socket.gethostname().encode()):08x}"
 #: abandoned only when it has not been touched for this long: no image, cache or checkpoint takes
 #: anywhere near that to write.
 STALE_AFTER_S = 3600.0
+
+
+def cache_dir() -> Path:
+    """The package's cache folder (the engine's tuning, downloaded weights): ``$CDDFUSE_CACHE``, else
+    ``$XDG_CACHE_HOME/cddfuse``, else ``~/.cache/cddfuse``. Not created here."""
+    base = os.environ.get("CDDFUSE_CACHE")
+    if not base:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        base = os.path.join(xdg, "cddfuse") if xdg else os.path.join(os.path.expanduser("~"), ".cache", "cddfuse")
+    return Path(base)
 
 
 @contextlib.contextmanager

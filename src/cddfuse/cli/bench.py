@@ -38,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("testset", metavar="TESTSET_DIR", help="test set folder (e.g. test_img/TNO)")
     p.add_argument("--weights", metavar="PATH",
-                   help="CDDFuse checkpoint (.pth of the authors or .safetensors); default: bundled weights")
+                   help="CDDFuse checkpoint (.pth of the authors or .safetensors), or authors-ivf / authors-mif (the "
+                        "authors' published files, downloaded once and verified); default: bundled weights")
     p.add_argument("--method", choices=METHODS, default="cddfuse",
                    help="the network (default) or a baseline rule: mean = (A+B)/2, max = max(A, B)")
     p.add_argument("--task", choices=TASKS, default=None,

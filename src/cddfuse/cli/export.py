@@ -39,8 +39,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
                    help="ivf or mif: which bundled weights, and the residual choice of auto "
                         "(default: what the weights were made for, else ivf)")
     p.add_argument("--weights", metavar="PATH", default=None,
-                   help="a cddfuse .safetensors or the authors' CDDFuse_IVF.pth / CDDFuse_MIF.pth "
-                        "(default: the bundled weights of --task)")
+                   help="a cddfuse .safetensors or the authors' CDDFuse_IVF.pth / CDDFuse_MIF.pth, or authors-ivf / "
+                        "authors-mif (those files, downloaded once and verified; default: the bundled weights of "
+                        "--task)")
     p.add_argument("--residual", choices=RESIDUAL_CHOICES, default="auto",
                    help="image added before the decoder's sigmoid, fixed in the graph: vis, sum (A+B), none; "
                         "auto = what the weights were trained for (as in cddfuse fuse)")

@@ -25,9 +25,11 @@ DESCRIPTION = """\
 Fuse IR (infrared, or the functional image: CT, PET, SPECT) with VIS (visible, or MRI).
 
 IR and VIS are two image files, or two folders whose images are paired by file stem
-(01.png with 01.jpg); then -o is a folder. Folder mode shows a progress bar, skips outputs
-that already exist (rerun after an interruption to finish; --overwrite to redo), writes every
-file atomically, keeps going when a pair fails and exits 1 if any did.
+(01.png with 01.jpg); then -o is a folder. --example NAME fuses one of the sample pairs
+shipped with the package instead (tno, roadscene, mri-pet; no IR and VIS then).
+Folder mode shows a progress bar, skips outputs that already exist (rerun after an
+interruption to finish; --overwrite to redo), writes every file atomically, keeps going
+when a pair fails and exits 1 if any did.
 
 Colour: when one source is colour, its luminance is fused and its chroma put back (colour
 output); --color gray writes the gray result. Output format follows the extension of -o
@@ -35,6 +37,7 @@ output); --color gray writes the gray result. Output format follows the extensio
 
 EPILOG = """\
 examples:
+  cddfuse fuse --example tno -o fused.png
   cddfuse fuse ir.png vis.png -o fused.png --weights CDDFuse_IVF.pth
   cddfuse fuse CT.png MRI.png -o fused.png --weights CDDFuse_MIF.pth
   cddfuse fuse data/ir data/vi -o out/ --weights model.safetensors --device cuda
@@ -46,15 +49,22 @@ exit codes: 0 success, 1 a failure (bad file, a pair failed), 2 usage error, 130
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     p = sub.add_parser("fuse", help=HELP, description=DESCRIPTION, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("ir", metavar="IR", help="infrared / functional image (IR, CT, PET, SPECT), or a folder of them")
-    p.add_argument("vis", metavar="VIS", help="visible / MRI image, or a folder of them")
+    p.add_argument("ir", metavar="IR", nargs="?",
+                   help="infrared / functional image (IR, CT, PET, SPECT), or a folder of them")
+    p.add_argument("vis", metavar="VIS", nargs="?", help="visible / MRI image, or a folder of them")
+    from ..data import names as sample_names
+
+    p.add_argument("--example", choices=sample_names(), default=None, metavar="NAME",
+                   help=f"fuse a sample pair shipped with the package instead of IR and VIS: "
+                        f"{', '.join(sample_names())} (--task defaults to the sample's task)")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output file (pair mode) or folder (folder mode)")
     p.add_argument("--task", choices=TASKS, default=None,
                    help="ivf: infrared-visible, mif: medical (default: what the weights were made for, else ivf)")
     p.add_argument("--weights", metavar="PATH", default=None,
-                   help="weights: a cddfuse .safetensors or the authors' CDDFuse_IVF.pth / CDDFuse_MIF.pth "
-                        "(default: the bundled weights of --task)")
+                   help="weights: a cddfuse .safetensors or the authors' CDDFuse_IVF.pth / CDDFuse_MIF.pth, or "
+                        "authors-ivf / authors-mif (those files, downloaded once and verified; default: the "
+                        "bundled weights of --task)")
     p.add_argument("--method", choices=METHODS, default="cddfuse",
                    help="cddfuse (default), or the simple baselines mean=(A+B)/2 and max=max(A,B)")
     p.add_argument("--residual", choices=RESIDUAL_CHOICES, default="auto",
@@ -139,8 +149,26 @@ def _make_fuser(args: argparse.Namespace):  # -> Fuser (import deferred: torch s
     return fuser
 
 
+def _sources(args: argparse.Namespace) -> tuple[Path, Path]:
+    """IR and VIS, or the files of ``--example`` (whose task then becomes the default ``--task``)."""
+    if args.example is not None:
+        if args.ir is not None or args.vis is not None:
+            raise UsageError("--example NAME replaces IR and VIS: give either the sample's name or two sources")
+        from ..data import paths, task
+
+        if args.task is None:
+            args.task = task(args.example)
+        ir, vis = paths(args.example)
+        args.ir, args.vis = str(ir), str(vis)  # (the video check reads them)
+        return ir, vis
+    if args.ir is None or args.vis is None:
+        raise UsageError("give two sources, IR and VIS (files or folders), or a sample pair with --example NAME")
+    return Path(args.ir), Path(args.vis)
+
+
 def run(args: argparse.Namespace) -> int:
-    ir, vis, out = Path(args.ir), Path(args.vis), Path(args.output)
+    ir, vis = _sources(args)
+    out = Path(args.output)
     for p, what in ((ir, "IR"), (vis, "VIS")):
         if not p.exists():
             raise CDDFuseError(f"{what} {p}: no such file or folder")

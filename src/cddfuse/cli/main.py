@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import threading
+import time
 import warnings
 from typing import Any, Callable, NoReturn
 
@@ -48,11 +50,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def process_start() -> float:
+    """When this process started, as a :func:`time.monotonic` value (Linux: from ``/proc``; elsewhere,
+    and if that fails: now). ``cddfuse train --max-time`` counts from there when it is the command
+    being run, so that the interpreter's start and the imports count too."""
+    now = time.monotonic()
+    try:
+        with open(f"/proc/{os.getpid()}/stat", encoding="ascii") as f:
+            fields = f.read().rpartition(")")[2].split()
+        started_s = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # starttime: clock ticks after boot
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - started_s
+    except (OSError, ValueError, IndexError, AttributeError):
+        return now
+    return now - age if 0 <= age < 3600 else now
+
+
 def _sigterm_as_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command ``argv`` (default: this process's command line); returns the exit code."""
+    started = process_start() if argv is None else time.monotonic()  # argv given: called from Python
     if threading.current_thread() is threading.main_thread():
         # `kill` then cleans up like Ctrl-C: temporary files removed, finished outputs kept.
         signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
@@ -61,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    args.started = started
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warning(args.command)
         return _run(args)

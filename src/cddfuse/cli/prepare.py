@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"cddfuse prepare: warning: {msg}", file=sys.stderr)
 
     def progress(it):
-        if args.quiet:
+        if args.quiet or not sys.stderr.isatty():  # no bar (carriage returns) in a log file
             return it
         from tqdm import tqdm
 

@@ -34,7 +34,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     p.add_argument("--task", choices=TASKS, default=None,
                    help="ivf: infrared-visible, mif: medical (default: what the weights were made for, else ivf)")
     p.add_argument("--weights", metavar="PATH", default=None,
-                   help="weights file (default: the bundled weights of --task)")
+                   help="weights file, or authors-ivf / authors-mif (the authors' published files, downloaded once "
+                        "and verified; default: the bundled weights of --task)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available, default), cpu, cuda, cuda:N")
     p.add_argument("--max-upload", default="50M", metavar="SIZE",
                    help="largest request (both images), e.g. 50M (default), 512K; larger uploads get 413")

@@ -45,7 +45,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
                    help="continue the run in RUN (a run directory or a checkpoint .pt); without RUN: "
                         "the one given by --run-dir / --name")
     g.add_argument("--max-time", metavar="DURATION",
-                   help="wall-clock budget (3600, 90m, 8h, 1d): stop with a checkpoint before it runs out")
+                   help="wall-clock budget (3600, 90m, 8h, 1d) from the command's start: stop with a checkpoint "
+                        "before it runs out (estimated from the steps and checkpoints so far: the first step of "
+                        "a session is not known in advance)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config setting (repeatable), e.g. --set optim.lr=2e-4 --set data.workers=4")
     g.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -66,9 +68,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     g.add_argument("--bf16", action="store_true",
                    help="train.precision=bf16: bfloat16 autocast with float32 weights and loss (CUDA, or CPUs "
                         "with AMX or AVX512-BF16)")
-    g.add_argument("--init", metavar="WEIGHTS", help="model.init: start from these weights")
+    g.add_argument("--init", metavar="WEIGHTS",
+                   help="model.init: start from these weights (a file, or authors-ivf / authors-mif)")
     g.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="checkpoint.every_steps")
-    g.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    g.add_argument("--no-progress", action="store_true",
+                   help="log lines instead of a progress bar (always so when stderr is not a terminal)")
     g.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard logs")
     p.set_defaults(func=run)
     return p
@@ -98,7 +102,7 @@ def _shortcut_overrides(args: argparse.Namespace) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    start = time.monotonic()
+    start = getattr(args, "started", None) or time.monotonic()  # --max-time counts from the command's start
     from ..errors import UsageError
     from ..train import config as C
 

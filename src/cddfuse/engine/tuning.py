@@ -78,12 +78,11 @@ def machine_key() -> str:
 
 
 def cache_path() -> Path:
-    """The tuning cache file: ``$CDDFUSE_CACHE/tuning.json``, else under the user's cache folder."""
-    base = os.environ.get("CDDFUSE_CACHE")
-    if not base:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        base = os.path.join(xdg, "cddfuse") if xdg else os.path.join(os.path.expanduser("~"), ".cache", "cddfuse")
-    return Path(base) / "tuning.json"
+    """The tuning cache file: ``$CDDFUSE_CACHE/tuning.json``, else under the user's cache folder
+    (:func:`cddfuse._fileutil.cache_dir`)."""
+    from .._fileutil import cache_dir
+
+    return cache_dir() / "tuning.json"
 
 
 def load_cache(path: Path | None = None) -> dict[str, Any]:

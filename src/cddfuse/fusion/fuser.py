@@ -159,8 +159,10 @@ class Fuser:
     """Fuse image pairs with CDDFuse (or a simple rule), from Python.
 
     Args:
-        weights: a ``.safetensors`` from this project or an authors' ``.pth``; ``None`` uses the
-            bundled weights of ``task`` (an error if this installation has none).
+        weights: a ``.safetensors`` from this project or an authors' ``.pth``; ``"authors-ivf"`` /
+            ``"authors-mif"``: the authors' published files, downloaded once and verified
+            (:mod:`cddfuse.models.hub`); ``None`` uses the bundled weights of ``task`` (an error if
+            this installation has none).
         task: ``"ivf"`` (infrared-visible) or ``"mif"`` (medical); ``None`` takes the task the
             weights were made for, else ``"ivf"``.
         method: ``"cddfuse"``, or the baselines ``"mean"`` ((A+B)/2) and ``"max"`` (max(A, B)).

@@ -41,7 +41,10 @@ class PairListing:
 
 
 def short_list(names: Sequence[str], limit: int = 10) -> str:
-    """``a, b, c ... (+12)``: the first ``limit`` names and how many more there are."""
+    """The first ``limit`` names and how many more there are.
+
+    For example ``a, b, c ... (+12)``.
+    """
     shown = ", ".join(names[:limit])
     return shown + (f" ... (+{len(names) - limit})" if len(names) > limit else "")
 

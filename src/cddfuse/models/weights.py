@@ -240,7 +240,9 @@ def load_weights(path: PathLike, *, device: str | torch.device = "cpu") -> tuple
     """Build a :class:`CDDFuse` in eval mode from a weights file of either format.
 
     Args:
-        path: a ``.safetensors`` file written by :func:`save_weights`, or an authors' ``.pth``.
+        path: a ``.safetensors`` file written by :func:`save_weights`, or an authors' ``.pth``; or
+            the name ``"authors-ivf"`` / ``"authors-mif"``: the authors' published file, downloaded
+            and verified on first use (:mod:`cddfuse.models.hub`).
         device: where to put the model.
 
     Returns:
@@ -248,8 +250,11 @@ def load_weights(path: PathLike, *, device: str | torch.device = "cpu") -> tuple
 
     Raises:
         CheckpointError: missing, truncated or foreign file, or weights that do not fit (names given).
+        CDDFuseError: a published file could not be downloaded (:func:`cddfuse.models.hub.fetch`).
     """
-    p = Path(path)
+    from . import hub
+
+    p = hub.fetch(os.fspath(path)) if hub.is_hub_name(path) else Path(path)
     if not p.exists():
         raise _fail(p, "no such weights file")
     if p.is_dir():

@@ -59,7 +59,9 @@ class TimeBudget:
         self.max_time = max_time
         self.step_s: float | None = None  # moving average of a step's duration
         self.checkpoint_s = checkpoint_s
+        self.last_checkpoint_s = 0.0  # the last checkpoint's duration (its file alone)
         self.validation_s = 0.0  # last validation's duration
+        self.exit_s = 1.0  # what the process takes to end after the last checkpoint (see note_startup)
 
     def session_time(self) -> float:
         """Seconds since the session started."""
@@ -69,12 +71,20 @@ class TimeBudget:
         self.step_s = seconds if self.step_s is None else 0.7 * self.step_s + 0.3 * seconds
 
     def note_checkpoint(self, seconds: float) -> None:
+        self.last_checkpoint_s = seconds
         self.checkpoint_s = max(0.5 * self.checkpoint_s, seconds)
+
+    def note_startup(self, seconds: float) -> None:
+        """The session took ``seconds`` from its start to its first step (interpreter, imports, data,
+        model). Ending the process (freeing the model, the optimizer and the threads) is slow where
+        starting was -- on a busy machine both take several times longer -- so a fifth of it (at least
+        1 s) is kept for the exit."""
+        self.exit_s = max(1.0, 0.2 * seconds)
 
     def short(self, extra_s: float = 0.0) -> bool:
         """Whether the time left is too short for one more step (plus ``extra_s``) and a checkpoint."""
         if self.max_time is None:
             return False
         remaining = self.max_time - self.session_time()
-        need = 1.25 * (self.step_s or 0.0) + 1.5 * self.checkpoint_s + extra_s + 1.0
+        need = 1.25 * (self.step_s or 0.0) + 1.5 * self.checkpoint_s + extra_s + self.exit_s
         return remaining < need

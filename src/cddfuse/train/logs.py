@@ -57,11 +57,12 @@ def log_images(writer: SummaryWriter, step: int, phase: int, images: list[Tensor
 
 
 def progress_bar(total: int, initial: int, show: bool) -> tqdm[Any]:
-    """The step bar on stderr (disabled, not absent, when ``show`` is false)."""
+    """The step bar on stderr (disabled, not absent, when ``show`` is false or stderr is not a terminal:
+    a log file then gets the plain lines of :func:`show_progress` instead of carriage returns)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not show, unit="step", dynamic_ncols=True, mininterval=1.0,
-                file=sys.stderr)
+    return tqdm(total=total, initial=initial, disable=not (show and sys.stderr.isatty()), unit="step",
+                dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
 
 
 def show_progress(bar: tqdm[Any], echo: Callable[[str], None], vals: dict[str, float], weights: LossWeights, *,

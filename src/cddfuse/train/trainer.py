@@ -238,9 +238,9 @@ class Trainer(TrainStep):
         path = ckpt.save_checkpoint(self, status, also)
         weights = self.cfg["checkpoint"]["weights"]
         if weights and self.dist.is_main:
-            t0 = time.monotonic()
+            t0 = time.monotonic() - self.budget.last_checkpoint_s
             export_weights(self, weights, status=status)
-            self.budget.checkpoint_s += time.monotonic() - t0  # part of what a checkpoint takes
+            self.budget.note_checkpoint(time.monotonic() - t0)  # the weights are part of what a checkpoint takes
         return path
 
     def export(self) -> Path:
@@ -287,6 +287,7 @@ class Trainer(TrainStep):
             f"{self.global_batch} on {self.dist.world_size} process(es), device {self.device}"
             + (f"; resuming at step {self.global_step}" if self.global_step else "")
         )
+        self.budget.note_startup(self.budget.session_time())
         show = self.cfg["log"]["progress"] and self.dist.is_main
         self._bar = logs.progress_bar(self.total_steps, self.global_step, show)
         try:
@@ -321,7 +322,7 @@ class Trainer(TrainStep):
         img_every = self.cfg["log"]["image_every_steps"]
         t_prev = time.monotonic()
         while self.step_in_epoch < self.steps_per_epoch:
-            if self._should_stop():
+            if self._should_stop(extra_s=self._due_after_step()):
                 return self._stop_now("stop requested" if self.stop.requested else "--max-time budget")
             try:
                 a, b = next(it)
@@ -384,6 +385,19 @@ class Trainer(TrainStep):
                 return self._stop_now("stop requested" if self.stop.requested else "--max-time budget")
             self.validate(phase)
         return None
+
+    def _due_after_step(self) -> float:
+        """Seconds of the work that the next step brings due before the one after it can be asked about:
+        a periodic or phase-boundary checkpoint, or, after the run's last step, the final validation
+        and the export of the weights (the validation between epochs is asked about on its own)."""
+        b = self.budget
+        step, in_epoch, every = self.global_step + 1, self.step_in_epoch + 1, self.cfg["checkpoint"]["every_steps"]
+        periodic = bool(every) and step % every == 0
+        if in_epoch < self.steps_per_epoch:
+            return b.checkpoint_s if periodic else 0.0
+        if self.epoch + 1 >= self.total_epochs:  # the run's last step
+            return (b.validation_s if self.validator.enabled else 0.0) + b.checkpoint_s
+        return b.checkpoint_s if periodic or (self.e1 > 0 and self.epoch + 1 == self.e1) else 0.0
 
     def _should_stop(self, extra_s: float = 0.0) -> bool:
         """A stop request or too little time left, on any rank."""
