@@ -1,0 +1,130 @@
+"""VIFB's human-perception metrics: Qcb (Chen-Blum) and Qcv (Chen-Varshney), after Z. Liu's MATLAB code.
+
+Both filter the images in the frequency domain on MATLAB's ``freqspace`` grid. The filters are
+even in both frequencies, so the filtered images of real inputs are real: MATLAB's ``ifft2`` sees
+an exactly conjugate-symmetric spectrum and returns a real array, which ``irfft2`` reproduces.
+"""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import scipy.fft as sfft
+
+from ._common import Triplet, channel_mean, freq_radius, normalize255
+
+__all__: list[str] = []  # the public functions are in cddfuse.metrics.vifb
+
+# Qcb (Chen-Blum) constants
+_F0, _F1, _A = 15.3870, 1.3456, 0.7622
+_P, _Q, _Z = 3, 2, 0.0001
+_G_HALF = 15  # the Gaussians of the local contrast are 31 x 31
+
+# Qcv (Chen-Varshney) constants
+_WINDOW = 16
+_ALPHA = 5
+
+
+def _filter_freq(stack: np.ndarray, response: np.ndarray) -> np.ndarray:
+    """``real(ifft2(fft2(x) .* response))`` for each ``(H, W)`` image of ``stack`` (``response`` even, FFT order)."""
+    h, w = stack.shape[1:]
+    spec = sfft.rfft2(stack, workers=-1)
+    spec *= response[:, : w // 2 + 1]
+    return sfft.irfft2(spec, s=(h, w), workers=-1)
+
+
+def _gaussian_1d(sigma: float) -> np.ndarray:
+    """One factor of Liu's ``gaussian2d``: ``G = exp(-(x^2+y^2) / (2 s^2)) / (2 pi s^2)``, 31 x 31, not normalised."""
+    x = np.arange(-_G_HALF, _G_HALF + 1, dtype=np.float64)
+    return np.exp(-(x * x) / (2 * sigma * sigma)) / math.sqrt(2 * math.pi * sigma * sigma)
+
+
+_G1, _G2 = _gaussian_1d(2.0), _gaussian_1d(4.0)
+
+
+def _contrast_power(y: np.ndarray) -> np.ndarray:
+    """``C^p / (h C^q + Z)`` with ``C = |filter2(G1, y) / filter2(G2, y) - 1|`` (zero padding, 'same')."""
+    h, w = y.shape[1:]
+    shape = (sfft.next_fast_len(h + 2 * _G_HALF, real=True), sfft.next_fast_len(w + 2 * _G_HALF, real=True))
+    spec = sfft.rfft2(y, s=shape, workers=-1)  # zero padding to the linear convolution's size
+
+    def transfer(g: np.ndarray) -> np.ndarray:
+        kern = np.zeros(shape)
+        kern[: g.size, : g.size] = np.outer(g, g)
+        return sfft.rfft2(kern, workers=-1)
+
+    sl = (slice(None), slice(_G_HALF, _G_HALF + h), slice(_G_HALF, _G_HALF + w))
+    buff = sfft.irfft2(spec * transfer(_G1), s=shape, workers=-1)[sl]
+    buff1 = sfft.irfft2(spec * transfer(_G2), s=shape, workers=-1)[sl]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c = np.abs(buff / buff1 - 1)
+        return (c ** _P) / (c ** _Q + _Z)
+
+
+def _normalized(stack: np.ndarray) -> np.ndarray:
+    return np.stack([normalize255(ch) for ch in stack])
+
+
+def _qcb(t: Triplet) -> float:
+    a, b = t.sources("exact")
+    h, w = t.f.shape[1:]
+    r = freq_radius((h, w), h / 30, w / 30)
+    sd = np.exp(-((r / _F0) ** 2)) - _A * np.exp(-((r / _F1) ** 2))
+    cb = _contrast_power(_filter_freq(_normalized(b), sd))
+    ca = _contrast_power(_filter_freq(_normalized(a), sd))
+    cf = _contrast_power(_filter_freq(_normalized(t.f), sd))
+    values = []
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for k in range(t.f.shape[0]):
+            c1, c2, c_f = cb[min(k, len(cb) - 1)], ca[min(k, len(ca) - 1)], cf[k]
+            # preservation: the smaller over the larger; (written as MATLAB's masked sum, so that a zero
+            # contrast gives NaN exactly where it does there)
+            m1 = c1 < c_f
+            q1 = (c1 / c_f) * m1 + (c_f / c1) * (~m1)
+            m2 = c2 < c_f
+            q2 = (c2 / c_f) * m2 + (c_f / c2) * (~m2)
+            s1, s2 = c1 * c1, c2 * c2
+            q = (s1 / (s1 + s2)) * q1 + (s2 / (s1 + s2)) * q2
+            values.append(float(q.mean()))
+    return channel_mean(values)
+
+
+_SOBEL_X = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+_SOBEL_Y = _SOBEL_X.T.copy()
+
+
+def _block_sums(x: np.ndarray) -> np.ndarray:
+    """Sums over ``16 x 16`` blocks of each ``(H, W)`` image; partial edge blocks zero-padded (``blkproc``)."""
+    k, h, w = x.shape
+    hb, wb = -(-h // _WINDOW), -(-w // _WINDOW)
+    padded = np.zeros((k, hb * _WINDOW, wb * _WINDOW))
+    padded[:, :h, :w] = x
+    return padded.reshape(k, hb, _WINDOW, wb, _WINDOW).sum(axis=(2, 4))
+
+
+def _saliency(stack: np.ndarray) -> np.ndarray:
+    """Per block, the sum of the Sobel gradient magnitude to the power 5 (``filter2``, zero padding)."""
+    out = np.empty_like(stack)
+    for i, ch in enumerate(stack):
+        gx = cv2.filter2D(ch, cv2.CV_64F, _SOBEL_X, borderType=cv2.BORDER_CONSTANT)
+        gy = cv2.filter2D(ch, cv2.CV_64F, _SOBEL_Y, borderType=cv2.BORDER_CONSTANT)
+        out[i] = np.sqrt(gx * gx + gy * gy) ** _ALPHA
+    return _block_sums(out)
+
+
+def _qcv(t: Triplet) -> float:
+    a, b = t.sources("round")
+    h, w = t.f.shape[1:]
+    na, nb, nf = _normalized(a), _normalized(b), _normalized(t.f)
+    lam_b, lam_a = _saliency(nb), _saliency(na)
+    r = freq_radius((h, w), h / 8, w / 8)
+    theta = 2.6 * (0.0192 + 0.144 * r) * np.exp(-((0.144 * r) ** 1.1))  # Mannos-Sakrison
+    db = _block_sums(_filter_freq(nb - nf, theta) ** 2) / (_WINDOW * _WINDOW)
+    da = _block_sums(_filter_freq(na - nf, theta) ** 2) / (_WINDOW * _WINDOW)
+    values = []
+    for k in range(t.f.shape[0]):
+        l1, l2 = lam_b[min(k, len(lam_b) - 1)], lam_a[min(k, len(lam_a) - 1)]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            values.append(float(np.sum(l1 * db[k] + l2 * da[k]) / np.sum(l1 + l2)))
+    return channel_mean(values)
