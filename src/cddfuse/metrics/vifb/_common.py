@@ -51,12 +51,18 @@ def rgb2gray_matlab(stack: np.ndarray, rule: GrayRule) -> np.ndarray:
 def normalize255(x: np.ndarray) -> np.ndarray:
     """``round((x - min) / (max - min) * 255)`` of a 2-D image (Z. Liu's ``normalize1``).
 
-    An all-zero image stays zero; another constant image gives NaN (0 / 0), as in MATLAB.
+    An all-zero image stays zero; another constant image gives NaN (0 / 0), as in MATLAB. For
+    8-bit values the 256 possible results are computed once and looked up (same values).
     """
     hi, lo = float(x.max()), float(x.min())
     if hi == 0 and lo == 0:
         return x
     with np.errstate(divide="ignore", invalid="ignore"):
+        if lo >= 0 and hi <= 255:
+            u8 = x.astype(np.uint8)
+            if np.array_equal(u8, x):
+                lut = round_half_away((np.arange(256.0) - lo) / (hi - lo) * 255)
+                return lut[u8]
         return round_half_away((x - lo) / (hi - lo) * 255)
 
 

@@ -44,7 +44,10 @@ def _evaluate_one(item: Triplet, names: Sequence[str]) -> dict[str, float]:
 def _worker_init() -> None:
     import cv2
 
+    from . import registry
+
     cv2.setNumThreads(1)
+    registry.DEFAULT_THREADS = 1  # one process per core
 
 
 def evaluate_vifb_files(items: Sequence[Triplet], names: None | str | Iterable[str] = None, workers: int = 1,
