@@ -34,13 +34,27 @@ def _edges(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _preservation(g_s: np.ndarray, a_s: np.ndarray, g_f: np.ndarray, a_f: np.ndarray) -> np.ndarray:
     """``Q^SF`` per pixel. The relative strength is the smaller over the larger, and where the two are
     equal VIFB takes the fused strength itself (not 1)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        g_rel = np.where(g_s > g_f, g_f / g_s, np.where(g_s == g_f, g_f, g_s / g_f))
-    a_rel = 1 - np.abs(a_s - a_f) / (math.pi / 2)
-    with np.errstate(over="ignore"):
-        q_g = TG / (1 + np.exp(KG * (g_rel - DG)))
-        q_a = TA / (1 + np.exp(KA * (a_rel - DA)))
-    return q_g * q_a
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        q_g = np.minimum(g_s, g_f)
+        q_g /= np.maximum(g_s, g_f)  # g_f / g_s where g_s > g_f, g_s / g_f where g_s < g_f
+        np.copyto(q_g, g_f, where=g_s == g_f)
+        q_g -= DG
+        q_g *= KG
+        np.exp(q_g, out=q_g)
+        q_g += 1
+        np.divide(TG, q_g, out=q_g)
+        # orientation: A = 1 - |a_s - a_f| / (pi / 2); Qa = Ta / (1 + exp(ka (A - Da)))
+        q_a = np.subtract(a_s, a_f)
+        np.abs(q_a, out=q_a)
+        q_a /= math.pi / 2
+        np.subtract(1, q_a, out=q_a)
+        q_a -= DA
+        q_a *= KA
+        np.exp(q_a, out=q_a)
+        q_a += 1
+        np.divide(TA, q_a, out=q_a)
+    q_g *= q_a
+    return q_g
 
 
 def _qabf(t: Triplet) -> float:
@@ -52,8 +66,14 @@ def _qabf(t: Triplet) -> float:
         g_f, a_f = _edges(ch)
         g_a, a_a = edges_a[min(k, len(edges_a) - 1)]
         g_b, a_b = edges_b[min(k, len(edges_b) - 1)]
-        num = np.sum(_preservation(g_a, a_a, g_f, a_f) * g_a + _preservation(g_b, a_b, g_f, a_f) * g_b)
-        den = np.sum(g_a + g_b)
+        q = _preservation(g_a, a_a, g_f, a_f)
+        q *= g_a
+        q_b = _preservation(g_b, a_b, g_f, a_f)
+        q_b *= g_b
+        q += q_b
+        num = np.sum(q)
+        np.add(g_a, g_b, out=q_b)
+        den = np.sum(q_b)
         with np.errstate(divide="ignore", invalid="ignore"):
             values.append(num / den)
     return channel_mean(values)
