@@ -24,11 +24,11 @@ from .conftest import shared_path
 #: their values differ even for the metrics of the fused image alone (Entropy, Variance,
 #: Avg_gradient), which depend on nothing but its pixels.
 REPUBLISHED = ("SwinFusion", "YDTR")
-#: For those two, the largest relative difference measured per metric (the test fails above it).
+#: For those two, the largest relative difference measured per metric, plus 5% (the test fails above it).
 REPUBLISHED_TOL = {
-    "Avg_gradient": 1.2e-3, "Cross_entropy": 5.3e-2, "Edge_intensity": 1.0e-3, "Entropy": 1.3e-3,
-    "Mutinf": 1.1e-2, "Psnr": 1.0e-4, "Qabf": 1.0e-2, "Qcb": 1.0e-2, "Qcv": 5.0e-2, "Rmse": 5.0e-4,
-    "Spatial_frequency": 1.6e-3, "Ssim": 2.0e-3, "Variance": 1.7e-3,
+    "Avg_gradient": 1.2e-3, "Cross_entropy": 5.5e-2, "Edge_intensity": 9.7e-4, "Entropy": 1.4e-3,
+    "Mutinf": 1.1e-2, "Psnr": 4.1e-5, "Qabf": 4.2e-3, "Qcb": 1.7e-2, "Qcv": 1.5e-2, "Rmse": 4.7e-4,
+    "Spatial_frequency": 1.7e-3, "Ssim": 7.9e-4, "Variance": 1.8e-3,
 }
 
 
@@ -36,9 +36,11 @@ def _rel(got: float, want: float) -> float:
     return abs(got - want) / abs(want)
 
 
-def _round5(x: float) -> float:
-    """``x`` with 5 significant digits, as VIFB's ``dlmwrite`` prints it."""
-    return float(f"{x:.5g}")
+def _digits_agree(ours: float, published: float) -> bool:
+    """True when ``ours`` rounds to ``published``, which VIFB printed with 5 significant digits
+    (``dlmwrite``): within half a unit of its last digit."""
+    unit = 10.0 ** (math.floor(math.log10(abs(published))) - 4)
+    return abs(ours - published) <= 0.5 * unit * (1 + 1e-9)
 
 
 @pytest.fixture(scope="module")
@@ -68,13 +70,12 @@ def test_parity_covers_every_case(parity):
 
 
 def test_parity_to_the_published_digits(parity):
-    """23 of the 25 methods: every value, rounded to 5 significant digits, is the published one, or within
-    one unit of its last digit where the two sides round a value that lies near a half."""
+    """23 of the 25 methods: every value (3289), rounded to VIFB's 5 significant digits, is the published one."""
     failures = []
     for scene, method, metric, ours, want in parity:
         if method in REPUBLISHED:
             continue
-        if _round5(ours) != want and _rel(ours, want) > 1e-4:
+        if not _digits_agree(ours, want):
             failures.append(f"{scene} {method} {metric}: {ours!r} vs {want!r} ({_rel(ours, want):.1e})")
     assert not failures, "\n".join(failures)
 
