@@ -211,11 +211,19 @@ def _default_threads() -> int:
     return max(1, min(2, cores))
 
 
-def _run_in_thread(impl: Callable[[Triplet], float], t: Triplet) -> float:
+def _run_single_threaded(impl: Callable[[Triplet], float], t: Triplet) -> float:
+    """``impl(t)`` with one FFT thread in this thread (the pool's threads already share the cores)."""
     from .perceptual import _LOCAL
 
-    _LOCAL.fft_workers = 1  # the pool's threads already share the cores
-    return float(impl(t))
+    before = getattr(_LOCAL, "fft_workers", None)
+    _LOCAL.fft_workers = 1
+    try:
+        return float(impl(t))
+    finally:
+        if before is None:
+            del _LOCAL.fft_workers
+        else:
+            _LOCAL.fft_workers = before
 
 
 def compute_vifb_metrics(a: Any, b: Any, f: Any, names: None | str | Iterable[str] = None,
@@ -230,8 +238,9 @@ def compute_vifb_metrics(a: Any, b: Any, f: Any, names: None | str | Iterable[st
             for colour results; a gray source is paired with every channel); ``(H, W)``: colour
             sources are reduced with MATLAB's ``rgb2gray`` the way each VIFB metric does it.
         names: which metrics (:func:`resolve_vifb_metrics`); all thirteen by default.
-        threads: metrics computed at a time, in threads (default: 2 where the CPU has 2 cores or
-            more; the values do not depend on it).
+        threads: metrics computed at a time, in threads, each metric on one thread (default: 2
+            where the CPU has 2 cores or more; the values do not depend on it). OpenCV's own
+            threads (``cv2.setNumThreads``) are left as they are.
 
     Returns:
         ``{name: value}`` in the order asked for.
@@ -266,8 +275,8 @@ def compute_vifb_metrics(a: Any, b: Any, f: Any, names: None | str | Iterable[st
     if n_threads < 1:
         raise UsageError.invalid("threads", threads, "must be at least 1")
     if n_threads == 1 or len(chosen) == 1:
-        return {n: float(impl(t)) for n, impl in impls.items() if impl is not None}
+        return {n: _run_single_threaded(impl, t) for n, impl in impls.items() if impl is not None}
     with ThreadPoolExecutor(max_workers=n_threads) as pool:
-        futures = {n: pool.submit(_run_in_thread, impls[n], t)  # type: ignore[arg-type]
+        futures = {n: pool.submit(_run_single_threaded, impls[n], t)  # type: ignore[arg-type]
                    for n in sorted(chosen, key=lambda n: -_COST.get(n, 1))}
         return {n: futures[n].result() for n in chosen}
