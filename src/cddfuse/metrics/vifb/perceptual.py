@@ -107,15 +107,20 @@ def _qcb(t: Triplet) -> float:
     with np.errstate(divide="ignore", invalid="ignore"):
         for k in range(t.f.shape[0]):
             c1, c2, c_f = cb[min(k, kb - 1)], ca[min(k, ka - 1)], cf[k]
-            # preservation: the smaller over the larger; (written as MATLAB's masked sum, so that a zero
-            # contrast gives NaN exactly where it does there)
-            m1 = c1 < c_f
-            q1 = (c1 / c_f) * m1 + (c_f / c1) * (~m1)
-            m2 = c2 < c_f
-            q2 = (c2 / c_f) * m2 + (c_f / c2) * (~m2)
-            s1, s2 = c1 * c1, c2 * c2
-            q = (s1 / (s1 + s2)) * q1 + (s2 / (s1 + s2)) * q2
-            values.append(float(q.mean()))
+            if not (c1.all() and c2.all() and c_f.all()):
+                # MATLAB's masked sum (C1P./CfP).*mask + (CfP./C1P).*(1-mask) is 0 * Inf = NaN where a
+                # contrast is exactly 0, and the mean with it
+                values.append(math.nan)
+                continue
+            q1 = np.minimum(c1, c_f) / np.maximum(c1, c_f)  # preservation: the smaller over the larger
+            q2 = np.minimum(c2, c_f) / np.maximum(c2, c_f)
+            s1, s2 = c1 * c1, c2 * c2  # saliency weights s1 / (s1 + s2), s2 / (s1 + s2)
+            q1 *= s1
+            q2 *= s2
+            q1 += q2
+            s1 += s2
+            q1 /= s1
+            values.append(float(q1.mean()))
     return channel_mean(values)
 
 
