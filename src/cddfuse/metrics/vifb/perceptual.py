@@ -86,11 +86,17 @@ def _contrast_power(y: np.ndarray) -> np.ndarray:
     spec = sfft.rfft2(y, s=shape, workers=_fft_workers())  # zero padding to the linear convolution's size
     sl = (slice(None), slice(_G_HALF, _G_HALF + h), slice(_G_HALF, _G_HALF + w))
     buff = sfft.irfft2(spec * g1, s=shape, workers=_fft_workers())[sl]
-    buff1 = sfft.irfft2(spec * g2, s=shape, workers=_fft_workers())[sl]
+    spec *= g2
+    buff1 = sfft.irfft2(spec, s=shape, workers=_fft_workers())[sl]
     with np.errstate(divide="ignore", invalid="ignore"):
-        c = np.abs(buff / buff1 - 1)
-        c2 = c * c
-        return (c2 * c) / (c2 + _Z)  # p = 3, q = 2, h = k = 1
+        c = np.divide(buff, buff1)
+        c -= 1
+        np.abs(c, out=c)
+        c2 = np.multiply(c, c, out=buff1)  # the filtered images are not needed any more
+        c *= c2
+        c2 += _Z
+        c /= c2
+        return c  # C^p / (h C^q + Z) with p = 3, q = 2, h = k = 1
 
 
 def _normalized(stack: np.ndarray) -> np.ndarray:
