@@ -7,7 +7,8 @@ does for its gray infrared images.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -134,6 +135,9 @@ class Triplet:
     a: np.ndarray
     b: np.ndarray
     f: np.ndarray
+    #: intermediate results that several metrics share (filled under ``lock``; see ``perceptual``)
+    cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
     @property
     def color(self) -> bool:

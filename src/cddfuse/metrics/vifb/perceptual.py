@@ -103,11 +103,31 @@ def _normalized(stack: np.ndarray) -> np.ndarray:
     return np.stack([normalize255(ch) for ch in stack])
 
 
+def _normalized_spectra(t: Triplet) -> tuple[np.ndarray, np.ndarray]:
+    """The min-max normalised channels of b, a and f, stacked in that order, and their ``rfft2``.
+
+    With a colour fused image Qcb and Qcv normalise the same channels: computed once per triplet.
+    """
+    with t.lock:
+        if "normalized" not in t.cache:
+            stack = _normalized(np.concatenate([t.b, t.a, t.f]))
+            t.cache["normalized"] = (stack, sfft.rfft2(stack, workers=_fft_workers()))
+        cached: tuple[np.ndarray, np.ndarray] = t.cache["normalized"]
+        return cached
+
+
 def _qcb(t: Triplet) -> float:
     a, b = t.sources("exact")
     ka, kb = a.shape[0], b.shape[0]
+    h, w = t.f.shape[1:]
+    response = _qcb_response((h, w))
     # every image through the same two filtering steps at once: b's channels, a's, then the fused ones
-    power = _contrast_power(_filter_freq(_normalized(np.concatenate([b, a, t.f])), _qcb_response(t.f.shape[1:])))
+    if t.color:
+        spec = _normalized_spectra(t)[1] * response[:, : w // 2 + 1]
+        filtered = sfft.irfft2(spec, s=(h, w), workers=_fft_workers())
+    else:  # colour sources reduced to gray without rounding (VIFB has no value here; see the docs)
+        filtered = _filter_freq(_normalized(np.concatenate([b, a, t.f])), response)
+    power = _contrast_power(filtered)
     cb, ca, cf = power[:kb], power[kb:kb + ka], power[kb + ka:]
     values = []
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -157,11 +177,21 @@ def _saliency(stack: np.ndarray) -> np.ndarray:
 def _qcv(t: Triplet) -> float:
     a, b = t.sources("round")
     h, w = t.f.shape[1:]
-    na, nb, nf = _normalized(a), _normalized(b), _normalized(t.f)
+    theta = _qcv_response((h, w))
+    if t.color:  # the differences' spectra from the normalised channels' (the transform is linear)
+        stack, spec = _normalized_spectra(t)
+        kb, ka = b.shape[0], a.shape[0]
+        nb, na = stack[:kb], stack[kb:kb + ka]
+        sb, sa, sf = spec[:kb], spec[kb:kb + ka], spec[kb + ka:]
+        diff = np.concatenate([sb - sf, sa - sf])
+        diff *= theta[:, : w // 2 + 1]
+        filtered = sfft.irfft2(diff, s=(h, w), workers=_fft_workers())
+    else:
+        na, nb, nf = _normalized(a), _normalized(b), _normalized(t.f)
+        filtered = _filter_freq(np.concatenate([nb - nf, na - nf]), theta)
     lam_b, lam_a = _saliency(nb), _saliency(na)
-    filtered = _filter_freq(np.concatenate([nb - nf, na - nf]), _qcv_response((h, w)))
     dist = _block_sums(filtered * filtered) / (_WINDOW * _WINDOW)
-    db, da = dist[: len(nf)], dist[len(nf):]
+    db, da = dist[: t.f.shape[0]], dist[t.f.shape[0]:]
     values = []
     for k in range(t.f.shape[0]):
         l1, l2 = lam_b[min(k, len(lam_b) - 1)], lam_a[min(k, len(lam_a) - 1)]
