@@ -7,6 +7,7 @@ import sys
 
 from ..options import METHODS, NORMALIZE_MODES, PRECISIONS, TASKS
 from .eval import FORMATS, _write
+from .vifb import BENCH_EPILOG, add_bench_arguments, check_paper_only
 
 _DESCRIPTION = """\
 Fuse a test set with the CDDFuse authors' protocol (gray sources, min-max normalised output,
@@ -33,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "bench",
         help="fuse a standard test set, evaluate it and compare with the paper's numbers",
         description=_DESCRIPTION,
-        epilog=_EPILOG,
+        epilog=_EPILOG + BENCH_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("testset", metavar="TESTSET_DIR", help="test set folder (e.g. test_img/TNO)")
@@ -56,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="the network's arithmetic: fp32 (default, the paper's protocol), tf32 (CUDA) or bf16 "
                         "(CPUs with AMX or AVX512-BF16, or a GPU)")
+    add_bench_arguments(p)
     p.set_defaults(func=run)
     return p
 
@@ -65,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
     from ..metrics.benchmark import format_bench, run_bench
     from ..metrics.report import choose_format
 
+    if getattr(args, "protocol", "paper") == "vifb":
+        from .vifb import run_bench as run_vifb
+
+        return run_vifb(args)
+    check_paper_only(args)
     tune_malloc()
 
     fmt = choose_format(args.format, args.output)

@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from ..errors import CDDFuseError, UsageError
+from .vifb import EVAL_EPILOG, add_protocol_argument
 
 _DESCRIPTION = """\
 Compute fusion metrics of every fused image in FUSED_DIR against its two sources, exactly as the
@@ -31,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "eval",
         help="compute fusion metrics (EN, SD, SF, MI, SCD, VIF, Qabf, SSIM...) of a folder of fused images",
         description=_DESCRIPTION,
-        epilog=_EPILOG,
+        epilog=_EPILOG + EVAL_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("dir_a", metavar="A_DIR", help="first sources: infrared, CT, PET or SPECT images")
@@ -45,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("-o", "--output", metavar="FILE", help="write the results to FILE instead of the screen")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="evaluate N images at a time in separate processes (default 1)")
+    add_protocol_argument(p)
     p.set_defaults(func=run)
     return p
 
@@ -67,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
     from ..metrics.registry import resolve_metrics
     from ..metrics.report import choose_format
 
+    if getattr(args, "protocol", "paper") == "vifb":
+        from .vifb import run_eval as run_vifb
+
+        return run_vifb(args)
     tune_malloc()  # this process only evaluates: keep freed temporaries for reuse
 
     names = resolve_metrics(args.metrics)

@@ -28,12 +28,14 @@ class EvaluationResult:
         stems: image names (file stems), in row order.
         values: one ``{metric: value}`` per image.
         ignored: fused images that have no sources (not evaluated).
+        protocol: whose metrics these are, ``"paper"`` or ``"vifb"`` (:mod:`cddfuse.metrics.vifb`).
     """
 
     metrics: list[str]
     stems: list[str] = field(default_factory=list)
     values: list[dict[str, float]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    protocol: str = "paper"
 
     def __len__(self) -> int:
         return len(self.stems)
@@ -53,13 +55,18 @@ class EvaluationResult:
         def clean(d: dict[str, float]) -> dict[str, float | None]:
             return {k: (v if math.isfinite(v) else None) for k, v in d.items()}
 
-        return {
+        registry = METRICS
+        if self.protocol != "paper":
+            from .vifb import VIFB_METRICS as registry
+        out: dict[str, Any] = {} if self.protocol == "paper" else {"protocol": self.protocol}
+        out.update({
             "metrics": list(self.metrics),
             "count": len(self.stems),
             "mean": clean(self.mean),
             "images": {s: clean(v) for s, v in self.rows()},
-            "higher_is_better": {m: METRICS[m].higher_is_better for m in self.metrics},
-        }
+            "higher_is_better": {m: registry[m].higher_is_better for m in self.metrics},
+        })
+        return out
 
 
 def progress_bar(total: int, desc: str, enabled: bool | None = None) -> Any:

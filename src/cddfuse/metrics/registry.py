@@ -60,6 +60,9 @@ class MetricInfo:
         higher_is_better: False only for MSE.
         value_range: the possible values, as text.
         min_size: the smallest image side the metric accepts.
+        protocol: the evaluation protocol it belongs to: ``"paper"`` (the CDDFuse authors' code, these
+            twelve) or ``"vifb"`` (the VIFB benchmark's MATLAB code, :mod:`cddfuse.metrics.vifb`).
+            Both have a Qabf, an SSIM...: same idea, different conventions and values.
     """
 
     name: str
@@ -70,6 +73,12 @@ class MetricInfo:
     value_range: str
     min_size: int = 1
     _impl: Callable[..., float] | None = field(default=None, repr=False, compare=False)
+    protocol: str = "paper"
+
+    @property
+    def qualified_name(self) -> str:
+        """``protocol.name`` (``"paper.SSIM"``, ``"vifb.Ssim"``): unique across the protocols."""
+        return f"{self.protocol}.{self.name}"
 
     @property
     def direction(self) -> str:
@@ -114,12 +123,15 @@ _BY_UPPER = {name.upper(): name for name in METRICS}
 _GROUPS = {"ALL": ALL_METRICS, "PAPER": PAPER_METRICS}
 
 
-def resolve_metrics(names: None | str | Iterable[str] = None) -> list[str]:
+def resolve_metrics(names: None | str | Iterable[str] = None, protocol: str = "paper") -> list[str]:
     """Canonical metric names from user input.
 
     ``names`` may be ``None`` (all twelve), a comma-separated string or a list. Matching ignores
     case; ``"paper"`` stands for the paper's eight columns and ``"all"`` for all twelve. Duplicates
-    are dropped, the given order is kept.
+    are dropped, the given order is kept. A name may carry its protocol (``"paper.SSIM"``).
+
+    ``protocol="vifb"`` resolves among the thirteen VIFB metrics instead
+    (:func:`cddfuse.metrics.vifb.resolve_vifb_metrics`).
 
     Raises:
         UnknownMetricError: a name that is not a metric (the message lists the known names).
@@ -131,6 +143,12 @@ def resolve_metrics(names: None | str | Iterable[str] = None) -> list[str]:
         >>> resolve_metrics("paper")
         ['EN', 'SD', 'SF', 'MI', 'SCD', 'VIF', 'Qabf', 'SSIM']
     """
+    if protocol != "paper":
+        if protocol == "vifb":
+            from .vifb import resolve_vifb_metrics
+
+            return resolve_vifb_metrics(names)
+        raise UsageError.invalid("protocol", protocol, "choose 'paper' or 'vifb'")
     if names is None:
         return list(ALL_METRICS)
     if isinstance(names, str):
@@ -142,6 +160,11 @@ def resolve_metrics(names: None | str | Iterable[str] = None) -> list[str]:
         if not key:
             continue
         up = key.upper()
+        if up.startswith("PAPER."):
+            up = up[len("PAPER."):]
+        elif up.startswith("VIFB."):
+            raise UnknownMetricError(f"{key!r} is a metric of the VIFB protocol; use protocol='vifb' "
+                                     "(on the command line: --protocol vifb)")
         if up in _GROUPS:
             found: Sequence[str] = _GROUPS[up]
         elif up in _BY_UPPER:
