@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -297,6 +298,9 @@ class Fuser:
             raise UsageError.invalid("precision", precision, "on CPU needs AMX or AVX512-BF16, which this processor "
                                      "lacks (bfloat16 would be slower than fp32 here); use fp32, or a CUDA GPU")
         self.tile, self.precision, self.backend = tile, precision, backend
+        #: an event that stops the network between tiles when set (:class:`cddfuse.engine.FusionCancelled`);
+        #: the web server gives each request's copy of the Fuser its own
+        self.cancel: threading.Event | None = None
         self._onnx: Any = None
         if backend == "onnx" and self.model is not None:
             if tile is not None or precision != "fp32":
@@ -335,7 +339,7 @@ class Fuser:
         tb = torch.from_numpy(np.ascontiguousarray(yb, dtype=np.float32))
         ta, tb = (ta[:, None], tb[:, None]) if batched else (ta[None, None], tb[None, None])
         out = fuse_tensors(self.model, ta, tb, self.residual, device=self.device, tile=self.tile,
-                           max_memory=self.max_memory, precision=self.precision)
+                           max_memory=self.max_memory, precision=self.precision, cancel=self.cancel)
         out = out[:, 0] if batched else out[0, 0]
         return out.float().cpu().numpy()
 
