@@ -12,6 +12,7 @@ from ..options import DEFAULT_MAX_PIXELS, TASKS
 DEFAULT_UPLOAD_TIMEOUT = 120.0
 DEFAULT_MIN_UPLOAD_RATE = 10 * 1024
 UPLOAD_GRACE = 5.0
+DEFAULT_HEADER_TIMEOUT = 10.0
 
 HELP = "serve a web page and an HTTP API that fuse uploaded image pairs"
 
@@ -23,7 +24,7 @@ memory and fusions run one at a time; up to --queue requests wait, more are answ
 Listens on 127.0.0.1 by default. On any other address, set --token: requests to /api/fuse and
 /api/info then need 'Authorization: Bearer TOKEN' (the page asks for it once).
 
-Slow or vanished clients cannot hold it: request headers must arrive within 10 s, an upload within
+Slow or vanished clients cannot hold it: request headers must arrive within --header-timeout, an upload within
 --upload-timeout and at --min-upload-rate or faster (408 otherwise), and an upload holds no fusion
 slot until it is complete; a fusion whose client disconnects is cancelled between two tiles. SIGTERM
 or Ctrl-C cancels the work in progress and stops within a few seconds.
@@ -63,6 +64,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     p.add_argument("--min-upload-rate", default=f"{DEFAULT_MIN_UPLOAD_RATE // 1024}K", metavar="SIZE",
                    help=f"slowest average upload rate per second, after the first {UPLOAD_GRACE:g} s (default "
                         f"{DEFAULT_MIN_UPLOAD_RATE // 1024}K; 0: none); slower uploads get 408")
+    p.add_argument("--header-timeout", type=float, default=DEFAULT_HEADER_TIMEOUT, metavar="SECONDS",
+                   help=f"longest time a connection may take to send a request's headers (default "
+                        f"{DEFAULT_HEADER_TIMEOUT:g}); it is closed after")
     p.set_defaults(func=run)
     return p
 
@@ -102,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError.invalid("min_upload_rate", args.min_upload_rate, str(e) + "; 0 for none") from None
     if not 0 < args.upload_timeout < float("inf"):
         raise UsageError.invalid("upload_timeout", args.upload_timeout, "must be a positive number of seconds")
+    if not 0 < args.header_timeout < float("inf"):
+        raise UsageError.invalid("header_timeout", args.header_timeout, "must be a positive number of seconds")
     if args.queue < 1:
         raise UsageError.invalid("queue", args.queue, "must be at least 1")
     if args.max_pixels < 1:
@@ -125,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         shown = f"[{host}]" if ":" in host else host
         print(f"cddfuse serve: http://{shown}:{port}/ (task {fuser.task}; Ctrl-C to stop)", file=sys.stderr,
               flush=True)
-        serve(app, sock, on_stop=app.state.serve.stop)
+        serve(app, sock, on_stop=app.state.serve.stop, header_timeout=args.header_timeout)
     finally:
         sock.close()
     return 0

@@ -199,12 +199,14 @@ class ServeState:
             self._cancels.discard(event)
 
 
-def drain_unread_body(app: ASGIApp, seconds: float = DRAIN_SECONDS, max_bytes: int = DRAIN_BYTES) -> ASGIApp:
+def drain_unread_body(app: ASGIApp, seconds: float = DRAIN_SECONDS, max_bytes: int = DRAIN_BYTES,
+                      stopping: threading.Event | None = None) -> ASGIApp:
     """ASGI middleware: when a response is complete but the request's body was not read to its end,
     send the response, then read and discard the rest of the body for at most ``seconds`` and
     ``max_bytes`` before ending it; the connection is then closed (``Connection: close``). Clients that
     write their whole body before reading then get the answer (e.g. 413) instead of a reset
-    connection. A 408 (too slow) is not drained: its connection is closed at once."""
+    connection. A 408 (too slow) is not drained, nor anything once ``stopping`` is set: the connection
+    is closed at once."""
 
     async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -223,7 +225,7 @@ def drain_unread_body(app: ASGIApp, seconds: float = DRAIN_SECONDS, max_bytes: i
         async def tracked_send(message: Message) -> None:
             nonlocal drain
             if message["type"] == "http.response.start" and not body_done:  # the connection cannot be reused
-                drain = message.get("status") != 408
+                drain = message.get("status") != 408 and not (stopping is not None and stopping.is_set())
                 message = dict(message)
                 message["headers"] = [*message.get("headers", []), (b"connection", b"close")]
             if drain and message["type"] == "http.response.body" and not message.get("more_body", False):
@@ -277,7 +279,7 @@ async def read_body(receive: Receive, out: IO[bytes], *, limit: int, timeout: fl
         while True:
             deadline = start + timeout
             if min_rate > 0:
-                deadline = min(deadline, start + UPLOAD_GRACE + total / min_rate)
+                deadline = min(deadline, start + min(UPLOAD_GRACE, timeout) + total / min_rate)
             left = deadline - loop.time()
             if left <= 0:
                 raise ApiError(408, "upload_too_slow",
@@ -693,7 +695,7 @@ def create_app(
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes,
-                    middleware=[Middleware(_DrainMiddleware)],
+                    middleware=[Middleware(_DrainMiddleware, stopping=state.stopping)],
                     exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: server_error})
     app.state.fuser = fuser
     app.state.serve = state
@@ -703,8 +705,8 @@ def create_app(
 class _DrainMiddleware:
     """:func:`drain_unread_body` as a Starlette middleware class."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = drain_unread_body(app)
+    def __init__(self, app: ASGIApp, stopping: threading.Event | None = None) -> None:
+        self.app = drain_unread_body(app, stopping=stopping)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)

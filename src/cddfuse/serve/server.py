@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import socket
 from collections.abc import Callable
 from types import FrameType
@@ -99,6 +100,13 @@ def _protocol(header_timeout: float) -> type:
     return HeaderTimeoutH11
 
 
+def _quiet_cancellation(record: logging.LogRecord) -> bool:
+    """Once stopping, requests cut short by the shutdown are expected: no traceback for them in the log."""
+    if record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError):
+        return False
+    return "graceful shutdown exceeded" not in record.getMessage()
+
+
 def serve(app: Any, sock: socket.socket, *, on_stop: Callable[[], None], header_timeout: float = DEFAULT_HEADER_TIMEOUT,
           graceful: int = DEFAULT_GRACEFUL) -> None:
     """Serve ``app`` on the bound socket ``sock`` until SIGTERM or SIGINT; ``on_stop`` is called at the
@@ -109,6 +117,7 @@ def serve(app: Any, sock: socket.socket, *, on_stop: Callable[[], None], header_
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             on_stop()
+            logging.getLogger("uvicorn.error").addFilter(_quiet_cancellation)
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(app, log_level="warning", http=_protocol(header_timeout), lifespan="off",
