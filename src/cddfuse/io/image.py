@@ -402,14 +402,28 @@ def check_extension(ext: str, bit_depth: int = 8, what: str = "output") -> str:
 def check_output_path(path: PathLike, bit_depth: int = 8) -> Path:
     """``path`` as a :class:`~pathlib.Path` if :func:`write_image` can write that format at ``bit_depth``.
 
-    Checked before any work is done, so a wrong ``-o`` fails at once, not after the fusion.
+    Checked before any work is done, so a wrong ``-o`` fails at once, not after the fusion. A character
+    device or a pipe without an image extension (``/dev/null``, ``/dev/stdout``) gets PNG.
 
     Raises:
         UsageError: unsupported extension, or a bit depth the format cannot hold.
     """
     p = Path(path)
-    check_extension(p.suffix, bit_depth, str(p))
+    check_extension(_output_extension(p), bit_depth, str(p))
     return p
+
+
+def _output_extension(p: Path) -> str:
+    """The extension that picks the format: ``p``'s own, or ``.png`` for a device or pipe without one."""
+    ext = p.suffix.lower()
+    if ext not in OUTPUT_EXTENSIONS:
+        try:
+            mode = os.stat(p).st_mode
+        except (OSError, ValueError):
+            return ext
+        if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
+            return ".png"
+    return ext
 
 
 def write_image(path: PathLike, img: np.ndarray, *, bit_depth: int = 8) -> Path:
@@ -427,7 +441,7 @@ def write_image(path: PathLike, img: np.ndarray, *, bit_depth: int = 8) -> Path:
         ImageWriteError: the file system refused (permissions, full disk); no partial file is left.
     """
     p = check_output_path(path, bit_depth)
-    ext = p.suffix.lower()
+    ext = _output_extension(p)
     if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
         raise ValueError(f"expected an (H, W) or (H, W, 3) image, got shape {img.shape}")
     if not np.all(np.isfinite(img)):
