@@ -273,7 +273,6 @@ def test_cli_serve_parser_and_loopback():
 
 def test_cli_serve_warns_off_loopback_without_token(tiny_weights, monkeypatch, capsys):
     import cddfuse.serve.server as server
-
     from cddfuse.cli.main import main
 
     ran: list[dict] = []
