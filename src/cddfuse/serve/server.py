@@ -122,4 +122,31 @@ def serve(app: Any, sock: socket.socket, *, on_stop: Callable[[], None], header_
 
     config = uvicorn.Config(app, log_level="warning", http=_protocol(header_timeout), lifespan="off",
                             timeout_graceful_shutdown=graceful)
-    Server(config).run(sockets=[sock])
+    try:
+        Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # the signal, raised again by uvicorn once it has shut down
+        _abandon_stuck_work(DEFAULT_LAST_WAIT)
+        raise
+
+
+#: Seconds the process waits, after the shutdown, for work threads still inside a step that cannot be
+#: cancelled (decoding a large image, say) before it exits without them.
+DEFAULT_LAST_WAIT = 1.0
+
+
+def _abandon_stuck_work(seconds: float) -> None:
+    """Wait up to ``seconds`` for the other non-daemon threads (fusions finishing their current step);
+    if some are still running, exit now with 130 instead of waiting for them at interpreter exit (their
+    request folders are already removed, the engine's disk maps are unlinked files)."""
+    import os
+    import sys
+    import threading
+    import time
+
+    deadline = time.monotonic() + seconds
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() and not t.daemon and t is not threading.current_thread() for t in threading.enumerate()):
+        print("cddfuse serve: interrupted (a fusion still decoding was abandoned)", file=sys.stderr, flush=True)
+        os._exit(130)
