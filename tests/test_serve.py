@@ -349,7 +349,7 @@ def test_a_client_that_goes_away_cancels_its_fusion(tiny_weights, pair, monkeypa
     monkeypatch.setattr(E.Engine, "_start_pass", start_pass)
     folder = Path(pair[0]).parent
     big = _png(folder / "big_a.png", (256, 256), 7), _png(folder / "big_b.png", (256, 256), 8)
-    app = create_app(lambda: Fuser(weights=tiny_weights, device="cpu", tile=16), queue_size=2)
+    app = create_app(lambda: Fuser(weights=tiny_weights, device="cpu", tile=64), queue_size=2)
     request = httpx.Request("POST", "http://x/api/fuse", files=_files(*big))
     body = request.read()
     sent: list[dict] = []
