@@ -184,6 +184,20 @@ def test_page_fuses_compares_downloads_and_shows_errors(server, tiny_weights, tm
         driver.find_element(By.ID, "fuse-button").click()
         _wait(lambda: not error.is_displayed() and fused.get_attribute("data-ready") == "true", what="a resized fusion")
 
+        # a header bomb as the first image: the page names that image by its label
+        from .test_hostile import png_header_only
+
+        bomb = tmp_path / "bomb.png"
+        bomb.write_bytes(png_header_only(100_000, 100_000))
+        driver.find_element(By.ID, "file-a").send_keys(str(bomb))
+        driver.find_element(By.ID, "fuse-button").click()
+        _wait(lambda: error.is_displayed(), what="the bomb's error message")
+        assert error.text.startswith("The Infrared image is 100000x100000 pixels, more than this server accepts")
+        assert "--" not in error.text and "max_pixels" not in error.text
+        shot = os.environ.get("CDDFUSE_SCREENSHOT")
+        if shot:
+            driver.save_screenshot(shot.replace(".png", "-bomb.png"))
+
         # the favicon: linked from the page and served as a real icon the browser decodes
         icons = driver.execute_script(
             "return [...document.querySelectorAll('link[rel=icon]')].map(l => l.getAttribute('href'))")
