@@ -212,7 +212,8 @@ def drain_unread_body(app: ASGIApp, seconds: float = DRAIN_SECONDS, max_bytes: i
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
-        body_done = False
+        headers = dict(scope.get("headers", []))
+        body_done = headers.get(b"content-length", b"0") == b"0" and b"transfer-encoding" not in headers  # none
         drain = False
 
         async def tracked_receive() -> Message:
