@@ -169,3 +169,146 @@ def test_config_parser(overrides, text):
         validate(cfg)
     except CDDFuseError:
         return
+
+
+# ----------------------------------------------------------------------------- header parsers (sizes before decoding)
+
+_HEADER_SEEDS = [
+    b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 20 +X 30\n", b"#?RGBE\n\n-Y 5 +X 7\n",
+    b"PF\n7 5\n-1\n", b"Pf\n# c\n7 5\n-1.0\n", b"P7\nWIDTH 7\nHEIGHT 5\nDEPTH 3\nMAXVAL 255\nENDHDR\n",
+    b"II*\x00\x08\x00\x00\x00\x02\x00\x00\x01\x04\x00\x01\x00\x00\x00\x07\x00\x00\x00"
+    b"\x01\x01\x04\x00\x01\x00\x00\x00\x05\x00\x00\x00",
+    b"MM\x00*\x00\x00\x00\x08\x00\x02\x01\x00\x00\x03\x00\x00\x00\x01\x00\x07\x00\x00"
+    b"\x01\x01\x00\x03\x00\x00\x00\x01\x00\x05\x00\x00",
+]
+
+
+def test_header_seeds_parse():
+    from cddfuse.io.headers import header_size
+
+    assert [header_size(s)[1] for s in _HEADER_SEEDS] == [(30, 20), (7, 5), (7, 5), (7, 5), (7, 5), (7, 5), (7, 5)]
+
+
+@FUZZ
+@given(seed=st.sampled_from(_HEADER_SEEDS), cuts=st.lists(st.tuples(st.integers(0, 255), st.integers(0, 255)),
+                                                          max_size=6),
+       truncate=st.one_of(st.none(), st.integers(0, 255)), tail=st.binary(max_size=64))
+def test_header_parsers_on_mutated_headers(seed, cuts, truncate, tail):
+    """Every parser returns ``None`` or two non-negative whole numbers, on any bytes, and never raises."""
+    from cddfuse.io.headers import header_size, parse_hdr, parse_pam, parse_pfm, parse_tiff
+
+    data = bytearray(seed + tail)
+    for pos, value in cuts:
+        data[pos % len(data)] = value
+    if truncate is not None:
+        data = data[: truncate % (len(data) + 1)]
+    head = bytes(data)
+    for parse in (parse_hdr, parse_pfm, parse_pam, parse_tiff):
+        size = parse(head)
+        assert size is None or (len(size) == 2 and all(isinstance(v, int) and v >= 0 for v in size))
+    found = header_size(head, lambda at, n: head[at:at + n])
+    assert found is None or found[0] in ("HDR", "PFM", "PAM", "TIFF")
+
+
+@FUZZ
+@given(magic=st.sampled_from([b"#?RADIANCE\n", b"PF\n", b"Pf ", b"P7\n", b"II*\x00", b"MM\x00*", b"II+\x00", b""]),
+       data=st.binary(max_size=512))
+def test_header_parsers_on_random_bytes(magic, data):
+    from cddfuse.io.headers import header_size
+
+    head = magic + data
+    found = header_size(head, lambda at, n: head[at:at + n])
+    assert found is None or all(v >= 0 for v in found[1])
+
+
+@FUZZ
+@given(seed=st.sampled_from(_HEADER_SEEDS), tail=st.binary(max_size=256))
+def test_reader_on_header_only_files(seed, tail):
+    """Files of the self-parsed formats with any body: read, or refused in one CDDFuseError."""
+    _read(seed + tail, ".hdr")
+
+
+# ----------------------------------------------------------------------------- weights headers and zip directories
+
+@FUZZ
+@given(header=st.recursive(st.one_of(st.none(), st.integers(-2**70, 2**70), st.text(max_size=8), st.booleans()),
+                           lambda c: st.one_of(st.lists(c, max_size=4), st.dictionaries(st.text(max_size=6), c,
+                                                                                      max_size=4)), max_leaves=12),
+       data=st.binary(max_size=64), length=st.one_of(st.none(), st.integers(0, 2**64 - 1)))
+def test_safetensors_header_reader(header, data, length):
+    """Any JSON header and any length word: a result whose tensors fit the file, or one CheckpointError."""
+    import json
+    import struct
+
+    from cddfuse.models.weights import read_safetensors_header
+
+    text = json.dumps(header).encode()
+    raw = struct.pack("<Q", len(text) if length is None else length) + text + data
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "w.safetensors"
+        path.write_bytes(raw)
+        try:
+            tensors, meta = read_safetensors_header(path)
+        except CDDFuseError:
+            return
+        assert all(0 <= t.start <= t.end <= len(data) for t in tensors.values())
+        assert all(isinstance(v, str) for v in meta.values())
+
+
+@FUZZ
+@given(cuts=st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), max_size=8),
+       truncate=st.one_of(st.none(), st.integers(0, 1 << 16)))
+def test_zip_directory_inspection(weights_bytes, cuts, truncate):
+    """The .pth zip check reads only the directory: a byte count, or one CheckpointError, on any damage."""
+    from cddfuse.models.weights import check_zip_bounds
+
+    data = bytearray(weights_bytes[".pth"])
+    for pos, value in cuts:
+        data[pos % len(data)] = value
+    if truncate is not None:
+        data = data[: truncate % (len(data) + 1)]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "w.pth"
+        path.write_bytes(bytes(data))
+        try:
+            total = check_zip_bounds(path)
+        except CDDFuseError:
+            return
+        assert total >= 0
+
+
+# ----------------------------------------------------------------------------- the YAML guard and the tuning cache
+
+_YAML_PIECES = ["a: &x [1, 2]\n", "b: *x\n", "<<: *x\n", "seed: [", "]", "{", "}", ": ", "- ", "!!python/object ",
+                "&y ", "*y", "\n  ", "'", '"', "#", ".nan", "1e999", "\t", "\\u0000"]
+
+
+@FUZZ
+@given(pieces=st.lists(st.sampled_from(_YAML_PIECES), max_size=24), text=st.text(max_size=40))
+def test_yaml_guard(pieces, text):
+    """The config parser never expands an alias, never shows YAML's mark snippet, never raises but UsageError."""
+    from cddfuse.errors import UsageError
+    from cddfuse.train.config import _yaml_load
+
+    source = "".join(pieces) + text
+    try:
+        value = _yaml_load(source, "fuzz")
+    except UsageError as e:
+        assert "\n" not in str(e) and "^" not in str(e)
+        return
+    assert len(repr(value)) <= 20 * len(source) + 20  # parsed: nothing was expanded
+
+
+@FUZZ
+@given(text=st.text(max_size=300))
+def test_tuning_cache_reader(text):
+    import warnings
+
+    from cddfuse.engine.tuning import load_cache
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "tuning.json"
+        path.write_text(text, encoding="utf-8", errors="surrogatepass")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert isinstance(load_cache(path), dict)

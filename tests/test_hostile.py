@@ -737,7 +737,7 @@ def test_default_memory_is_bounded_on_cpu(monkeypatch, size):
 
     seen = {}
 
-    def plan_only(model, a, b, residual, *, tile, store, dtype, ops, memory_budget, workers=None):
+    def plan_only(model, a, b, residual, *, tile, store, dtype, ops, memory_budget, workers=None, **_):
         seen.update(tile=tile, store=store, budget=memory_budget)
         return torch.zeros_like(a)
 
@@ -831,3 +831,897 @@ def test_written_files_follow_the_umask(tmp_path, tiny_weights):
     paths = [save_weights(model, tmp_path / "w.safetensors", task="ivf", residual="vis"),
              write_image(tmp_path / "x.png", np.zeros((4, 4)))]
     assert [oct(os.stat(p).st_mode & 0o777) for p in paths] == [oct(expected)] * 2
+
+
+# ============================================================================= round 3: strict one-line contract
+# Every case below asserts exactly one line on stderr (``cddfuse <command>: error: ...``), the documented exit
+# code, no traceback, sources untouched and no output left behind; bombs also assert the peak resident
+# memory of a child process.
+
+#: Peak resident memory a refused bomb may cost a ``cddfuse`` process: the interpreter, NumPy, OpenCV and
+#: PyTorch take about 0.3 GB here before any file is opened; the bombs below took 1.2 to 3.7 GB before.
+BOMB_PEAK = 800 * 2**20
+
+
+def one_line(err: str, command: str) -> str:
+    """The one error line of ``err`` (asserting there is exactly one and no traceback)."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err, err
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"cddfuse {command}: error: "), lines
+    return lines[0]
+
+
+def refused(capsys, *args: object, rc: int, says: str | None = None) -> str:
+    """Run ``cddfuse ARGS`` in-process and check the strict contract; returns the error line."""
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse: a usage error
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == rc, err
+    line = one_line(err, str(args[0]))
+    if says is not None:
+        assert says in line, line
+    return line
+
+
+#: The child of :func:`run_child`: runs ``cddfuse``, then writes its own peak resident memory (``VmHWM``: the
+#: high-water mark of this process's memory since it started, which unlike ``ru_maxrss`` does not carry
+#: over the parent's size from ``fork``) to the file named by ``CDDFUSE_TEST_PEAK``.
+_CHILD = """import os, sys
+from cddfuse.cli.main import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+finally:
+    with open("/proc/self/status") as f:
+        peak = [line.split()[1] for line in f if line.startswith("VmHWM:")][0]
+    with open(os.environ["CDDFUSE_TEST_PEAK"], "w") as f:
+        f.write(peak)
+sys.exit(code)
+"""
+
+
+def run_child(*args: object, limit_as: int | None = None, timeout: float = 300) -> tuple[int, str, int]:
+    """``cddfuse ARGS`` in a child process: (exit code, stderr, the child's own peak resident bytes; -1 when
+    it was killed before it could say)."""
+    import resource
+    import tempfile
+
+    def limits() -> None:  # pragma: no cover - runs in the child
+        if limit_as is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (limit_as, limit_as))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        peak_file = Path(tmp) / "peak"
+        env = dict(os.environ, OMP_NUM_THREADS="1", CDDFUSE_TEST_PEAK=str(peak_file))
+        proc = subprocess.run([sys.executable, "-c", _CHILD, *map(str, args)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, preexec_fn=limits, env=env, timeout=timeout)
+        peak = int(peak_file.read_text()) * 1024 if peak_file.exists() else -1
+        return proc.returncode, proc.stderr.decode("utf-8", "replace"), peak
+
+
+def no_temporaries(*folders: Path) -> None:
+    for folder in folders:
+        assert not [p for p in Path(folder).rglob("*") if "cddfuse-tmp" in p.name], "a temporary file was left"
+
+
+@pytest.fixture
+def sets(tmp_path):
+    """Source folders (ir, vi), fused images of them and a bench test set, snapshotted before and after."""
+    rng = np.random.default_rng(11)
+    for stem in ("01", "02"):
+        write_image(tmp_path / "ir" / f"{stem}.png", rng.random((44, 48)))
+        write_image(tmp_path / "vi" / f"{stem}.png", rng.random((44, 48)))
+        write_image(tmp_path / "fused" / f"{stem}.png", rng.random((44, 48)))
+    before = snapshot(tmp_path / "ir", tmp_path / "vi", tmp_path / "fused")
+    yield tmp_path
+    after = snapshot(tmp_path / "ir", tmp_path / "vi", tmp_path / "fused")
+    assert {k: v for k, v in after.items() if k in before} == before, "a source was changed"
+
+
+def _command(kind: str, root: Path, out: Path) -> list[object]:
+    """One command of every kind that writes a file, writing to ``out``."""
+    if kind == "eval":
+        return ["eval", root / "ir", root / "vi", root / "fused", "--metrics", "EN", "-o", out]
+    if kind == "bench":
+        return ["bench", root, "--method", "mean", "-o", out]
+    if kind == "fuse":
+        return ["fuse", root / "ir" / "01.png", root / "vi" / "01.png", "-o", out, "--method", "mean", "-q"]
+    if kind == "align":
+        return ["align", root / "ir" / "01.png", root / "ir" / "01.png", "-o", out, "--min-confidence", "0"]
+    if kind == "prepare":
+        return ["prepare", root / "ir", root / "vi", "-o", out, "--patch-size", "8", "--stride", "8", "-q",
+                "--overwrite", "--contrast-threshold", "0"]
+    raise AssertionError(kind)
+
+
+_EXT = {"eval": ".csv", "bench": ".md", "fuse": ".png", "align": ".png", "prepare": ".h5"}
+WRITERS = list(_EXT)
+
+
+# ----------------------------------------------------------------------------- an output is never a source
+
+@pytest.mark.parametrize("how", ["same", "symlink", "hardlink"])
+@pytest.mark.parametrize("kind", ["eval", "bench"])
+def test_report_output_is_a_source_file(capsys, sets, kind, how):
+    """``eval -o`` and ``bench -o`` replaced a source with the metrics table, exit 0."""
+    source = sets / "ir" / "01.png"
+    target = source if how == "same" else sets / f"alias{_EXT[kind]}"
+    if how == "symlink":
+        target.symlink_to(source)
+    elif how == "hardlink":
+        os.link(source, target)
+    refused(capsys, *_command(kind, sets, target), rc=2, says="a source is never overwritten")
+
+
+def test_eval_output_is_a_fused_image(capsys, sets):
+    refused(capsys, *_command("eval", sets, sets / "fused" / "02.png"), rc=2, says="source folder")
+
+
+@pytest.mark.parametrize("how", ["symlink", "hardlink"])
+def test_align_output_is_a_linked_source(capsys, sets, how):
+    target = sets / "aligned.png"
+    (target.symlink_to if how == "symlink" else lambda s: os.link(s, target))(sets / "ir" / "01.png")
+    refused(capsys, *_command("align", sets, target), rc=2, says="is the IR source")
+
+
+def test_prepare_output_is_a_file_of_a_source_folder(capsys, sets):
+    (sets / "ir" / "cache.h5").write_bytes(b"my own notes")
+    refused(capsys, *_command("prepare", sets, sets / "ir" / "cache.h5"), rc=2, says="source folder")
+    assert (sets / "ir" / "cache.h5").read_bytes() == b"my own notes"
+
+
+def test_export_output_is_the_weights(capsys, tmp_path, tiny_weights):
+    pytest.importorskip("onnxruntime")
+    alias = tmp_path / "w.onnx"
+    os.link(tiny_weights, alias)
+    before = Path(tiny_weights).read_bytes()
+    refused(capsys, "export", "-o", alias, "--weights", alias, rc=2, says="is the weights source")
+    assert Path(tiny_weights).read_bytes() == before
+
+
+def test_train_run_would_replace_its_own_recipe(capsys, tiny_run, tmp_path):
+    import yaml
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(TRAIN_CONFIG))
+    args = [str(a) for a in tiny_run]
+    args[args.index("--config") + 1] = str(run / "config.yaml")
+    refused(capsys, *args, rc=2, says="is the --config source")
+    assert yaml.safe_load((run / "config.yaml").read_text()) == TRAIN_CONFIG
+
+
+def test_video_output_is_a_linked_source(capsys, tmp_path):
+    pytest.importorskip("av")
+    video = make_video(tmp_path / "a.mp4", 32, 24)
+    (tmp_path / "out.mp4").symlink_to(video)
+    before = video.read_bytes()
+    refused(capsys, "fuse", video, video, "-o", tmp_path / "out.mp4", "--method", "mean", rc=2, says="source")
+    assert video.read_bytes() == before
+
+
+# ----------------------------------------------------------------------------- devices, pipes, sockets, loops
+
+def _special(kind: str, path: Path) -> Path:
+    """A special file at ``path``: a null or full character device (a private node when root may make one,
+    else the system's own, which a non-root run cannot replace), a pipe nobody reads, a block device, a
+    socket, a symbolic link loop or a folder."""
+    import socket
+    import stat as S
+
+    if kind in ("null", "full", "block"):
+        if os.geteuid() != 0:
+            if kind == "block":
+                pytest.skip("making a block device node needs root")
+            return Path(f"/dev/{kind}")
+        minor = {"null": 3, "full": 7}.get(kind, 0)
+        os.mknod(path, (S.S_IFBLK if kind == "block" else S.S_IFCHR) | 0o666,
+                 os.makedev(7 if kind == "block" else 1, 250 if kind == "block" else minor))
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        sock = socket.socket(socket.AF_UNIX)
+        try:
+            sock.bind(str(path))
+        except OSError as e:  # pragma: no cover - path too long for a socket
+            pytest.skip(f"cannot bind a socket here: {e}")
+        sock.close()
+    elif kind == "loop":
+        path.symlink_to(path.name)
+    elif kind == "folder":
+        path.mkdir()
+    return path
+
+
+def _kind_of(path: Path) -> str:
+    import stat as S
+
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return "missing"
+    for name, test in (("chr", S.S_ISCHR), ("blk", S.S_ISBLK), ("fifo", S.S_ISFIFO), ("sock", S.S_ISSOCK),
+                       ("link", S.S_ISLNK), ("dir", S.S_ISDIR), ("file", S.S_ISREG)):
+        if test(mode):
+            return name
+    return "other"  # pragma: no cover
+
+
+SPECIAL_OUTCOMES = {  # kind -> (exit code, what the line says)
+    "full": (1, "No space left on device"),
+    "fifo": (1, "a pipe that nobody reads"),
+    "block": (2, "is a block device"),
+    "socket": (2, "is a socket"),
+    "loop": (1, "Too many levels of symbolic links"),
+}
+
+
+@pytest.mark.parametrize("special", list(SPECIAL_OUTCOMES))
+@pytest.mark.parametrize("kind", WRITERS)
+def test_output_that_is_not_a_regular_file_is_never_replaced(capsys, sets, kind, special):
+    """``-o /dev/full`` became a 68-byte regular file (the atomic rename replaced the node): a device or a pipe
+    is written through (or the write fails with its own error), anything else that is not a file refused."""
+    target = _special(special, sets / f"special{_EXT[kind]}")
+    was = _kind_of(target)
+    rc, says = SPECIAL_OUTCOMES[special]
+    refused(capsys, *_command(kind, sets, target), rc=rc, says=says)
+    assert _kind_of(target) == was
+    no_temporaries(sets)
+
+
+@pytest.mark.parametrize("kind", WRITERS)
+def test_output_to_a_null_device_is_written_through(capsys, sets, kind):
+    """``-o /dev/null`` is a legitimate wish: the output is written through, the node stays a device."""
+    target = _special("null", sets / f"null{_EXT[kind]}")
+    capsys.readouterr()
+    assert main([str(a) for a in _command(kind, sets, target)]) == 0, capsys.readouterr().err
+    assert "Traceback" not in capsys.readouterr().err
+    assert _kind_of(target) == "chr"
+    no_temporaries(sets)
+
+
+def test_output_to_a_pipe_with_a_reader_gets_the_whole_table(sets):
+    fifo = _special("fifo", sets / "table.csv")
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+    rc, err, _ = run_child(*_command("eval", sets, fifo), timeout=120)
+    table = reader.communicate(timeout=60)[0].decode()
+    assert rc == 0 and "Traceback" not in err
+    assert table.startswith("image,") and table.count("\n") >= 3 and _kind_of(fifo) == "fifo"
+
+
+def test_tuning_cache_that_is_a_device_or_a_pipe(tmp_path, monkeypatch):
+    """CDDFUSE_CACHE naming a pipe blocked the read forever; a device is written through, never replaced."""
+    from cddfuse.engine import tuning
+
+    fifo = _special("fifo", tmp_path / "cache.json")
+    with pytest.warns(Warning, match="not a regular file"):
+        assert tuning.load_cache(fifo) == {}
+    null = _special("null", tmp_path / "null.json")
+    tuning._store(tuning.DEFAULT_SETTINGS, null)
+    assert _kind_of(null) == "chr" and _kind_of(fifo) == "fifo"
+
+
+@pytest.mark.parametrize("content, says", [
+    ("[" * 100_000, "nested too deeply"), ("x" * (2 << 20), "more than a tuning cache holds"),
+    (b"\xff\xfe\x00".decode("latin-1"), "not"),
+])
+def test_tuning_cache_that_is_hostile_is_ignored_with_a_warning(tmp_path, content, says):
+    from cddfuse.engine import tuning
+
+    path = tmp_path / "tuning.json"
+    path.write_text(content, encoding="latin-1")
+    with pytest.warns(Warning, match=says):
+        assert tuning.load_cache(path) == {}
+
+
+@pytest.mark.parametrize("mode", ["pair", "pair-in-folder-loop", "folder", "folder-loop", "name-in-folder"])
+def test_symlink_loops_as_outputs(capsys, folders, tmp_path, mode):
+    """``RuntimeError: Symlink loop`` (31 lines) in pair and folder mode."""
+    ir, vi = folders
+    a, b = tmp_path / "a", tmp_path / "b"
+    if mode == "pair":
+        out = _special("loop", tmp_path / "loop.png")
+        refused(capsys, *fuse(ir / "01.png", vi / "01.png", "-o", out), rc=1, says="Too many levels of symbolic")
+    elif mode == "pair-in-folder-loop":
+        a.symlink_to(b)
+        b.symlink_to(a)
+        refused(capsys, *fuse(ir / "01.png", vi / "01.png", "-o", a / "x.png"), rc=1, says="symbolic links")
+    elif mode == "folder":
+        out = _special("loop", tmp_path / "loopdir")
+        refused(capsys, *fuse(ir, vi, "-o", out), rc=1, says="symbolic links")
+    elif mode == "folder-loop":
+        a.symlink_to(b)
+        b.symlink_to(a)
+        refused(capsys, *fuse(ir, vi, "-o", a / "out"), rc=1, says="symbolic links")
+    else:  # one output name of a folder run is a loop: that pair fails, the others are written
+        out = tmp_path / "out"
+        out.mkdir()
+        _special("loop", out / "02.png")
+        capsys.readouterr()
+        assert main([str(x) for x in fuse(ir, vi, "-o", out)]) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and "failed pairs: 02" in err
+        assert (out / "01.png").is_file() and (out / "02.png").is_symlink()
+    no_temporaries(tmp_path)
+
+
+# ----------------------------------------------------------------------------- image bombs in every format
+
+def hdr_bomb(width: int, height: int, rows: int | None = None) -> bytes:
+    """A Radiance HDR whose header asks for ``width x height`` float pixels; ``rows`` run-length-encoded
+    scanlines follow (``None``: all of them -- about 760 bytes a row for 12000 columns)."""
+    head = b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y %d +X %d\n" % (height, width)
+    runs = []
+    for _ in range(4):
+        left = width
+        while left:
+            n = min(127, left)
+            runs.append(bytes([128 + n, 1]))
+            left -= n
+    line = bytes([2, 2, width >> 8, width & 255]) + b"".join(runs)
+    return head + line * (height if rows is None else rows)
+
+
+def tiff_with_size(path: Path, width: int, height: int, values: np.ndarray | None = None) -> Path:
+    """A float RGB TIFF (whose header Pillow does not parse) rewritten to claim ``width x height``."""
+    import cv2
+
+    values = np.random.default_rng(5).random((6, 7, 3)).astype(np.float32) if values is None else values
+    ok, enc = cv2.imencode(".tif", values)
+    data = bytearray(enc.tobytes())
+    (ifd,) = struct.unpack("<I", data[4:8])
+    (count,) = struct.unpack("<H", data[ifd:ifd + 2])
+    for i in range(count):
+        at = ifd + 2 + 12 * i
+        tag, kind = struct.unpack("<HH", data[at:at + 4])
+        if tag in (256, 257):
+            value = width if tag == 256 else height
+            data[at + 8:at + 12] = struct.pack("<I", value) if kind == 4 else struct.pack("<HH", value, 0)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _pillow_bomb(fmt: str, width: int, height: int) -> bytes:
+    """A small file of format ``fmt`` whose header Pillow reads as ``width x height``."""
+    if fmt == "ppm":
+        return b"P6\n%d %d\n255\n" % (width, height) + b"\x00" * 64
+    if fmt == "pgm":
+        return b"P5\n%d %d\n65535\n" % (width, height) + b"\x00" * 64
+    if fmt == "bmp":
+        info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0)
+        return b"BM" + struct.pack("<IHHI", 54 + 64, 0, 0, 54) + info + b"\x00" * 64
+    if fmt == "sun":
+        return struct.pack(">8I", 0x59A66A95, width, height, 8, width * height, 1, 0, 0) + b"\x00" * 64
+    if fmt == "jpeg":
+        sof = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, height, width, 1) + b"\x01\x11\x00"
+        return b"\xff\xd8" + sof + b"\xff\xd9"
+    if fmt == "webp":  # a real lossy WebP whose VP8 frame header is rewritten
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, format="WEBP")
+        data = bytearray(buf.getvalue())
+        at = data.find(b"\x9d\x01\x2a") + 3
+        data[at:at + 4] = struct.pack("<HH", width, height)
+        return bytes(data)
+    if fmt == "tiff":
+        entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+                   (273, 4, 1, 8), (277, 3, 1, 1), (278, 4, 1, height), (279, 4, 1, width * height)]
+        ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries) + b"\0" * 4
+        return b"II*\x00" + struct.pack("<I", 8) + ifd
+    if fmt == "png":
+        return png_header_only(width, height)
+    raise AssertionError(fmt)
+
+
+@pytest.mark.parametrize("fmt", ["ppm", "pgm", "bmp", "sun", "jpeg", "webp", "tiff", "png"])
+def test_pillow_formats_are_refused_from_the_header(capsys, pair, tmp_path, monkeypatch, fmt):
+    import cddfuse.io.image as I
+
+    bomb = tmp_path / f"bomb.{fmt}"
+    bomb.write_bytes(_pillow_bomb(fmt, 16000, 16000))
+    monkeypatch.setattr(I.cv2, "imdecode", lambda *a: pytest.fail("decoded before the size was checked"))
+    refused(capsys, *fuse(bomb, pair[1], "-o", tmp_path / "o.png"), rc=1, says="16000x16000 pixels is more than")
+    assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize("fmt", ["hdr", "hdr-rgbe", "pfm", "pfm-gray", "pam", "tiff-float-rgb", "bigtiff"])
+def test_formats_pillow_cannot_read_are_sized_from_their_own_header(capsys, pair, tmp_path, monkeypatch, fmt):
+    """Pillow cannot read a Radiance HDR header: OpenCV decoded all of a 20000x20000 HDR (9.7 GB) first."""
+    import cddfuse.io.image as I
+
+    bomb = tmp_path / f"bomb.{fmt.split('-')[0]}"
+    if fmt == "hdr":
+        bomb.write_bytes(hdr_bomb(20000, 20000, rows=2))
+    elif fmt == "hdr-rgbe":
+        bomb.write_bytes(b"#?RGBE\n\n-Y 20000 +X 20000\n" + b"\x00" * 64)
+    elif fmt == "pfm":
+        bomb.write_bytes(b"PF\n20000 20000\n-1\n" + b"\x00" * 64)
+    elif fmt == "pfm-gray":
+        bomb.write_bytes(b"Pf\n# a comment\n20000 20000\n-1\n" + b"\x00" * 64)
+    elif fmt == "pam":
+        bomb.write_bytes(b"P7\nWIDTH 20000\nHEIGHT 20000\nDEPTH 3\nMAXVAL 255\nTUPLTYPE RGB\nENDHDR\n" + b"\0" * 64)
+    elif fmt == "tiff-float-rgb":
+        tiff_with_size(bomb, 20000, 20000)
+    else:
+        ifd = struct.pack("<Q", 2) + struct.pack("<HHQQ", 256, 16, 1, 20000) + struct.pack("<HHQQ", 257, 16, 1, 20000)
+        bomb.write_bytes(b"II+\x00" + struct.pack("<HHQ", 8, 0, 16) + ifd + b"\0" * 8)
+    monkeypatch.setattr(I.cv2, "imdecode", lambda *a: pytest.fail("decoded before the size was checked"))
+    refused(capsys, *fuse(bomb, pair[1], "-o", tmp_path / "o.png"), rc=1, says="20000x20000 pixels is more than")
+
+
+@pytest.mark.parametrize("fmt", ["gif", "ico", "unknown-magic"])
+def test_formats_whose_size_is_not_read_safely_are_refused(capsys, pair, tmp_path, fmt):
+    from PIL import Image
+
+    path = tmp_path / f"x.{fmt}"
+    if fmt == "unknown-magic":
+        path.write_bytes(b"\x00\x01\x02\x03" * 64)
+    else:
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(path, format=fmt.upper())
+    refused(capsys, *fuse(path, pair[1], "-o", tmp_path / "o.png"), rc=1,
+            says="not read" if fmt != "unknown-magic" else "not a readable image")
+
+
+def test_hdr_bomb_peak_memory(pair, tmp_path):
+    """A 9 MB run-length-encoded 12000x12000 HDR: 3.7 GB peak before its refusal, now the baseline."""
+    bomb = tmp_path / "bomb.hdr"
+    bomb.write_bytes(hdr_bomb(12000, 12000))
+    rc, err, peak = run_child(*fuse(bomb, pair[1], "-o", tmp_path / "o.png"))
+    assert rc == 1 and "12000x12000 pixels is more than the limit" in one_line(err, "fuse")
+    assert 0 < peak < BOMB_PEAK, f"peak {peak / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("fmt", ["hdr", "pfm", "tiff-float-rgb"])
+def test_small_files_of_the_new_header_formats_are_read(tmp_path, fmt):
+    import cv2
+
+    values = np.random.default_rng(9).random((5, 7, 3)).astype(np.float32) * 0.9 + 0.05
+    path = tmp_path / f"x.{fmt.split('-')[0]}"
+    assert cv2.imwrite(str(path), values)
+    assert probe_image(path).size == "7x5"
+    img = read_image(path)
+    assert img.shape == (5, 7, 3)
+    tolerance = 0.01 if fmt == "hdr" else 1e-6  # RGBE keeps an 8-bit mantissa
+    assert np.abs(img - values[..., ::-1]).max() < tolerance
+
+
+def test_rgba_float_tiff_is_read(cli, pair, tmp_path):
+    """OpenCV asserted (``ncn == img.channels()``) on a 4-channel float TIFF, which is listed as supported."""
+    import cv2
+
+    rgba = np.random.default_rng(6).random((20, 24, 4)).astype(np.float32)
+    path = tmp_path / "rgba.tif"
+    assert cv2.imwrite(str(path), rgba)
+    img = read_image(path)
+    assert img.shape == (20, 24, 3)
+    assert np.abs(img - rgba[..., [2, 1, 0]]).max() < 1e-6
+    err = cli(*fuse(path, pair[1], "-o", tmp_path / "o.png"), rc=0)
+    assert "Assertion" not in err and "ERROR" not in err
+
+
+def _corrupt_png(path: Path) -> Path:
+    data = bytearray(write_image(path, np.random.default_rng(3).random((40, 50))).read_bytes())
+    at = data.find(b"IDAT") + 12
+    data[at:at + 8] = b"\xff" * 8
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_libpng_prints_nothing_of_its_own(pair, tmp_path):
+    """libpng's own "IDAT: ..." line came before ours: the C library writes to file descriptor 2."""
+    bad = _corrupt_png(tmp_path / "bad.png")
+    rc, err, _ = run_child(*fuse(bad, bad, "-o", tmp_path / "o.png"))
+    assert rc == 1 and "not a readable image" in one_line(err, "fuse") and "libpng error" not in err
+
+
+def test_codec_lines_are_dropped_but_other_output_is_kept(capfd, tmp_path):
+    from cddfuse.io.image import quiet_native_stderr
+
+    with quiet_native_stderr():
+        os.write(2, b"libpng error: IDAT: invalid stored block lengths\n")
+        os.write(2, b"kept: a progress line of another thread\n")
+    assert capfd.readouterr().err == "kept: a progress line of another thread\n"
+
+
+def test_corrupt_jpeg_that_decodes_prints_no_warning(capfd, tmp_path):
+    import cv2
+
+    ok, enc = cv2.imencode(".jpg", np.random.default_rng(1).integers(0, 255, (50, 60, 3), np.uint8))
+    data = bytearray(enc.tobytes())
+    data[len(data) // 2:len(data) // 2 + 20] = b"\x00" * 20
+    (tmp_path / "c.jpg").write_bytes(bytes(data))
+    assert read_image(tmp_path / "c.jpg").shape[:2] == (50, 60)
+    assert "Corrupt JPEG" not in capfd.readouterr().err
+
+
+# ----------------------------------------------------------------------------- video honours --max-pixels
+
+def make_video(path: Path, width: int, height: int, frames: int = 2) -> Path:
+    av = pytest.importorskip("av")
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        s.options = {"preset": "ultrafast", "crf": "51"}
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), 40 * i, np.uint8), format="rgb24")
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+@pytest.mark.parametrize("limit", [["--max-pixels", "700"], ["--max-pixels", "767"]])
+def test_video_frames_above_max_pixels_are_refused(capsys, tmp_path, limit):
+    video = make_video(tmp_path / "a.mp4", 32, 24)
+    refused(capsys, "fuse", video, video, "-o", tmp_path / "o.mp4", "--method", "mean", *limit, rc=1,
+            says="frames of 32x24 pixels are more than the limit")
+    assert not (tmp_path / "o.mp4").exists()
+    no_temporaries(tmp_path)
+
+
+def test_video_frames_within_max_pixels_are_fused(capsys, tmp_path):
+    video = make_video(tmp_path / "a.mp4", 32, 24)
+    assert main(["fuse", str(video), str(video), "-o", str(tmp_path / "o.mp4"), "--method", "mean",
+                 "--max-pixels", "768", "-q"]) == 0
+
+
+def test_video_bomb_peak_memory(tmp_path):
+    """Two 4000x4000 H.264 frames (48 KB) with --max-pixels 1000000: exit 0 at a 1.16 GB peak before."""
+    video = make_video(tmp_path / "big.mp4", 4000, 4000)
+    rc, err, peak = run_child("fuse", video, video, "-o", tmp_path / "o.mp4", "--method", "mean",
+                              "--max-pixels", "1000000", "-q")
+    assert rc == 1 and "4000x4000" in one_line(err, "fuse")
+    assert 0 < peak < BOMB_PEAK, f"peak {peak / 2**20:.0f} MiB"
+    assert not (tmp_path / "o.mp4").exists()
+
+
+# ----------------------------------------------------------------------------- weights files as bombs
+
+def safetensors_bytes(tensors: dict, metadata: dict) -> bytes:
+    """A safetensors file from ``{name: (dtype, shape, data bytes)}`` and string metadata."""
+    import json
+
+    header, data, offset = {"__metadata__": metadata}, b"", 0
+    for name, (dtype, shape, raw) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + len(raw)]}
+        data += raw
+        offset += len(raw)
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def _meta(**config) -> dict:
+    import json
+
+    return {"format": "cddfuse", "format_version": "1", "task": "ivf", "residual": "vis", "normalize": "minmax",
+            "config": json.dumps(config)}
+
+
+@pytest.mark.parametrize("content, says", [
+    (safetensors_bytes({}, _meta(dim=2048, num_heads=8, encoder_blocks=64, decoder_blocks=64)), "missing key"),
+    (safetensors_bytes({}, _meta(dim=100_000)), "dim=100000"),
+    (safetensors_bytes({}, _meta(dim=64, encoder_blocks=10**9)), "encoder_blocks=1000000000"),
+    (safetensors_bytes({}, _meta(dim=64, ffn_expansion=1e300)), "ffn_expansion"),
+    (safetensors_bytes({}, _meta(dim="sixty-four")), "bad cddfuse metadata"),
+    (safetensors_bytes({"encoder.patch_embed.proj.weight": ("F32", [64, 1, 3, 3], b"\0" * 10)}, _meta()),
+     "does not fit the file"),
+    (safetensors_bytes({"x": ("F32", [2**40, 2**40], b"")}, _meta()), "does not fit the file"),
+    (safetensors_bytes({"x": ("F99", [1], b"\0")}, _meta()), "bad description"),
+    (safetensors_bytes({"x": ("F32", [-1], b"")}, _meta()), "bad description"),
+    (struct.pack("<Q", 2**62) + b"{}", "header length"),
+    (struct.pack("<Q", 5) + b"{\xff\xfe}}", "not JSON"),
+    (struct.pack("<Q", 2) + b"[]", "not a JSON object"),
+    (safetensors_bytes({}, {"format": "cddfuse", "config": "[" * 50000}), "bad cddfuse metadata"),
+])
+def test_safetensors_checked_before_anything_is_allocated(capsys, pair, tmp_path, monkeypatch, content, says):
+    """A 252-byte file asking for dim 2048, 64+64 blocks built the model (2.4 GB and more) before any check."""
+    import cddfuse.models.weights as W
+
+    bad = tmp_path / "bomb.safetensors"
+    bad.write_bytes(content)
+    real = W.CDDFuse
+
+    def shapes_only(*a):  # the network may be described on the meta device, never allocated
+        if torch.get_default_device().type != "meta":
+            pytest.fail("the network was built before the file was checked")
+        return real(*a)
+
+    monkeypatch.setattr(W, "CDDFuse", shapes_only)
+    refused(capsys, "fuse", *pair, "-o", tmp_path / "o.png", "--weights", bad, rc=1, says=says)
+
+
+def test_safetensors_with_a_wrongly_shaped_tensor_is_refused_unread(capsys, pair, tmp_path, tiny_weights,
+                                                                      monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    from cddfuse.models.weights import read_safetensors_header
+
+    _, meta = read_safetensors_header(tiny_weights)
+    state = load_file(str(tiny_weights))
+    state["encoder.patch_embed.proj.weight"] = torch.zeros(3)
+    bad = tmp_path / "bad.safetensors"
+    save_file(state, str(bad), metadata=meta)
+    monkeypatch.setattr("safetensors.safe_open", lambda *a, **k: pytest.fail("tensors read before the check"))
+    refused(capsys, "fuse", *pair, "-o", tmp_path / "o.png", "--weights", bad, rc=1, says="shape mismatch")
+
+
+@pytest.mark.parametrize("command", ["fuse", "bench", "export"])
+def test_pth_with_a_wrongly_shaped_tensor(capsys, tmp_path, command):
+    """``IndexError`` in ``infer_config`` from fuse, bench and export."""
+    bad = tmp_path / "rank1.pth"
+    torch.save({"encoder.patch_embed.proj.weight": torch.zeros(3)}, bad)
+    write_image(tmp_path / "set" / "ir" / "01.png", np.zeros((8, 8)))
+    write_image(tmp_path / "set" / "vi" / "01.png", np.zeros((8, 8)))
+    args = {"fuse": ["fuse", tmp_path / "set" / "ir" / "01.png", tmp_path / "set" / "vi" / "01.png",
+                     "-o", tmp_path / "o.png"],
+            "bench": ["bench", tmp_path / "set"], "export": ["export", "-o", tmp_path / "o.onnx"]}[command]
+    if command == "export":
+        pytest.importorskip("onnxruntime")
+    refused(capsys, *args, "--weights", bad, rc=1, says="cannot tell the network size")
+    assert not (tmp_path / "o.png").exists() and not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize("sizes", [dict(dim=5000), dict(encoder_blocks=300)])
+def test_pth_whose_tensors_ask_for_a_huge_network(capsys, pair, tmp_path, sizes):
+    state = {"encoder.patch_embed.proj.weight": torch.zeros(sizes.get("dim", 8), 1, 3, 3),
+             "encoder.baseFeature.attn.scale": torch.zeros(2, 1, 1),
+             "decoder.output.2.weight": torch.zeros(1, 4, 3, 3),
+             "encoder.baseFeature.mlp.project_out.weight": torch.zeros(8, 8, 1, 1)}
+    if "encoder_blocks" in sizes:
+        state[f"encoder.encoder_level1.{sizes['encoder_blocks'] - 1}.norm1.weight"] = torch.zeros(8)
+    bad = tmp_path / "huge.pth"
+    torch.save(state, bad)
+    refused(capsys, "fuse", *pair, "-o", tmp_path / "o.png", "--weights", bad, rc=1, says="must be a whole number")
+
+
+def deflated_pth(path: Path, elements: int) -> Path:
+    """A torch.save file whose one float32 storage of ``elements`` zeros is deflated (a few MB on disk)."""
+    import zipfile
+
+    small = path.with_suffix(".small")
+    marker = 123457
+    torch.save({"encoder.patch_embed.proj.weight": torch.zeros(marker)}, small)
+    with zipfile.ZipFile(small) as zin, zipfile.ZipFile(path, "w") as zout:
+        for info in zin.infolist():
+            raw = zin.read(info.filename)
+            if info.filename.endswith("data.pkl"):
+                raw = raw.replace(b"J" + struct.pack("<i", marker), b"J" + struct.pack("<i", elements))
+                zout.writestr(info.filename, raw)
+            elif "/data/" in info.filename:
+                entry = zipfile.ZipInfo(info.filename)
+                entry.compress_type = zipfile.ZIP_DEFLATED
+                with zout.open(entry, "w", force_zip64=True) as out:
+                    chunk = bytes(1 << 22)
+                    for _ in range(elements * 4 // len(chunk)):
+                        out.write(chunk)
+            else:
+                zout.writestr(info.filename, raw)
+    small.unlink()
+    return path
+
+
+def test_deflated_pth_bomb_is_refused_from_the_zip_directory(pair, tmp_path):
+    """A 1.4 MB deflated .pth holding a 1.5 GB tensor inflated to 1.77 GB, then a traceback."""
+    bad = deflated_pth(tmp_path / "bomb.pth", 300 * 2**20)
+    assert bad.stat().st_size < 20 * 2**20
+    rc, err, peak = run_child("fuse", *pair, "-o", tmp_path / "o.png", "--weights", bad)
+    assert rc == 1 and "decompression bomb" in one_line(err, "fuse")
+    assert 0 < peak < BOMB_PEAK, f"peak {peak / 2**20:.0f} MiB"
+
+
+def test_weights_bomb_under_an_address_space_limit(pair, tmp_path):
+    """Under ``ulimit -v`` the metadata bomb printed a traceback (PyTorch's allocation error)."""
+    bad = tmp_path / "bomb.safetensors"
+    bad.write_bytes(safetensors_bytes({}, _meta(dim=2048, num_heads=8, encoder_blocks=64, decoder_blocks=64)))
+    rc, err, peak = run_child("fuse", *pair, "-o", tmp_path / "o.png", "--weights", bad, limit_as=6 * 2**30)
+    assert rc == 1 and "do not fit the CDDFuse network" in one_line(err, "fuse")
+    assert 0 < peak < BOMB_PEAK, f"peak {peak / 2**20:.0f} MiB"
+
+
+# ----------------------------------------------------------------------------- configs and checkpoints
+
+LAUGHS = "\n".join(["seed:", "  - &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+                   + [f"  - &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 9) + "]" for i in range(8)]
+                   + ["  - [" + ", ".join(["*i"] * 9) + "]"])  # 9 levels under seed: 9**10 values once expanded
+
+
+@pytest.mark.parametrize("text, says", [
+    (LAUGHS, "aliases (*a) are not accepted"),
+    ("base: &b {lr: 0.1}\noptim:\n  <<: *b\n", "aliases (*b)"),
+    ("seed: [1, 2\noptim: {lr: 1}\n", "is not valid YAML: expected ',' or ']', but got ':' at line 2, column 6"),
+    ("seed: 1\n\tbad: tab\n", "is not valid YAML"),
+    ("optim:\n  lr: .nan\n", "must be a finite number"),
+    ("optim:\n  lr: .inf\n", "must be a finite number"),
+    ("seed: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+    ("seed: " + "9" * 100 + "\noptim: {lr: 1e999}\n", "must be a finite number"),
+    ("model: [" + "1, " * 400_000 + "1]\n", "more than a config may have"),
+    ("seed: !!python/object/apply:os.system [echo pwned]\n", "is not valid YAML"),
+])
+def test_hostile_yaml_configs(capsys, tmp_path, text, says):
+    """A 700-byte "billion laughs" config hung train --print-config (2.3 GB and growing at 60 s)."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(text)
+    line = refused(capsys, "train", "--config", cfg, "--print-config", rc=2, says=says)
+    assert "^" not in line and "<unicode string>" not in line
+
+
+def test_billion_laughs_peak_memory(tmp_path):
+    cfg = tmp_path / "laughs.yaml"
+    cfg.write_text(LAUGHS)
+    rc, err, peak = run_child("train", "--config", cfg, "--print-config", timeout=120)
+    assert rc == 2 and "aliases" in one_line(err, "train")
+    assert 0 < peak < BOMB_PEAK
+
+
+def test_config_that_is_not_utf8(capsys, tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_bytes(b"seed: \xff\xfe\n")
+    refused(capsys, "train", "--config", cfg, "--print-config", rc=2, says="not UTF-8")
+
+
+@pytest.mark.parametrize("override, says", [
+    ("seed=*x", "aliases (*x)"), ("optim.lr=.nan", "finite"), ("optim.lr=-.inf", "finite"),
+    ("model=" + "[" * 3000, "nested too deeply"), ("seed=" + "1" * (2 << 20), "more than a config may have"),
+])
+def test_hostile_set_values(capsys, override, says):
+    refused(capsys, "train", "--set", override, "--print-config", rc=2, says=says)
+
+
+def test_long_bad_values_are_cut_in_the_message(capsys, tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("device: [" + ", ".join(["x"] * 100_000) + "]\n")
+    line = refused(capsys, "train", "--config", cfg, "--print-config", rc=2, says="config device must be")
+    assert len(line) < 300
+
+
+def test_resume_from_a_checkpoint_holding_code(capsys, tmp_path):
+    """Refused safely, but in 6 lines repeating PyTorch's advice to set weights_only=False."""
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    torch.save({"format": "x", "evil": Evil()}, tmp_path / "run" / "checkpoints" / "last.pt")
+    line = refused(capsys, "train", "--resume", tmp_path / "run", rc=1, says="refused to load")
+    assert "weights_only" not in line and not marker.exists()
+
+
+def test_resume_from_a_deflated_checkpoint_bomb(capsys, tmp_path):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    deflated_pth(tmp_path / "run" / "checkpoints" / "last.pt", 64 * 2**20)
+    refused(capsys, "train", "--resume", tmp_path / "run", rc=1, says="decompression bomb")
+
+
+# ----------------------------------------------------------------------------- numbers on the command line
+
+FLOAT_OPTIONS = [  # (command line before the value, option)
+    (["fuse", "a.png", "b.png", "-o", "o.png"], "--align-min-confidence"),
+    (["fuse", "a.mp4", "b.mp4", "-o", "o.mp4"], "--smoothing"),
+    (["align", "a.png", "b.png"], "--min-confidence"),
+    (["prepare", "a", "b", "-o", "c.h5"], "--contrast-threshold"),
+    (["train", "--print-config"], "--lr"),
+]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN", "1e999"])
+@pytest.mark.parametrize("before, option", FLOAT_OPTIONS, ids=[o for _, o in FLOAT_OPTIONS])
+def test_every_float_option_refuses_nan_and_infinity(capsys, before, option, value):
+    """``prepare --contrast-threshold nan`` was accepted (NaN compares false with every bound)."""
+    refused(capsys, *before, f"{option}={value}", rc=2, says="expected a finite number")
+
+
+@pytest.mark.parametrize("args, says", [
+    (["prepare", "a", "b", "-o", "c.h5", "--contrast-threshold", "-0.1"], "must be >= 0"),
+    (["prepare", "a", "b", "-o", "c.h5", "--patch-size", str(10**20)], "must be between 1 and"),
+    (["prepare", "a", "b", "-o", "c.h5", "--workers", "100000"], "must be between 0 and 256"),
+    (["fuse", "a.png", "b.png", "-o", "o.png", "--align-min-confidence", "1.5"], "must be <= 1"),
+    (["train", "--print-config", "--lr", "0"], "must be > 0"),
+    (["train", "--print-config", "--epochs", "-1", "5"], "must be between 0 and"),
+    (["train", "--print-config", "--seed", str(2**64)], "must be between 0 and"),
+    (["train", "--print-config", "--batch-size", "0"], "must be between 1 and"),
+    (["tune", "--size", "100000x100000"], "at most 2048x2048"),
+    (["tune", "--repeats", str(10**9)], "must be between 1 and 100"),
+    (["tune", "--threads", "0"], "must be between 1 and 4,096"),
+    (["fuse", "a.png", "b.png", "-o", "o.png", "--max-pixels", "0"], "must be at least 1"),
+    (["eval", "a", "b", "c", "--metrics", "BOGUS"], "BOGUS"),
+])
+def test_number_options_out_of_range(capsys, args, says):
+    refused(capsys, *args, rc=2, says=says)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--shard", "0/99999999999999999999"], "N may be at most"),
+    (["--shard", "99999999999999999999/0"], "expected K/N"),
+    (["--max-memory", "9" * 400 + "G"], "larger than any machine's memory"),
+])
+def test_huge_numbers_in_folder_mode(capsys, folders, tmp_path, args, says):
+    """``--shard 0/99999999999999999999`` raised OverflowError."""
+    refused(capsys, "fuse", *folders, "-o", tmp_path / "out", "--method", "max", *args, rc=2, says=says)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("duration", ["9" * 400, "9" * 400 + "d"])
+def test_max_time_too_long_to_be_a_number(capsys, duration):
+    refused(capsys, "train", "--print-config", "--max-time", duration, rc=2, says="finite time")
+
+
+def test_eval_workers_bounded(capsys, sets):
+    refused(capsys, "eval", sets / "ir", sets / "vi", sets / "fused", "--workers", "100000", rc=2,
+            says="between 1 and 256")
+
+
+def test_torch_allocation_failure_is_one_line(capsys, monkeypatch):
+    """``tune --size`` within bounds can still meet a machine without the memory: one line, not PyTorch's."""
+    from cddfuse.engine import tuning
+
+    def fail(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:118] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 40000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(tuning, "tune", fail)
+    refused(capsys, "tune", "--size", "2048x2048", rc=1, says="out of memory")
+
+
+# ----------------------------------------------------------------------------- flat inputs
+
+@pytest.mark.parametrize("value, method", [(1.0, "mean"), (0.0, "mean"), (1.0, "max"), (0.5, "cddfuse"),
+                                           (0.0, "cddfuse")])
+def test_flat_inputs_are_not_stretched_into_noise(capsys, tmp_path, value, method):
+    """Two white images with --method mean came out black, two black ones with the network as grey noise
+    (0-255, mean 202), with exit 0 and no word."""
+    a = write_image(tmp_path / "a.png", np.full((24, 32), value))
+    b = write_image(tmp_path / "b.png", np.full((24, 32), value))
+    capsys.readouterr()
+    assert main(["fuse", str(a), str(b), "-o", str(tmp_path / "o.png"), "--method", method, "-q"]) == 0
+    err = capsys.readouterr().err
+    warnings_ = [line for line in err.splitlines() if line.strip()]
+    assert len(warnings_) == 1 and warnings_[0].startswith("cddfuse fuse: warning: ") and "flat" in warnings_[0]
+    out = read_image(tmp_path / "o.png")
+    if method != "cddfuse":
+        assert np.abs(out - value).max() < 1 / 255
+    else:  # the network's own output, not stretched: its border response spans less than the full range
+        assert out.max() - out.min() < 0.5
+
+
+def test_a_flat_result_of_textured_sources_is_kept_and_warned_once(tmp_path):
+    from cddfuse.errors import CDDFuseWarning
+
+    rng = np.random.default_rng(0)
+    a = rng.random((16, 16)).astype(np.float32)
+    with pytest.warns(CDDFuseWarning, match="flat") as record:
+        fuser = Fuser(method="mean")
+        first = fuser.fuse(a, 1 - a)  # (a + 1 - a) / 2 = 0.5 everywhere
+        fuser.fuse(a, 1 - a)
+    assert len(record) == 1 and np.abs(first - 0.5).max() < 1e-6
+
+
+def test_textured_inputs_are_still_stretched(tmp_path):
+    a = np.linspace(0.2, 0.4, 64, dtype=np.float32).reshape(8, 8)
+    out = Fuser(method="mean").fuse(a, a)
+    assert out.min() == 0 and out.max() == 1
+
+
+@pytest.mark.parametrize("special", ["null", "fifo"])
+def test_device_or_pipe_without_an_extension_gets_a_png(capsys, sets, special):
+    """``fuse -o /dev/null`` (or ``/dev/stdout``) has no extension: the image is written through as PNG."""
+    target = _special(special, sets / "node")
+    reader = subprocess.Popen(["cat", str(target)], stdout=subprocess.PIPE) if special == "fifo" else None
+    try:
+        capsys.readouterr()
+        assert main([str(a) for a in _command("fuse", sets, target)]) == 0, capsys.readouterr().err
+    finally:
+        data = reader.communicate(timeout=60)[0] if reader is not None else b""
+    assert _kind_of(target) == ("chr" if special == "null" else "fifo")
+    if reader is not None:
+        assert data.startswith(b"\x89PNG")

@@ -121,7 +121,7 @@ def test_colour_pair_mif(tiny_weights, test_data, tmp_path):
         assert gray.status_code == 200 and _decoded(gray.content, tmp_path, "g.png").ndim == 2
         wrong = c.post("/api/fuse", files=_files(a, b), data={"task": "ivf"})
         assert wrong.status_code == 400 and wrong.json()["code"] == "wrong_task"
-        assert "--task ivf" in wrong.json()["error"]
+        assert "send task=mif" in wrong.json()["error"] and "--" not in wrong.json()["error"]
 
 
 @pytest.mark.parametrize("data, says", [
@@ -139,8 +139,10 @@ def test_bad_options_400(client, pair, data, says):
 def test_bad_inputs_400(client, pair, tmp_path):
     small = _png(tmp_path / "small.png", (10, 12), 3)
     r = client.post("/api/fuse", files=_files(pair[0], small))
-    assert r.status_code == 400 and "differ in size (24x20 vs 12x10)" in r.json()["error"]
-    assert "/tmp" not in r.json()["error"]
+    assert r.status_code == 400 and r.json()["code"] == "size_mismatch"
+    assert "a and b differ in size (24x20 vs 12x10)" in r.json()["error"] and "resize=true" in r.json()["error"]
+    assert r.json()["detail"] == {"a": "24x20", "b": "12x10"}
+    assert "/tmp" not in r.json()["error"] and "--" not in r.json()["error"]
     ok = client.post("/api/fuse", files=_files(pair[0], small), data={"resize": "true"})
     assert ok.status_code == 200 and _decoded(ok.content, tmp_path).shape == (20, 24)
     junk = client.post("/api/fuse", files=_files(pair[0], b"not an image at all", ("ir.png", "notes.png")))
@@ -149,7 +151,7 @@ def test_bad_inputs_400(client, pair, tmp_path):
     missing = client.post("/api/fuse", files={"a": ("a.png", pair[0].read_bytes(), "image/png")})
     assert missing.status_code == 400 and missing.json()["code"] == "missing_file"
     not_multipart = client.post("/api/fuse", content=b"{}", headers={"content-type": "application/json"})
-    assert not_multipart.status_code == 400
+    assert not_multipart.status_code == 415 and "multipart/form-data" in not_multipart.json()["error"]
     assert client.get("/api/fuse").status_code == 405 and "error" in client.get("/api/fuse").json()
     assert client.get("/nope").status_code == 404 and "error" in client.get("/nope").json()
 
@@ -193,7 +195,8 @@ def test_pixel_bomb_413(client, pair, monkeypatch):
     r = client.post("/api/fuse", files=_files(png_header_only(100_000, 100_000), pair[1]))
     # refused from the header, before anything is decoded or its metadata read
     assert r.status_code == 413 and r.json()["code"] == "image_too_large"
-    assert "100000x100000 pixels is more than the limit" in r.json()["error"]
+    assert "a (a.png): 100000x100000 pixels is more than this server's limit" in r.json()["error"]
+    assert r.json()["detail"]["field"] == "a" and "--" not in r.json()["error"]
 
 
 def test_token(tiny_weights, pair):
@@ -280,13 +283,12 @@ def test_cli_serve_parser_and_loopback():
 
 
 def test_cli_serve_warns_off_loopback_without_token(tiny_weights, monkeypatch, capsys):
-    import uvicorn
-
+    import cddfuse.serve.server as server
     from cddfuse.cli.main import main
 
     ran: list[dict] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.append(kw))
-    base = ["serve", "--weights", str(tiny_weights), "--device", "cpu"]
+    monkeypatch.setattr(server, "serve", lambda app, sock, **kw: ran.append({"host": sock.getsockname()[0], **kw}))
+    base = ["serve", "--weights", str(tiny_weights), "--device", "cpu", "--port", "0"]
     assert main([*base, "--host", "0.0.0.0"]) == 0
     err = capsys.readouterr().err
     warnings = [line for line in err.splitlines() if "warning" in line]
@@ -311,3 +313,135 @@ def test_unexpected_error_is_json_500_and_the_server_goes_on(tiny_weights, pair)
         r = c.post("/api/fuse", files=_files(*pair))
         assert r.status_code == 500 and r.json()["code"] == "internal" and "secret" not in r.text
         assert c.get("/api/health").json()["busy"] == 0
+
+
+# ------------------------------------------------------------------------------------------- cancellation
+def test_engine_stops_between_tiles_when_cancelled(tiny_weights):
+    import torch
+
+    from cddfuse.engine import FusionCancelled, tiled_fuse
+
+    model = Fuser(weights=tiny_weights, device="cpu").model
+    a, b = torch.rand(1, 1, 64, 64), torch.rand(1, 1, 64, 64)
+    cancel = threading.Event()
+    passes: list[int] = []
+
+    def progress(i: int, n: int) -> None:
+        passes.append(i)
+        if i == 1:
+            cancel.set()
+
+    with pytest.raises(FusionCancelled):
+        tiled_fuse(model, a, b, tile=16, progress=progress, cancel=cancel, workers=1)
+    assert passes == [0, 1]  # stopped after the first tile of the second pass, not at the end
+    full: list[int] = []
+    out = tiled_fuse(model, a, b, tile=16, progress=lambda i, n: full.append(n), cancel=threading.Event())
+    assert len(full) > 2 and torch.allclose(out, tiled_fuse(model, a, b, tile=16), atol=1e-6)
+
+
+def test_a_client_that_goes_away_cancels_its_fusion(tiny_weights, pair, monkeypatch):
+    """ASGI-level: the body arrives, the fusion starts, the client disconnects: the engine stops early and
+    the slot is given back."""
+    import asyncio
+
+    import httpx
+
+    import cddfuse.engine.engine as E
+
+    started = threading.Event()
+    passes: list[int] = []
+    real_start = E.Engine._start_pass
+
+    def start_pass(self):
+        passes.append(self.pass_index)
+        started.set()
+        real_start(self)
+
+    monkeypatch.setattr(E.Engine, "_start_pass", start_pass)
+    folder = Path(pair[0]).parent
+    big = _png(folder / "big_a.png", (256, 256), 7), _png(folder / "big_b.png", (256, 256), 8)
+    app = create_app(lambda: Fuser(weights=tiny_weights, device="cpu", tile=64), queue_size=2)
+    request = httpx.Request("POST", "http://x/api/fuse", files=_files(*big))
+    body = request.read()
+    sent: list[dict] = []
+
+    async def scenario() -> None:
+        delivered = False
+
+        async def receive() -> dict:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.get_running_loop().run_in_executor(None, started.wait, 60)
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/api/fuse", "raw_path": b"/api/fuse", "root_path": "",
+                 "query_string": b"", "headers": [(k.lower().encode(), v.encode()) for k, v in request.headers.items()],
+                 "scheme": "http", "server": ("x", 80), "client": ("y", 1), "http_version": "1.1",
+                 "asgi": {"version": "3.0"}}
+        await asyncio.wait_for(app(scope, receive, send), 300)
+
+    asyncio.run(scenario())
+    n = E.n_passes(1, 1)
+    assert started.is_set() and len(passes) < n, (passes, n)  # cancelled before the last pass
+    assert sent[0]["status"] == 204  # nobody is there to read an answer
+    assert app.state.serve.admitted == 0 and app.state.serve.uploads == 0
+
+
+def test_stop_cancels_and_refuses(tiny_weights, pair):
+    app = create_app(lambda: Fuser(weights=tiny_weights, device="cpu"))
+    with TestClient(app) as c:
+        app.state.serve.stop()
+        r = c.post("/api/fuse", files=_files(*pair))
+        assert r.status_code == 503 and r.json()["code"] == "stopping" and r.headers["retry-after"]
+        assert c.get("/api/health").json()["status"] == "stopping"
+
+
+@pytest.mark.parametrize("token", ["", "   ", "\t", "with space", "caf\u00e9", "new\nline"])
+def test_unusable_tokens_are_refused(tiny_weights, token):
+    from cddfuse.serve.app import check_token
+
+    with pytest.raises(ValueError, match="token"):
+        check_token(token)
+    with pytest.raises(ValueError, match="token"):
+        create_app(lambda: Fuser(weights=tiny_weights, device="cpu"), token=token)
+
+
+def test_favicon_and_page_link(client):
+    r = client.get("/favicon.ico")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/x-icon"
+    assert r.content[:4] == b"\x00\x00\x01\x00"  # an ICO directory
+    assert 'href="/favicon.ico"' in client.get("/").text
+    assert client.get("/static/favicon.svg").status_code == 200
+
+
+def test_cli_serve_constants_match_the_app():
+    import cddfuse.cli.serve as cli
+    import cddfuse.serve.app as app_module
+    import cddfuse.serve.server as server_module
+
+    assert cli.DEFAULT_UPLOAD_TIMEOUT == app_module.DEFAULT_UPLOAD_TIMEOUT
+    assert cli.DEFAULT_MIN_UPLOAD_RATE == app_module.DEFAULT_MIN_UPLOAD_RATE
+    assert cli.UPLOAD_GRACE == app_module.UPLOAD_GRACE
+    assert cli.DEFAULT_HEADER_TIMEOUT == server_module.DEFAULT_HEADER_TIMEOUT
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--token", ""], "--token: the token is empty or blank"),
+    (["--token", "a b"], "--token: the token may hold printable ASCII"),
+    (["--upload-timeout", "nan"], "--upload-timeout nan"),
+    (["--upload-timeout", "0"], "--upload-timeout 0"),
+    (["--header-timeout", "inf"], "--header-timeout inf"),
+    (["--min-upload-rate", "fast"], "--min-upload-rate fast"),
+    (["--min-upload-rate", "nan"], "--min-upload-rate nan"),
+])
+def test_cli_serve_bad_options_exit_2(tiny_weights, capsys, args, says):
+    from cddfuse.cli.main import main
+
+    assert main(["serve", "--weights", str(tiny_weights), "--device", "cpu", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err, err

@@ -173,6 +173,43 @@ def test_page_fuses_compares_downloads_and_shows_errors(server, tiny_weights, tm
         error = driver.find_element(By.ID, "error")
         _wait(lambda: error.is_displayed(), what="the error message")
         assert "differ in size (56x40 vs 56x30)" in error.text
+        # the page names its own control, not the API field or a command-line flag
+        assert "Tick \u201cResize the second image to the first when sizes differ\u201d" in error.text
+        assert "--" not in error.text and "resize=true" not in error.text
+        label = driver.find_element(By.CSS_SELECTOR, "label[for=resize]").text
+        assert label in error.text
+        shot = os.environ.get("CDDFUSE_SCREENSHOT")  # to look at the page: a path for a PNG of it here
+        if shot:
+            driver.save_screenshot(shot)
+        driver.find_element(By.ID, "resize").click()
+        driver.find_element(By.ID, "fuse-button").click()
+        _wait(lambda: not error.is_displayed() and fused.get_attribute("data-ready") == "true", what="a resized fusion")
+
+        # a header bomb as the first image: the page names that image by its label
+        from .test_hostile import png_header_only
+
+        bomb = tmp_path / "bomb.png"
+        bomb.write_bytes(png_header_only(100_000, 100_000))
+        driver.find_element(By.ID, "file-a").send_keys(str(bomb))
+        driver.find_element(By.ID, "fuse-button").click()
+        _wait(lambda: error.is_displayed(), what="the bomb's error message")
+        assert error.text.startswith("The Infrared image is 100000x100000 pixels, more than this server accepts")
+        assert "--" not in error.text and "max_pixels" not in error.text
+        shot = os.environ.get("CDDFUSE_SCREENSHOT")
+        if shot:
+            driver.save_screenshot(shot.replace(".png", "-bomb.png"))
+
+        # the favicon: linked from the page and served as a real icon the browser decodes
+        icons = driver.execute_script(
+            "return [...document.querySelectorAll('link[rel=icon]')].map(l => l.getAttribute('href'))")
+        assert "/favicon.ico" in icons
+        decoded = driver.execute_async_script("""
+            const done = arguments[arguments.length - 1];
+            const img = new Image();
+            img.onload = () => done([img.naturalWidth, img.naturalHeight]);
+            img.onerror = () => done(null);
+            img.src = "/favicon.ico";""")
+        assert decoded == [32, 32]
 
         driver.set_window_size(390, 844)  # a phone: one column, nothing wider than the screen
         assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import CDDFuseError, UsageError
 from ..options import ALIGN_MODELS, DEFAULT_MAX_PIXELS
+from ._args import finite_float
 
 HELP = "estimate the transform that maps IR onto VIS (multi-modal registration); -o writes IR warped"
 
@@ -38,7 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     p.add_argument("--model", choices=ALIGN_MODELS, default="affine",
                    help="translation, similarity (rotation + scale), affine (default) or homography")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output on stdout (default text)")
-    p.add_argument("--min-confidence", type=float, default=None, metavar="C",
+    p.add_argument("--min-confidence", type=finite_float(), default=None, metavar="C",
                    help="threshold for accepted (default 0.5, as fuse --align)")
     p.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="bits per channel of a PNG/TIFF -o")
     p.set_defaults(func=run)
@@ -60,9 +61,10 @@ def run(args: argparse.Namespace) -> int:
             raise CDDFuseError(f"{what} {path}: no such file")
     out = Path(args.output) if args.output else None
     if out is not None:
+        from .._fileutil import check_output
+
         check_output_path(out, args.bit_depth)
-        if out.resolve() in (ir.resolve(), vis.resolve()):
-            raise UsageError(f"-o {out} is a source; a source is never overwritten -- choose another output name")
+        check_output(out, sources=(("IR", ir), ("VIS", vis)))
     a = read_image(ir, max_pixels=DEFAULT_MAX_PIXELS)
     b = read_image(vis, max_pixels=DEFAULT_MAX_PIXELS)
     alignment = estimate(a, b, args.model, min_confidence=threshold)

@@ -75,6 +75,14 @@ def run(args: argparse.Namespace) -> int:
     tune_malloc()
 
     fmt = choose_format(args.format, args.output)
+    if args.output:
+        from pathlib import Path
+
+        from .._fileutil import check_output
+
+        root = Path(args.testset)
+        folders = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+        check_output(args.output, source_folders=folders)
     result = run_bench(args.testset, method=args.method, weights=args.weights, task=args.task,
                        out_dir=args.out_dir, limit=args.limit, normalize=args.normalize,
                        precision=args.precision)

@@ -76,9 +76,13 @@ def run(args: argparse.Namespace) -> int:
     tune_malloc()  # this process only evaluates: keep freed temporaries for reuse
 
     names = resolve_metrics(args.metrics)
-    if args.workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if not 1 <= args.workers <= 256:
+        raise UsageError(f"--workers must be between 1 and 256, got {args.workers}")
     fmt = choose_format(args.format, args.output)
+    if args.output:
+        from .._fileutil import check_output
+
+        check_output(args.output, source_folders=(args.dir_a, args.dir_b, args.dir_fused))
     result = evaluate_folders(args.dir_a, args.dir_b, args.dir_fused, names, workers=args.workers)
     if result.ignored:
         shown = ", ".join(result.ignored[:10]) + (" ..." if len(result.ignored) > 10 else "")

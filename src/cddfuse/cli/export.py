@@ -56,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError.invalid("output", str(out), "an ONNX file name must end in .onnx")
     if out.is_dir():
         raise UsageError.invalid("output", str(out), "is a folder; give a file name ending in .onnx")
+    from .._fileutil import check_output
+
+    check_output(out, sources=(("weights", args.weights),) if args.weights else ())
     try:
         import onnx  # noqa: F401
         import onnxruntime

@@ -18,6 +18,7 @@ from ..options import (
     RESIDUAL_CHOICES,
     TASKS,
 )
+from ._args import finite_float
 
 HELP = "fuse an infrared/functional image with a visible/MRI image (files or folders)"
 
@@ -87,7 +88,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
                    help="none (default: the sources are registered), or align IR to VIS first with this model "
                         "and fuse in the frame of VIS (sizes may differ; pixels IR does not cover show VIS alone; "
                         "a pair that cannot be aligned confidently fails)")
-    p.add_argument("--align-min-confidence", type=float, default=0.5, metavar="C",
+    p.add_argument("--align-min-confidence", type=finite_float(0, 1), default=0.5, metavar="C",
                    help="with --align: refuse pairs whose alignment confidence is below C (default 0.5)")
     p.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
                    help=f"refuse images with more pixels, read from the header before decoding (default "
@@ -179,20 +180,18 @@ def run(args: argparse.Namespace) -> int:
     if ir.is_dir() != vis.is_dir():
         raise UsageError("IR and VIS must both be files or both be folders")
     if ir.is_dir():
+        _check_max_memory(args)  # before the output folder is made
         return _run_folders(args, ir, vis, out)
     from .fuse_sharded import check_not_sharded
 
     check_not_sharded(args, "a single pair")
-    from .._fileutil import check_writable_folder, remove_stale_temporaries, same_file
+    from .._fileutil import check_output, check_writable_folder, remove_stale_temporaries
     from ..io.image import check_output_path, write_image
 
     if out.is_dir():
         out = out / (ir.stem + _extension(args.ext))
     check_output_path(out, args.bit_depth)
-    for source, name in ((ir, "IR"), (vis, "VIS")):
-        if same_file(out, source):
-            raise UsageError(f"-o {out} is the {name} source ({source}); a source is never overwritten -- "
-                             "choose another output name")
+    check_output(out, sources=(("IR", ir), ("VIS", vis)))
     try:
         check_writable_folder(out.parent)
     except OSError as e:
@@ -203,6 +202,15 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def _check_max_memory(args: argparse.Namespace) -> None:
+    from ..engine.memory import parse_memory
+
+    try:
+        parse_memory(getattr(args, "max_memory", None))
+    except ValueError as e:
+        raise UsageError.invalid("max_memory", args.max_memory, str(e)) from None
 
 
 def _extension(ext: str) -> str:

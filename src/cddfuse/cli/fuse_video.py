@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import CDDFuseError, UsageError
+from ._args import finite_float
 
 if TYPE_CHECKING:
     from ..fusion.video import TemporalMode
@@ -26,7 +27,7 @@ def add_video_arguments(p: argparse.ArgumentParser) -> None:
                    help="min-max normalisation of video frames: ema = over a range smoothed over time, so "
                         "brightness does not flicker (default for video); frame = each frame's own range. "
                         "--temporal ema with two folders fuses them as numbered frames of one sequence")
-    g.add_argument("--smoothing", type=float, default=None, metavar="FRAMES",
+    g.add_argument("--smoothing", type=finite_float(1), default=None, metavar="FRAMES",
                    help="time constant of --temporal ema, in frames (default 10; 1 = per frame)")
     g.add_argument("--sync", choices=("exact", "shortest"), default="exact",
                    help="sources with different frame counts or rates: exact = an error (default); "
@@ -63,7 +64,7 @@ def _rate(fps: Fraction | None) -> str:
 def run_video(args: argparse.Namespace, make_fuser: Callable[[argparse.Namespace], Any]) -> int:
     from tqdm import tqdm
 
-    from .._fileutil import check_writable_folder, remove_stale_temporaries, same_file
+    from .._fileutil import check_output, check_writable_folder, remove_stale_temporaries
     from ..fusion.folder import CUDA_BATCH_SIZE
     from ..fusion.video import DEFAULT_SMOOTHING, fuse_sequences
     from ..io.image import check_extension, write_image
@@ -72,10 +73,9 @@ def run_video(args: argparse.Namespace, make_fuser: Callable[[argparse.Namespace
 
     check_not_sharded(args, "a video")
     ir, vis, out = Path(args.ir), Path(args.vis), Path(args.output)
-    for source, name in ((ir, "IR"), (vis, "VIS")):
-        if same_file(out, source):
-            raise UsageError(f"-o {out} is the {name} source; a source is never overwritten -- choose another name")
     to_video = is_video_path(out)
+    if to_video or not out.is_dir():
+        check_output(out, sources=(("IR", ir), ("VIS", vis)))
     if to_video and out.suffix.lower() not in WRITE_FORMATS:
         raise UsageError(f"-o {out}: cannot write {out.suffix} video; use {', '.join(WRITE_FORMATS)}")
     if not to_video and out.exists() and not out.is_dir():

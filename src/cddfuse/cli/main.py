@@ -25,8 +25,8 @@ SUBCOMMANDS = ("fuse", "align", "eval", "bench", "prepare", "train", "serve", "e
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        """One line, as every other error (the usage is one ``--help`` away)."""
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +105,12 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     except MemoryError:
         print(f"cddfuse {args.command}: error: out of memory; lower --max-memory (or free memory)", file=sys.stderr)
+        return 1
+    except RuntimeError as e:  # PyTorch reports a failed allocation as a RuntimeError, not a MemoryError
+        if "allocate" not in str(e) and "out of memory" not in str(e):
+            raise
+        print(f"cddfuse {args.command}: error: out of memory ({' '.join(str(e).split())[:120]}); lower "
+              "--max-memory (or free memory)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"cddfuse {args.command}: interrupted", file=sys.stderr)

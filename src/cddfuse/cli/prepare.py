@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ._args import finite_float, whole
+
 HELP = "cut two folders of paired images into a training cache (the paper's patches, or images for random crops)"
 
 DESCRIPTION = """\
@@ -37,17 +39,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     p.add_argument("-o", "--output", required=True, metavar="CACHE", help="cache file to write (.h5, .hdf5 or .npz)")
     p.add_argument("--mode", choices=("patches", "random-crop"), default="patches",
                    help="patches: the paper's fixed patches (default); random-crop: keep whole images")
-    p.add_argument("--patch-size", type=int, default=128, metavar="N", help="patch side in pixels (default 128)")
-    p.add_argument("--stride", type=int, default=200, metavar="N", help="patch stride in pixels (default 200)")
-    p.add_argument("--contrast-threshold", type=float, default=0.1, metavar="T",
+    p.add_argument("--patch-size", type=whole(1, 1 << 16), default=128, metavar="N",
+                   help="patch side in pixels (default 128)")
+    p.add_argument("--stride", type=whole(1, 1 << 16), default=200, metavar="N",
+                   help="patch stride in pixels (default 200)")
+    p.add_argument("--contrast-threshold", type=finite_float(0, 1), default=0.1, metavar="T",
                    help="drop patches with (p90 - p10) / p90 < T in either source (default 0.1; 0 keeps all)")
-    p.add_argument("--crop-size", type=int, default=128, metavar="N",
+    p.add_argument("--crop-size", type=whole(1, 1 << 16), default=128, metavar="N",
                    help="random-crop mode: the crop side; smaller images are reported (default 128)")
     p.add_argument("--skip-unmatched", action="store_true",
                    help="leave out images without a partner (default: error listing them)")
     p.add_argument("--skip-small", action="store_true",
                    help="leave out pairs smaller than the patch / crop (default: error listing them)")
-    p.add_argument("--workers", type=int, default=0, metavar="N", help="decode images in N processes (default 0)")
+    p.add_argument("--workers", type=whole(0, 256), default=0, metavar="N",
+                   help="decode images in N processes (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache file")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -65,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{out} exists; use --overwrite to replace it")
     if out.is_dir():
         raise CDDFuseError(f"{out} is a folder, not a cache file; give a file name such as {out / 'train.h5'}")
+    from .._fileutil import check_output
+
+    check_output(out, source_folders=(args.a, args.b))
     for name in ("patch_size", "stride", "crop_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from ..options import RESIDUAL_MODES, TASKS
+from ._args import finite_float, whole
 
 HELP = "train CDDFuse on your own image pairs (YAML recipe, checkpoints, --resume, torchrun)"
 
@@ -59,18 +60,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     g.add_argument("--val-b", metavar="DIR", help="val.b: held-out second sources")
     g.add_argument("--task", choices=TASKS, help="task written into the weights")
     g.add_argument("--residual", choices=RESIDUAL_MODES, help="phase2.residual")
-    g.add_argument("--epochs", nargs=2, type=int, metavar=("PHASE1", "PHASE2"), help="phase1.epochs phase2.epochs")
-    g.add_argument("--batch-size", type=int, help="train.batch_size (global)")
-    g.add_argument("--lr", type=float, help="optim.lr")
-    g.add_argument("--seed", type=int, help="seed")
-    g.add_argument("--workers", type=int, help="data.workers (loader processes per rank)")
+    g.add_argument("--epochs", nargs=2, type=whole(0, 1_000_000), metavar=("PHASE1", "PHASE2"),
+                   help="phase1.epochs phase2.epochs")
+    g.add_argument("--batch-size", type=whole(1, 1 << 16), help="train.batch_size (global)")
+    g.add_argument("--lr", type=finite_float(0, low_open=True), help="optim.lr")
+    g.add_argument("--seed", type=whole(0, 2**32 - 1), help="seed")
+    g.add_argument("--workers", type=whole(0, 256), help="data.workers (loader processes per rank)")
     g.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     g.add_argument("--bf16", action="store_true",
                    help="train.precision=bf16: bfloat16 autocast with float32 weights and loss (CUDA, or CPUs "
                         "with AMX or AVX512-BF16)")
     g.add_argument("--init", metavar="WEIGHTS",
                    help="model.init: start from these weights (a file, or authors-ivf / authors-mif)")
-    g.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="checkpoint.every_steps")
+    g.add_argument("--checkpoint-every", type=whole(1, 10**12), metavar="STEPS", help="checkpoint.every_steps")
     g.add_argument("--no-progress", action="store_true",
                    help="log lines instead of a progress bar (always so when stderr is not a terminal)")
     g.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard logs")
@@ -157,7 +159,21 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(C.dump_config(cfg))
         return 0
 
+    _check_run_outputs(run_dir, cfg, args.config)
     from ..train.trainer import train
 
     train(cfg, run_dir, resume=ck, max_time=max_time, start_time=start)
     return 0
+
+
+def _check_run_outputs(run_dir: Path, cfg: dict, config: str | None) -> None:
+    """The files a run writes (config.yaml, state.json, checkpoints, final.safetensors) may not be its
+    sources: the recipe, the initial weights, the data cache or a file of the data folders."""
+    from .._fileutil import check_output
+
+    sources = [(label, path) for label, path in (("--config", config), ("model.init", cfg["model"].get("init")),
+                                                 ("data.cache", cfg["data"].get("cache"))) if path]
+    folders = [f for f in (cfg["data"].get("a"), cfg["data"].get("b"), cfg["val"].get("a"), cfg["val"].get("b"))
+               if f]
+    for name in ("config.yaml", "state.json", "final.safetensors", "checkpoints/last.pt"):
+        check_output(run_dir / name, sources=sources, source_folders=folders, flag="the run's")

@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from ..errors import UsageError
+from ._args import whole
 
 HELP = "measure the engine's fastest tile size, tiles in flight and op backend on this CPU, and cache them"
 
@@ -24,7 +25,14 @@ def _size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"expected HxW, e.g. 256x384, got {text!r}") from None
     if h < 16 or w < 16:
         raise argparse.ArgumentTypeError(f"the probe must be at least 16x16, got {text!r}")
+    if h > MAX_PROBE or w > MAX_PROBE:
+        raise argparse.ArgumentTypeError(f"the probe may be at most {MAX_PROBE}x{MAX_PROBE} (tile sides are "
+                                         f"chosen on a few tiles, not a whole image), got {text!r}")
     return h, w
+
+
+#: The largest probe side: a few tiles of the largest tile side the tuner tries are enough.
+MAX_PROBE = 2048
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -34,8 +42,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
                                                        "measure nothing")
     p.add_argument("--size", type=_size, default=None, metavar="HxW",
                    help="size of the probe pair (default 256x384; larger is slower and steadier)")
-    p.add_argument("--repeats", type=int, default=1, help="timings per candidate, best kept (default 1)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads to tune for (default: PyTorch's)")
+    p.add_argument("--repeats", type=whole(1, 100), default=1, help="timings per candidate, best kept (default 1)")
+    p.add_argument("--threads", type=whole(1, 4096), default=None,
+                   help="intra-op threads to tune for (default: PyTorch's)")
     p.set_defaults(func=run)
     return p
 

@@ -69,7 +69,7 @@ Example (tiled equals whole-image, to float rounding):
     (torch.Size([1, 1, 40, 50]), True)
 """
 from .attention import AttentionStats
-from .engine import Engine, fuse_tensors, n_passes, tiled_fuse
+from .engine import Engine, FusionCancelled, fuse_tensors, n_passes, tiled_fuse
 from .geometry import Region, RegionTensor, TileGeometry, plan_tiles
 from .memory import DEFAULT_BUDGET, MemoryGuard, available_memory, default_budget, parse_memory, tune_malloc
 from .onnx import OnnxFuser, export_onnx, onnx_available
@@ -82,6 +82,7 @@ __all__ = [
     # entry points
     "fuse_tensors",
     "tiled_fuse",
+    "FusionCancelled",
     "PRECISIONS",
     "precision_context",
     # planning and memory

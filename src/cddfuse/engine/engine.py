@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar, Union, cast
@@ -62,7 +63,26 @@ from .stores import (
     StoreSource,
 )
 
-__all__ = ["Engine", "n_passes", "tiled_fuse", "fuse_tensors"]
+__all__ = ["Engine", "n_passes", "tiled_fuse", "fuse_tensors", "FusionCancelled"]
+
+
+class FusionCancelled(Exception):
+    """Raised between two tiles when the caller's ``cancel`` event is set (the work is abandoned)."""
+
+
+def _after_tile(guard: MemoryGuard | None, cancel: threading.Event | None) -> Callable[[], None] | None:
+    """The engine's per-tile hook: the memory guard (when active), then the cancellation check."""
+    hooks = [h for h in (guard if guard is not None and guard.active else None,) if h is not None]
+    if cancel is None:
+        return hooks[0] if hooks else None
+
+    def hook() -> None:
+        for h in hooks:
+            h()
+        if cancel.is_set():
+            raise FusionCancelled("cancelled")
+
+    return hook
 
 ArrayLike = Union[Tensor, np.ndarray]
 _T = TypeVar("_T")
@@ -305,6 +325,7 @@ def tiled_fuse(
     progress: Callable[[int, int], None] | None = None,
     ops: str = "auto",
     workers: int | None = None,
+    cancel: threading.Event | None = None,
 ) -> ArrayLike:
     """Fuse ``a`` (IR/functional) and ``b`` (visible/MRI) tile by tile; exact (same as ``model(a, b, residual)``).
 
@@ -332,6 +353,8 @@ def tiled_fuse(
             :func:`~cddfuse.engine.planning.default_workers`: one per thread, up to
             :data:`~cddfuse.engine.planning.MAX_WORKERS`; faster than splitting each operation
             between threads).
+        cancel: when this event is set, :class:`FusionCancelled` is raised after the tile being
+            computed (the result is then incomplete and not returned).
 
     Returns:
         ``(B, 1, H, W)`` tensor on the model's device for tensor inputs; ``(H, W)`` float32 array
@@ -423,7 +446,9 @@ def tiled_fuse(
         guard = MemoryGuard(guard_limit(h, w, tile, cfg, pairs, itemsize, on_disk, workers, budget))
     engine = Engine(weights, h, w, pairs, dt, device, read_images, residual_of, new_store, write_output, tiles,
                     ops=make_ops(device, dt, ops), progress=progress, workers=workers,
-                    after_tile=guard if guard is not None and guard.active else None)
+                    after_tile=_after_tile(guard, cancel))
+    if cancel is not None and cancel.is_set():
+        raise FusionCancelled("cancelled")
     engine.run()
     if isinstance(result, np.memmap):
         result.flush()
@@ -433,7 +458,8 @@ def tiled_fuse(
 @torch.inference_mode()
 def fuse_tensors(model: CDDFuse, a: Tensor, b: Tensor, residual: str = "vis", *,
                  device: str | torch.device | None = None, tile: int | None = None,
-                 max_memory: int | str | None = None, precision: str = "fp32") -> Tensor:
+                 max_memory: int | str | None = None, precision: str = "fp32",
+                 cancel: threading.Event | None = None) -> Tensor:
     """Fuse ``(N, 1, H, W)`` float tensors in [0, 1] with ``model``, deciding how: the engine's one entry.
 
     * **Tile and store** (:func:`~cddfuse.engine.planning.choose_tile`): the caller's ``tile``, else
@@ -458,6 +484,8 @@ def fuse_tensors(model: CDDFuse, a: Tensor, b: Tensor, residual: str = "vis", *,
             :func:`~cddfuse.engine.memory.default_budget` (3 GiB, or 80% of the memory available if
             less), on CUDA the GPU's free memory.
         precision: one of :data:`~cddfuse.engine.ops.PRECISIONS`.
+        cancel: an event checked between tiles; once it is set, :class:`FusionCancelled` is raised
+            (the server sets it when a client goes away or the server stops).
 
     Returns:
         The network's output ``(N, 1, H, W)`` on ``device``, float32.
@@ -469,6 +497,8 @@ def fuse_tensors(model: CDDFuse, a: Tensor, b: Tensor, residual: str = "vis", *,
     max_bytes = parse_memory(max_memory)
     cuda = dev.type == "cuda"
     with precision_context(precision, dev):
+        if cancel is not None and cancel.is_set():
+            raise FusionCancelled("cancelled")
         if cuda and tile is None and max_bytes is None:
             try:
                 return model(a.to(dev), b.to(dev), residual=residual)
@@ -489,6 +519,7 @@ def fuse_tensors(model: CDDFuse, a: Tensor, b: Tensor, residual: str = "vis", *,
         else:
             dtype, ops = None, tuned.ops
         fused = tiled_fuse(model, a, b, residual, tile=chosen, store="disk" if on_disk else "memory", dtype=dtype,
-                           ops=ops, memory_budget=max_bytes, workers=tuned.workers if dev.type == "cpu" else None)
+                           ops=ops, memory_budget=max_bytes, workers=tuned.workers if dev.type == "cpu" else None,
+                           cancel=cancel)
     assert isinstance(fused, Tensor)
     return fused if fused.dtype == torch.float32 else fused.float()

@@ -74,6 +74,8 @@ def parse_memory(text: str | int | None) -> int | None:
     if not match:
         raise ValueError(f"cannot read memory size {text!r}; write e.g. 3G, 512M or a number of bytes")
     value = float(match.group(1)) * 1024 ** "_KMGT".index(match.group(2).upper() or "_")
+    if not value < 2**63:  # also infinity, from a number too long for a float
+        raise ValueError(f"memory size {str(text)[:40]!r} is larger than any machine's memory")
     if value < 1:
         raise ValueError(f"memory size must be positive, got {text!r}")
     return int(value)

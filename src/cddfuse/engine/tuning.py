@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import json
 import os
+import stat
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -89,14 +91,23 @@ def load_cache(path: Path | None = None) -> dict[str, Any]:
     """The cache's entries by machine key; ``{}`` when missing, and (with a warning) when corrupt."""
     path = path or cache_path()
     try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):  # a pipe would block the read forever
+            raise OSError(errno.EINVAL, "not a regular file")
+        if st.st_size > MAX_CACHE_BYTES:
+            raise OSError(errno.EFBIG, f"{st.st_size:,} bytes is more than a tuning cache holds")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return {}
-    except OSError as e:
-        warnings.warn(f"ignoring the tuning cache {path}: {e.strerror or e}", CDDFuseWarning, stacklevel=2)
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or "not UTF-8 text"
+        warnings.warn(f"ignoring the tuning cache {path}: {reason}", CDDFuseWarning, stacklevel=2)
         return {}
     try:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except RecursionError:
+            raise ValueError("nested too deeply") from None
         if not isinstance(data, dict) or data.get("version") != _VERSION or not isinstance(data.get("machines"), dict):
             raise ValueError("not a cddfuse tuning cache")
         return dict(data["machines"])
@@ -128,6 +139,10 @@ def cached_settings(path: Path | None = None) -> EngineSettings | None:
         warnings.warn(f"ignoring this machine's entry in the tuning cache {path or cache_path()} (malformed)",
                       CDDFuseWarning, stacklevel=2)
     return found
+
+
+#: A tuning cache holds a few hundred bytes per machine; a larger file is not one.
+MAX_CACHE_BYTES = 1 << 20
 
 
 def _store(result: EngineSettings, path: Path | None = None) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from ..options import (
     Task,
     check_choice,
 )
-from .policy import fuse_rule, minmax_normalize, resolve_chroma, resolve_residual
+from .policy import fuse_rule, is_flat, minmax_normalize, resolve_chroma, resolve_residual, stretch
 
 if TYPE_CHECKING:  # typing.TypeGuard is Python 3.10+; only the type checker needs it
     from typing_extensions import TypeGuard
@@ -299,6 +300,9 @@ class Fuser:
             raise UsageError.invalid("precision", precision, "on CPU needs AMX or AVX512-BF16, which this processor "
                                      "lacks (bfloat16 would be slower than fp32 here); use fp32, or a CUDA GPU")
         self.tile, self.precision, self.backend = tile, precision, backend
+        #: an event that stops the network between tiles when set (:class:`cddfuse.engine.FusionCancelled`);
+        #: the web server gives each request's copy of the Fuser its own
+        self.cancel: threading.Event | None = None
         self._onnx: Any = None
         if backend == "onnx" and self.model is not None:
             if tile is not None or precision != "fp32":
@@ -337,7 +341,7 @@ class Fuser:
         tb = torch.from_numpy(np.ascontiguousarray(yb, dtype=np.float32))
         ta, tb = (ta[:, None], tb[:, None]) if batched else (ta[None, None], tb[None, None])
         out = fuse_tensors(self.model, ta, tb, self.residual, device=self.device, tile=self.tile,
-                           max_memory=self.max_memory, precision=self.precision)
+                           max_memory=self.max_memory, precision=self.precision, cancel=self.cancel)
         out = out[:, 0] if batched else out[0, 0]
         return out.float().cpu().numpy()
 
@@ -379,7 +383,21 @@ class Fuser:
         if not np.all(np.isfinite(raw)):
             raise CDDFuseError("the fusion produced NaN or infinite values (broken weights, or a numeric failure "
                                f"in {self.precision}); no image is made from it")
-        y = minmax_normalize(raw) if self.normalize == "minmax" else np.clip(raw, 0.0, 1.0).astype(np.float32)
+        if self.normalize == "minmax":
+            y, flat = stretch(raw)
+            flat_sources = not flat and is_flat(sa.y) and is_flat(sb.y)
+            if flat_sources:  # nothing to stretch: the output's contrast is only the network's border response
+                y = np.clip(raw, 0.0, 1.0).astype(np.float32)
+            if (flat or flat_sources) and not getattr(self, "_warned_flat", False):
+                self._warned_flat = True
+                what = ("both sources are flat" if flat_sources else
+                        f"the fused image is flat (its values span {float(raw.max() - raw.min()):.2g})")
+                text = (f"{what}: the result is kept as computed, not stretched to the full range by min-max "
+                        "normalisation (which would show only noise); {} does the same without this warning")
+                warnings.warn(CDDFuseWarning(text.format("normalize='none'"), cli=text.format("--normalize none")),
+                              stacklevel=2)
+        else:
+            y = np.clip(raw, 0.0, 1.0).astype(np.float32)
         uncovered = self._uncovered.pop(id(sb), None)
         if uncovered is not None:  # align: where the warped first source is missing, the second alone
             y[uncovered] = sb.y[uncovered]

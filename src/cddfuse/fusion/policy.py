@@ -14,7 +14,7 @@ from ..options import CHROMA_MODES, RESIDUAL_CHOICES, ResidualMode, check_choice
 if TYPE_CHECKING:
     from ..models.weights import WeightsInfo
 
-__all__ = ["resolve_residual", "resolve_chroma", "minmax_normalize", "fuse_rule"]
+__all__ = ["resolve_residual", "resolve_chroma", "minmax_normalize", "fuse_rule", "stretch", "is_flat", "FLAT_RANGE"]
 
 
 def resolve_residual(residual: str, task: str, info: WeightsInfo | None,
@@ -75,6 +75,35 @@ def minmax_normalize(x: np.ndarray) -> np.ndarray:
     if not hi > lo:
         return np.zeros_like(x)
     return (x - lo) / (hi - lo)
+
+
+#: A fused luminance whose values span less than this (two 8-bit grey levels) is taken as flat: min-max
+#: normalisation would stretch its rounding noise to the full range (two black sources came out as
+#: grey noise, two white ones as black), so it is kept as computed instead.
+FLAT_RANGE = 2.0 / 255.0
+
+
+def is_flat(x: np.ndarray) -> bool:
+    """True when the values of ``x`` span less than :data:`FLAT_RANGE`.
+
+    Example:
+        >>> is_flat(np.full((2, 2), 0.7)), is_flat(np.array([0.0, 0.5]))
+        (True, False)
+    """
+    return bool(float(np.max(x)) - float(np.min(x)) < FLAT_RANGE)
+
+
+def stretch(x: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The ``--normalize minmax`` step of the pipeline: :func:`minmax_normalize`, except for a (nearly) flat
+    ``x`` (:func:`is_flat`), which is returned clipped to [0, 1] as computed. Returns ``(image, flat)``.
+
+    Example:
+        >>> stretch(np.full((1, 2), 1.0))[0], stretch(np.array([[0.2, 0.6]]))[0]
+        (array([[1., 1.]], dtype=float32), array([[0., 1.]], dtype=float32))
+    """
+    if is_flat(x):
+        return np.clip(np.asarray(x, dtype=np.float32), 0.0, 1.0), True
+    return minmax_normalize(x), False
 
 
 def fuse_rule(method: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -59,6 +59,10 @@ class Shard:
         return f"{self.index}/{self.count}"
 
 
+#: More shares than this is a typing error, not a plan (and the split would take its time dealing them).
+MAX_SHARDS = 100_000
+
+
 def parse_shard(text: str) -> Shard:
     """``"K/N"`` -> :class:`Shard`; anything else (or K outside 0..N-1) is a :class:`UsageError`."""
     parts = str(text).split("/")
@@ -68,6 +72,8 @@ def parse_shard(text: str) -> Shard:
         index, count = -1, 0
     if not 0 <= index < count:
         raise UsageError.invalid("shard", text, "expected K/N with 0 <= K < N, e.g. 0/4 for the first of four shares")
+    if count > MAX_SHARDS:
+        raise UsageError.invalid("shard", text, f"N may be at most {MAX_SHARDS:,} shares")
     return Shard(index, count)
 
 

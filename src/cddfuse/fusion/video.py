@@ -26,6 +26,7 @@ Example (two gray 3-frame sequences, the ``max`` rule, frames kept in memory):
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Callable, Literal, get_args
@@ -35,6 +36,7 @@ import numpy as np
 from ..errors import CDDFuseError, UsageError
 from ..io.color import YCbCrImage, merge_luminance
 from .fuser import Fuser
+from .policy import FLAT_RANGE
 
 __all__ = ["TemporalNormalizer", "fuse_sequences", "SequenceStats", "TemporalMode", "TEMPORAL_MODES",
            "SyncMode", "SYNC_MODES", "DEFAULT_SMOOTHING", "flicker"]
@@ -57,7 +59,7 @@ class TemporalNormalizer:
     """
 
     def __init__(self, smoothing: float = DEFAULT_SMOOTHING) -> None:
-        if not smoothing >= 1:
+        if not (smoothing >= 1 and math.isfinite(smoothing)):
             raise UsageError.invalid("smoothing", smoothing, "must be at least 1 (frames); 1 is per-frame min-max")
         self.alpha = 1.0 / float(smoothing)
         self.range: tuple[float, float] | None = None
@@ -74,8 +76,8 @@ class TemporalNormalizer:
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         """The next frame's raw output ``(H, W)`` -> float32 in [0, 1]."""
         lo, hi = self.update(raw)
-        if hi - lo <= 1e-12:
-            return np.zeros(raw.shape, np.float32)
+        if hi - lo < FLAT_RANGE:  # a flat range: kept as computed, not its noise stretched (see policy.stretch)
+            return np.clip(raw.astype(np.float32), 0.0, 1.0)
         return np.clip((raw.astype(np.float32) - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0)
 
 

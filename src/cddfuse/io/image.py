@@ -16,11 +16,16 @@ half-written image behind, and refuses a non-finite image.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import re
 import stat
+import sys
+import tempfile
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -41,7 +46,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 # OpenCV prints warnings of its own ("[ WARN:0@...] PNG input buffer is incomplete") before our
 # error; our messages say the same in words.
-cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 _DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR  # keeps 8/16-bit/float and colour; applies EXIF rotation
 
 
@@ -91,19 +96,24 @@ def _regular_file(path: PathLike) -> Path:
     return p
 
 
-def probe_image(path: PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageHeader | None:
+def probe_image(path: PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageHeader:
     """Read only the header of an image file: its size (as displayed, after the EXIF orientation) and format.
 
+    Every file the readers decode has its size read here first: by Pillow for the formats of
+    :data:`HEADER_FORMATS`, by :mod:`cddfuse.io.headers` for those Pillow cannot parse (Radiance HDR,
+    colour PFM, PAM, float RGB(A) TIFF). A file whose size cannot be read this way is refused, never
+    decoded to find out.
+
     Args:
-        path: a PNG, JPEG, BMP or TIFF file.
+        path: an image file.
         max_pixels: refuse images with more pixels (``None``: no limit).
 
     Returns:
-        the header, or ``None`` for a file whose header Pillow does not parse (e.g. a float RGB TIFF,
-        which OpenCV decodes): then only decoding tells, and :func:`read_image` checks the size after.
+        the header.
 
     Raises:
-        ImageReadError: not a regular file, an empty image, or more pixels than ``max_pixels``.
+        ImageReadError: not a regular file, not an image whose size can be read, an image format the
+            readers do not decode safely (GIF, AVIF...), an empty image, or more pixels than ``max_pixels``.
 
     Example:
         >>> import tempfile, numpy as np
@@ -117,9 +127,39 @@ def probe_image(path: PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> 
     """
     p = _regular_file(path)
     header = _pillow_header(p, max_pixels)
-    if header is not None:
-        _check_pixels(p, header.width, header.height, max_pixels)
+    if header is None:
+        header = _own_header(p)
+    elif header.format not in HEADER_FORMATS:
+        raise ImageReadError(f"{p}: {header.format} images are not read (supported: {_SUPPORTED}); convert it to "
+                             "PNG or TIFF")
+    _check_pixels(p, header.width, header.height, max_pixels)
     return header
+
+
+#: Formats whose size Pillow reads from the header exactly as OpenCV's decoder then allocates it.
+HEADER_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "DIB", "TIFF", "WEBP", "PPM", "SUN", "JPEG2000")
+_SUPPORTED = "PNG, JPEG, BMP, TIFF, WebP, PNM/PFM/PAM, Sun raster, JPEG 2000, Radiance HDR"
+
+
+def _own_header(p: Path) -> ImageHeader:
+    """The size of a file whose header Pillow does not parse (:mod:`cddfuse.io.headers`), or an error."""
+    from .headers import MAX_HEADER, header_size
+
+    try:
+        with open(p, "rb") as f:
+            head = f.read(MAX_HEADER)
+
+            def read_at(offset: int, n: int) -> bytes:
+                f.seek(offset)
+                return f.read(min(n, MAX_HEADER))
+
+            found = header_size(head, read_at)
+    except OSError as e:
+        raise ImageReadError(f"{p}: cannot read file: {e.strerror or e}") from None
+    if found is None:
+        raise ImageReadError(_NOT_AN_IMAGE.format(p))
+    fmt, (width, height) = found
+    return ImageHeader(width, height, fmt)
 
 
 def _pillow_header(p: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageHeader | None:
@@ -163,19 +203,81 @@ def decode_file(path: PathLike, flags: int, max_pixels: int | None = DEFAULT_MAX
         ImageReadError: see :func:`read_image`.
     """
     p = Path(path)
-    probe_image(p, max_pixels)
+    header = probe_image(p, max_pixels)
     try:
         data = np.fromfile(str(p), dtype=np.uint8)  # also works for non-ASCII paths on Windows
     except OSError as e:
         raise ImageReadError(f"{p}: cannot read file: {e.strerror or e}") from None
-    try:
-        img = cv2.imdecode(data, flags) if data.size else None
-    except cv2.error:
-        img = None
+    img = _decode(data, flags)
+    if img is None and header.format == "TIFF" and flags == _DECODE_FLAGS:
+        img = _decode(data, cv2.IMREAD_UNCHANGED)  # float RGBA TIFF: OpenCV decodes it only unchanged
     if img is None:
         raise ImageReadError(_NOT_AN_IMAGE.format(p))
     _check_pixels(p, img.shape[1], img.shape[0], max_pixels)
     return img
+
+
+def _decode(data: np.ndarray, flags: int) -> np.ndarray | None:
+    """``cv2.imdecode``, with what the codec libraries print on the process's stderr (libpng's "IDAT: CRC
+    error", libjpeg's "Corrupt JPEG data") held back: our own message says it in one line."""
+    if not data.size:
+        return None
+    with quiet_native_stderr():
+        try:
+            return cv2.imdecode(data, flags)
+        except cv2.error:
+            return None
+
+
+#: Lines the image codec libraries write to file descriptor 2 themselves.
+_CODEC_LINE = re.compile(r"^(libpng (error|warning)|Corrupt JPEG data|Premature end of JPEG file|Invalid SOS|"
+                         r"Unsupported marker|JPEG datastream|TIFF|\[ ?(ERROR|WARN|INFO):|"
+                         r"[A-Za-z][A-Z][A-Z][A-Za-z]: )")  # the last: a PNG chunk's name (IDAT, tEXt)
+_STDERR_LOCK = threading.Lock()
+_capture: dict[str, Any] = {"depth": 0, "saved": -1, "file": None}
+
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Capture file descriptor 2 (where C libraries print) while any thread decodes; when the last one is
+    done, pass on what others wrote meanwhile (a progress bar) and drop the codec libraries' own lines.
+    Threads decode at the same time: the redirection is counted, not serialised."""
+    with _STDERR_LOCK:
+        if _capture["depth"] == 0:
+            try:
+                sys.stderr.flush()
+                saved = os.dup(2)
+            except (OSError, ValueError, AttributeError):  # no file descriptor 2 (embedded interpreters)
+                saved = -1
+            if saved >= 0:
+                f = tempfile.TemporaryFile()
+                os.dup2(f.fileno(), 2)
+                _capture.update(saved=saved, file=f)
+        _capture["depth"] += 1
+    try:
+        yield
+    finally:
+        with _STDERR_LOCK:
+            _capture["depth"] -= 1
+            if _capture["depth"] == 0 and _capture["file"] is not None:
+                _release_capture()
+
+
+def _release_capture() -> None:
+    f, saved = _capture["file"], _capture["saved"]
+    _capture.update(saved=-1, file=None)
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+    with f:
+        f.seek(0)
+        text = f.read(1 << 16).decode("utf-8", "replace")
+    kept = "".join(line for line in text.splitlines(keepends=True) if not _CODEC_LINE.match(line.lstrip("\r")))
+    if kept:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(kept)
+            sys.stderr.flush()
 
 
 def _orientation(im: Any) -> int:
@@ -196,7 +298,8 @@ def _check_pixels(p: Path, width: int, height: int, max_pixels: int | None) -> N
 
 
 _PILLOW_LOCK = threading.Lock()
-_NOT_AN_IMAGE = "{}: not a readable image (supported: PNG, JPEG, BMP, TIFF); check the file is complete and an image"
+_NOT_AN_IMAGE = ("{}: not a readable image (supported: PNG, JPEG, BMP, TIFF, WebP, PNM/PFM/PAM, Sun raster, JPEG 2000, "
+                 "Radiance HDR); check the file is complete and an image")
 
 #: Extensions :func:`write_image` can write.
 OUTPUT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy")
@@ -299,14 +402,28 @@ def check_extension(ext: str, bit_depth: int = 8, what: str = "output") -> str:
 def check_output_path(path: PathLike, bit_depth: int = 8) -> Path:
     """``path`` as a :class:`~pathlib.Path` if :func:`write_image` can write that format at ``bit_depth``.
 
-    Checked before any work is done, so a wrong ``-o`` fails at once, not after the fusion.
+    Checked before any work is done, so a wrong ``-o`` fails at once, not after the fusion. A character
+    device or a pipe without an image extension (``/dev/null``, ``/dev/stdout``) gets PNG.
 
     Raises:
         UsageError: unsupported extension, or a bit depth the format cannot hold.
     """
     p = Path(path)
-    check_extension(p.suffix, bit_depth, str(p))
+    check_extension(_output_extension(p), bit_depth, str(p))
     return p
+
+
+def _output_extension(p: Path) -> str:
+    """The extension that picks the format: ``p``'s own, or ``.png`` for a device or pipe without one."""
+    ext = p.suffix.lower()
+    if ext not in OUTPUT_EXTENSIONS:
+        try:
+            mode = os.stat(p).st_mode
+        except (OSError, ValueError):
+            return ext
+        if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
+            return ".png"
+    return ext
 
 
 def write_image(path: PathLike, img: np.ndarray, *, bit_depth: int = 8) -> Path:
@@ -324,7 +441,7 @@ def write_image(path: PathLike, img: np.ndarray, *, bit_depth: int = 8) -> Path:
         ImageWriteError: the file system refused (permissions, full disk); no partial file is left.
     """
     p = check_output_path(path, bit_depth)
-    ext = p.suffix.lower()
+    ext = _output_extension(p)
     if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
         raise ValueError(f"expected an (H, W) or (H, W, 3) image, got shape {img.shape}")
     if not np.all(np.isfinite(img)):

@@ -43,7 +43,7 @@ from typing import Any, Union
 import numpy as np
 
 from .._fileutil import atomic_path
-from ..errors import CDDFuseError, UsageError
+from ..errors import CDDFuseError, ImageReadError, UsageError
 from .image import DEFAULT_MAX_PIXELS, read_image
 from .pairs import IMAGE_EXTENSIONS
 
@@ -119,12 +119,17 @@ class VideoSource:
 
 
 class VideoFileSource(VideoSource):
-    """A video file's first video stream, decoded by PyAV."""
+    """A video file's first video stream, decoded by PyAV.
 
-    def __init__(self, path: PathLike) -> None:
+    ``max_pixels`` bounds the frame size: the stream's declared size is checked before anything is
+    decoded, and every decoded frame's size before it is converted (a stream can change size midway).
+    """
+
+    def __init__(self, path: PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         av = _av()
         self.path = Path(path)
         self.name = str(path)
+        self.max_pixels = max_pixels
         if not self.path.is_file():
             raise CDDFuseError(f"{path}: no such video file")
         try:
@@ -135,6 +140,12 @@ class VideoFileSource(VideoSource):
             self._container.close()
             raise CDDFuseError(f"{path}: has no video stream")
         self._stream = self._container.streams.video[0]
+        try:
+            declared = (int(self._stream.codec_context.width or 0), int(self._stream.codec_context.height or 0))
+        except (AttributeError, ValueError, av.FFmpegError):  # pragma: no cover - no codec context
+            declared = (0, 0)
+        if declared[0] and declared[1]:
+            self._check_size(*declared)
         self._stream.thread_type = "AUTO"
         rate = self._stream.average_rate or self._stream.guessed_rate
         self.fps = Fraction(rate) if rate else None
@@ -148,6 +159,7 @@ class VideoFileSource(VideoSource):
         except av.FFmpegError as e:
             self.close()
             raise CDDFuseError(f"{path}: cannot decode the video ({_reason(e)})") from None
+        self._check_size(first.width, first.height)
         rgb = first.to_ndarray(format="rgb24")
         self.height, self.width = rgb.shape[:2]
         gray_format = first.format.name.startswith("gray")
@@ -164,10 +176,18 @@ class VideoFileSource(VideoSource):
         frame = self._first
         try:
             while frame is not None:
+                self._check_size(frame.width, frame.height)
                 yield np.ascontiguousarray(frame.to_ndarray(format=form))
                 frame = next(self._frames, None)
         except av.FFmpegError as e:
             raise CDDFuseError(f"{self.name}: cannot decode the video ({_reason(e)})") from None
+
+    def _check_size(self, width: int, height: int) -> None:
+        if self.max_pixels is not None and width * height > self.max_pixels:
+            self.close()
+            text = (f"{self.name}: frames of {width}x{height} pixels are more than the limit of {self.max_pixels}; "
+                    "if the video is genuine, raise ")
+            raise ImageReadError(text + "max_pixels", cli=text + "it with --max-pixels")
 
     def close(self) -> None:
         self._container.close()
@@ -208,7 +228,7 @@ def open_video_source(path: PathLike, max_pixels: int | None = DEFAULT_MAX_PIXEL
         raise CDDFuseError(f"{p}: no such file or folder")
     if not is_video_path(p):
         raise UsageError(f"{p}: not a video file ({', '.join(VIDEO_EXTENSIONS)}) nor a folder of frames")
-    return VideoFileSource(p)
+    return VideoFileSource(p, max_pixels)
 
 
 def _reason(e: BaseException) -> str:

@@ -117,7 +117,27 @@ def state_dict_to_official(state_dict: Mapping[str, Tensor],
 
 
 def infer_config(state_dict: Mapping[str, Tensor]) -> CDDFuseConfig:
-    """Read the network sizes off a state dict (for the authors' files, which store none)."""
+    """Read the network sizes off a state dict (for the authors' files, which store none).
+
+    Raises:
+        CheckpointError: a key it needs is missing or has a shape no CDDFuse tensor has.
+    """
+    try:
+        return _infer_config(state_dict)
+    except KeyError as e:
+        raise CheckpointError(f"cannot tell the network size: key {e.args[0]!r} is missing") from None
+    except (IndexError, TypeError, ValueError, ZeroDivisionError, AttributeError) as e:
+        shapes = {k: tuple(v.shape) for k, v in state_dict.items() if k in _SIZE_KEYS}
+        raise CheckpointError(f"cannot tell the network size: tensors of impossible shapes {shapes} "
+                              f"({' '.join(str(e).split())[:80]})") from None
+
+
+_SIZE_KEYS = ("encoder.patch_embed.proj.weight", "encoder.baseFeature.attn.scale", "decoder.output.2.weight",
+              "encoder.encoder_level1.0.ffn.project_out.weight", "encoder.baseFeature.mlp.project_out.weight",
+              "encoder.detailFeature.net.0.theta_phi.bottleneckBlock.0.weight")
+
+
+def _infer_config(state_dict: Mapping[str, Any]) -> CDDFuseConfig:
     try:
         dim = state_dict["encoder.patch_embed.proj.weight"].shape[0]
         in_ch = state_dict["encoder.patch_embed.proj.weight"].shape[1]
@@ -127,7 +147,8 @@ def infer_config(state_dict: Mapping[str, Tensor]) -> CDDFuseConfig:
         raise CheckpointError(f"cannot tell the network size: key {e.args[0]!r} is missing") from None
 
     def count(prefix: str) -> int:
-        idx = {int(k[len(prefix):].split(".")[0]) for k in state_dict if k.startswith(prefix)}
+        idx = {int(k[len(prefix):].split(".")[0]) for k in state_dict
+               if k.startswith(prefix) and k[len(prefix):].split(".")[0].isdigit()}
         return max(idx) + 1 if idx else 0
 
     ffn_hidden = state_dict.get("encoder.encoder_level1.0.ffn.project_out.weight")
@@ -148,8 +169,13 @@ def infer_config(state_dict: Mapping[str, Tensor]) -> CDDFuseConfig:
     )
 
 
-def check_state_dict(model: CDDFuse, state_dict: Mapping[str, Tensor], path: PathLike = "<weights>") -> None:
-    """Raise :class:`CheckpointError` naming every missing/unexpected key and shape mismatch."""
+def check_state_dict(model: CDDFuse, state_dict: Mapping[str, Any], path: PathLike = "<weights>") -> None:
+    """Raise :class:`CheckpointError` naming every missing/unexpected key and shape mismatch.
+
+    ``model`` may live on the ``meta`` device (no memory) and ``state_dict`` may hold anything with a
+    ``shape`` (e.g. the tensor descriptions of a safetensors header), so a file is checked against the
+    network before a byte of it is allocated.
+    """
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -188,6 +214,8 @@ def read_official_checkpoint(path: PathLike) -> dict[str, Tensor]:
         raise _fail(path, f"cannot read: {e.strerror or e}") from None
     if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):  # zip (torch.save) or a pickle stream
         raise _fail(path, "not a PyTorch checkpoint or safetensors file")
+    if magic.startswith(b"PK"):
+        check_zip_bounds(path)
     try:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
@@ -205,6 +233,45 @@ def read_official_checkpoint(path: PathLike) -> dict[str, Tensor]:
     if all(isinstance(v, Tensor) for v in ckpt.values()) and any(k.startswith("encoder.") for k in ckpt):
         return dict(ckpt)  # already a flat cddfuse state dict saved with torch.save
     return official_to_state_dict(ckpt, path)
+
+
+#: A torch.save file stores its tensors uncompressed; a zip entry may inflate to at most this many times
+#: its compressed size (plus :data:`ZIP_SLACK` in all) before the file is refused as a decompression bomb.
+ZIP_MAX_RATIO = 2
+ZIP_SLACK = 16 << 20
+#: The pickled structure of a checkpoint (names and storage descriptions) is small.
+ZIP_MAX_PICKLE = 64 << 20
+
+
+def check_zip_bounds(path: PathLike) -> int:
+    """Read the zip directory of a ``torch.save`` file (nothing is inflated) and bound what loading it takes.
+
+    Returns:
+        the bytes the entries inflate to.
+
+    Raises:
+        CheckpointError: not a readable zip, an entry compressed more than :data:`ZIP_MAX_RATIO`
+            times (torch writes tensors uncompressed), inflating to more than the file size times
+            :data:`ZIP_MAX_RATIO` plus :data:`ZIP_SLACK`, or a pickle larger than :data:`ZIP_MAX_PICKLE`.
+    """
+    try:
+        size = os.path.getsize(path)
+        with zipfile.ZipFile(path) as z:
+            entries = z.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as e:
+        raise _fail(path, f"cannot read as a PyTorch checkpoint (truncated or not a checkpoint?): "
+                          f"{' '.join(str(e).split())[:100]}") from None
+    total = sum(max(entry.file_size, 0) for entry in entries)
+    for entry in entries:
+        if entry.filename.endswith(".pkl") and entry.file_size > ZIP_MAX_PICKLE:
+            raise _fail(path, f"refused: its structure ({entry.filename}) inflates to {entry.file_size:,} bytes; "
+                              "not a weights file")
+        if entry.file_size > ZIP_MAX_RATIO * entry.compress_size + (1 << 20):
+            raise _fail(path, f"refused: entry {entry.filename} inflates from {entry.compress_size:,} to "
+                              f"{entry.file_size:,} bytes (a decompression bomb: torch.save stores tensors)")
+    if total > ZIP_MAX_RATIO * size + ZIP_SLACK:
+        raise _fail(path, f"refused: it inflates to {total:,} bytes from a {size:,}-byte file (a decompression bomb)")
+    return total
 
 
 _REFUSED = ("refused to load: the file holds more than tensors (code or other objects); only weights are "
@@ -264,8 +331,13 @@ def load_weights(path: PathLike, *, device: str | torch.device = "cpu") -> tuple
     else:
         state = read_official_checkpoint(p)
         task, residual = _official_defaults(p)
-        info = WeightsInfo(task=task, residual=residual, normalize="minmax", config=infer_config(state),
+        try:
+            config = infer_config(state)
+        except CheckpointError as e:
+            raise _fail(p, str(e)) from None
+        info = WeightsInfo(task=task, residual=residual, normalize="minmax", config=config,
                            source_format="official", path=str(p))
+        check_state_dict(check_config(info.config, p), state, p)  # before the network is allocated
     for key, tensor in state.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise _fail(p, f"the weights hold NaN or infinite values (first in {key}); the file is broken -- "
@@ -276,29 +348,137 @@ def load_weights(path: PathLike, *, device: str | torch.device = "cpu") -> tuple
     return model.to(device).eval(), info
 
 
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor as a safetensors header describes it (nothing read)."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+#: bytes per element of the safetensors dtypes
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+#: A safetensors header (names, shapes, metadata) larger than this is refused unread.
+MAX_HEADER_BYTES = 16 << 20
+
+
+def read_safetensors_header(path: PathLike) -> tuple[dict[str, TensorSpec], dict[str, str]]:
+    """Parse a safetensors header (``u64`` length + JSON) without reading or mapping any tensor.
+
+    Every tensor's dtype, shape and byte range are checked against each other and against the file
+    size, so that what :func:`load_weights` allocates afterwards is bounded by the file.
+
+    Returns:
+        ``(tensors, metadata)``.
+
+    Raises:
+        CheckpointError: one line saying what is wrong.
+    """
+    p = Path(path)
+    try:
+        size = os.path.getsize(p)
+        with open(p, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n <= 1 or n > MAX_HEADER_BYTES or 8 + n > size:
+                raise _fail(p, "cannot read as safetensors (truncated or corrupted?): the header length "
+                               f"{n} does not fit the file ({size} bytes)")
+            raw = f.read(n)
+    except OSError as e:
+        raise _fail(p, f"cannot read: {e.strerror or e}") from None
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise _fail(p, "cannot read as safetensors (truncated or corrupted?): the header is not JSON") from None
+    if not isinstance(doc, dict):
+        raise _fail(p, "cannot read as safetensors: the header is not a JSON object")
+    meta = doc.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise _fail(p, "cannot read as safetensors: its metadata is not a mapping of strings")
+    data = size - 8 - n
+    tensors: dict[str, TensorSpec] = {}
+    for name, d in doc.items():
+        try:
+            dtype, shape, (start, end) = d["dtype"], tuple(d["shape"]), d["data_offsets"]
+            ok = (dtype in _DTYPE_BYTES and all(type(v) is int and v >= 0 for v in (*shape, start, end))
+                  and len(shape) <= 8)
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise _fail(p, f"cannot read as safetensors: bad description of tensor {name[:80]!r}")
+        count = 1
+        for v in shape:
+            count *= v
+        if end - start != count * _DTYPE_BYTES[dtype] or end > data or start > end:
+            raise _fail(p, f"cannot read as safetensors (truncated or corrupted?): tensor {name[:80]!r} of "
+                           f"shape {list(shape)} does not fit the file")
+        tensors[name] = TensorSpec(dtype, shape, start, end)
+    return tensors, meta
+
+
+#: Bounds on the sizes a weights file may ask for (the paper's network: dim 64, 4 + 4 blocks); the model is
+#: built on PyTorch's ``meta`` device (no memory) and compared with the file before anything is allocated.
+CONFIG_LIMITS = {"dim": 4096, "num_heads": 256, "encoder_blocks": 256, "decoder_blocks": 256,
+                 "encoder_inn_layers": 256, "fuse_inn_layers": 256, "in_channels": 16, "out_channels": 16}
+
+
+def check_config(config: CDDFuseConfig, path: PathLike) -> CDDFuse:
+    """Bound ``config``'s sizes and build its network on the ``meta`` device (shapes only, no memory).
+
+    Raises:
+        CheckpointError: a size outside :data:`CONFIG_LIMITS` or an expansion outside (0, 16].
+    """
+    for name, top in CONFIG_LIMITS.items():
+        v = getattr(config, name)
+        if type(v) is not int or not 0 <= v <= top:
+            raise _fail(path, f"bad cddfuse metadata: {name}={v!r} (must be a whole number in [0, {top}])")
+    for name in ("ffn_expansion", "base_ffn_expansion", "inn_expansion"):
+        v = getattr(config, name)
+        if not isinstance(v, (int, float)) or not 0 < v <= 16:
+            raise _fail(path, f"bad cddfuse metadata: {name}={v!r} (must be a number in (0, 16])")
+    try:
+        with torch.device("meta"):
+            return CDDFuse(config)
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise _fail(path, f"bad cddfuse metadata: the sizes do not make a network "
+                          f"({' '.join(str(e).split())[:100]})") from None
+
+
 def _read_safetensors(p: Path) -> tuple[dict[str, Tensor], WeightsInfo]:
     from safetensors import SafetensorError, safe_open
 
+    specs, meta = read_safetensors_header(p)
+    info = _safetensors_info(p, meta)
+    check_state_dict(check_config(info.config, p), specs, p)  # names and shapes, before any tensor is read
     try:
         with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
-        raise _fail(p, f"cannot read as safetensors (truncated or corrupted?): {e}") from None
+        raise _fail(p, f"cannot read as safetensors (truncated or corrupted?): {' '.join(str(e).split())[:200]}") \
+            from None
+    return state, info
+
+
+def _safetensors_info(p: Path, meta: Mapping[str, str]) -> WeightsInfo:
+    """The :class:`WeightsInfo` of a safetensors file's metadata."""
     if meta.get("format") != FORMAT_NAME:
         raise _fail(p, f"safetensors file without cddfuse metadata (format={meta.get('format')!r}); "
                        "write weights with cddfuse.models.weights.save_weights")
     try:
         config = CDDFuseConfig.from_dict(json.loads(meta["config"]))
         provenance = json.loads(meta.get("provenance", "{}"))
-    except (KeyError, ValueError, TypeError) as e:
-        raise _fail(p, f"bad cddfuse metadata: {e}") from None
+    except (KeyError, ValueError, TypeError, RecursionError) as e:
+        raise _fail(p, f"bad cddfuse metadata: {' '.join(str(e).split())[:200]}") from None
+    if not isinstance(provenance, dict):
+        provenance = {}
     residual = meta.get("residual") or None
     if residual is not None and residual not in RESIDUAL_MODES:
         raise _fail(p, f"bad residual mode {residual!r} in metadata")
-    info = WeightsInfo(task=meta.get("task") or None, residual=residual, normalize=meta.get("normalize", "minmax"),
+    return WeightsInfo(task=meta.get("task") or None, residual=residual, normalize=meta.get("normalize", "minmax"),
                        config=config, source_format="cddfuse", provenance=provenance, path=str(p))
-    return state, info
 
 
 def save_weights(

@@ -55,10 +55,29 @@ def load_checkpoint(path: os.PathLike[str] | str) -> dict[str, Any]:
         p = p / "checkpoints" / "last.pt"
     if not p.is_file():
         raise UsageError(f"{p}: no training checkpoint here (expected RUN_DIR or RUN_DIR/checkpoints/last.pt)")
+    from ..models.weights import check_zip_bounds
+
+    try:
+        with open(p, "rb") as f:
+            is_zip = f.read(4).startswith(b"PK\x03\x04")
+    except OSError as e:
+        raise CheckpointError(f"{p}: cannot read: {e.strerror or e}") from None
+    if is_zip:
+        try:
+            check_zip_bounds(p)
+        except CheckpointError as e:
+            raise CheckpointError(f"not a readable training checkpoint: {e}") from None
     try:
         ck = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file
-        raise CheckpointError(f"{p}: not a readable training checkpoint ({e})") from None
+        text = str(e)
+        if "weights_only" in text or "Weights only" in text or type(e).__name__ == "UnpicklingError":
+            # never PyTorch's advice to turn the check off: the file would run code
+            raise CheckpointError(f"{p}: refused to load: the checkpoint holds more than tensors and plain values "
+                                  "(code or other objects); nothing was run -- resume from a checkpoint that "
+                                  "cddfuse wrote") from None
+        first = (text.splitlines() or [type(e).__name__])[0].split(". ")[0][:200]
+        raise CheckpointError(f"{p}: not a readable training checkpoint ({first})") from None
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{p}: not a cddfuse training checkpoint")
     ck["_path"] = str(p)

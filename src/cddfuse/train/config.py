@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -155,8 +156,21 @@ _CHOICES = {
 }
 
 
+#: A config or a --set value larger than this is refused before it is parsed (recipes are a few KB).
+MAX_CONFIG_BYTES = 1 << 20
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-4`` / ``2E+3`` (no dot) as floats, as people write learning rates."""
+    """SafeLoader that also reads ``1e-4`` / ``2E+3`` (no dot) as floats, as people write learning rates,
+    and refuses aliases (``*name``, also in ``<<: *name``): a 700-byte file of nested aliases expands to
+    billions of values ("billion laughs"); a recipe never needs them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise UsageError(f"line {event.start_mark.line + 1}: aliases (*{event.anchor}) are not accepted in a "
+                             "config; write the value out")
+        return super().compose_node(parent, index)
 
 
 _Loader.add_implicit_resolver(
@@ -170,8 +184,44 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _yaml_load(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+class _YamlSyntaxError(UsageError):
+    """Text that is not YAML (a ``--set`` value then stays the text as written)."""
+
+
+def _yaml_load(text: str, where: str) -> Any:
+    """Parse YAML ``text`` (from ``where``) safely: bounded size, no aliases, no deep nesting.
+
+    Raises:
+        UsageError: one line naming ``where``, the problem and its line (never the YAML mark snippet).
+    """
+    if len(text) > MAX_CONFIG_BYTES:
+        raise UsageError(f"{where}: {len(text):,} characters is more than a config may have "
+                         f"({MAX_CONFIG_BYTES:,}); is this the right file?")
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except UsageError as e:
+        raise UsageError(f"{where}: {e}") from None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = " ".join(str(e.problem or e.context or "syntax error").split())
+        raise _YamlSyntaxError(f"{where} is not valid YAML: {what}{at}") from None
+    except yaml.YAMLError as e:
+        raise _YamlSyntaxError(f"{where} is not valid YAML: {' '.join(str(e).split())[:200]}") from None
+    except RecursionError:
+        raise UsageError(f"{where}: nested too deeply to be a config") from None
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a config value can be megabytes long)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring = r.maxother = limit
+    r.maxlist = r.maxdict = r.maxtuple = r.maxset = 6
+    r.maxlevel = 3
+    text = r.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def default_config() -> dict[str, Any]:
@@ -204,7 +254,7 @@ def merge(base: dict[str, Any], update: Mapping[str, Any], where: str = "config"
             raise _unknown(key, where)
         if isinstance(base[k], dict):
             if not isinstance(v, Mapping):
-                raise UsageError(f"{where}: {key} must be a mapping of settings, got {v!r}")
+                raise UsageError(f"{where}: {key} must be a mapping of settings, got {_short(v)}")
             merge(base[k], v, where, key + ".")
         else:
             base[k] = copy.deepcopy(v)
@@ -220,9 +270,13 @@ def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
     if not p.is_file():
         raise UsageError(f"config file {p} not found")
     try:
-        doc = _yaml_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise UsageError(f"config file {p} is not valid YAML: {e}") from None
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            raise UsageError(f"config file {p}: {p.stat().st_size:,} bytes is more than a config may have "
+                             f"({MAX_CONFIG_BYTES:,}); is this the right file?")
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"config file {p} is not UTF-8 text") from None
+    doc = _yaml_load(text, f"config file {p}")
     if doc is None:
         return cfg
     return merge(cfg, doc, where=str(p))
@@ -251,13 +305,13 @@ def apply_overrides(cfg: dict[str, Any], overrides: Iterable[str], where: str = 
     keys = []
     for item in overrides:
         if "=" not in item:
-            raise UsageError(f"{where} expects KEY=VALUE (e.g. optim.lr=2e-4), got {item!r}")
+            raise UsageError(f"{where} expects KEY=VALUE (e.g. optim.lr=2e-4), got {_short(item)}")
         key, raw = item.split("=", 1)
         key = key.strip()
         try:
-            value = _yaml_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw
+            value = _yaml_load(raw, f"{where} {key}") if raw.strip() else None
+        except _YamlSyntaxError:
+            value = raw  # not YAML: the text as written (a path with a colon...)
         _set_dotted(cfg, key, value, f"{where} {item}")
         keys.append(key)
     return keys
@@ -278,20 +332,22 @@ def _num(cfg: Mapping[str, Any], key: str, *, integer: bool = False, minimum: fl
     ok = isinstance(v, int) if integer else isinstance(v, (int, float))
     if isinstance(v, bool) or not ok:
         kind = "an integer" if integer else "a number"
-        raise UsageError(f"config {key} must be {kind}{' or null' if allow_none else ''}, got {v!r}")
+        raise UsageError(f"config {key} must be {kind}{' or null' if allow_none else ''}, got {_short(v)}")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise UsageError(f"config {key} must be a finite number, got {v}")
     if minimum is not None and (v <= minimum if strict_min else v < minimum):
-        raise UsageError(f"config {key} must be {'>' if strict_min else '>='} {minimum}, got {v!r}")
+        raise UsageError(f"config {key} must be {'>' if strict_min else '>='} {minimum}, got {_short(v)}")
 
 
 def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     """Check types and ranges of every setting; raise :class:`UsageError` naming the key. Returns ``cfg``."""
     for key, choices in _CHOICES.items():
         if _get(cfg, key) not in choices:
-            raise UsageError(f"config {key} must be one of {', '.join(choices)}; got {_get(cfg, key)!r}")
+            raise UsageError(f"config {key} must be one of {', '.join(choices)}; got {_short(_get(cfg, key))}")
     _num(cfg, "seed", integer=True, minimum=0)
     dev = cfg["device"]
     if not isinstance(dev, str) or not (dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:")):
-        raise UsageError(f"config device must be auto, cpu, cuda or cuda:N; got {cfg['device']!r}")
+        raise UsageError(f"config device must be auto, cpu, cuda or cuda:N; got {_short(cfg['device'])}")
     for k, default in MODEL_SIZES.items():  # counts are integers >= 0, expansions positive numbers
         if isinstance(default, int):
             _num(cfg, f"model.{k}", integer=True, minimum=0)
@@ -307,7 +363,7 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     _num(cfg, "data.contrast_threshold", minimum=0)
     _num(cfg, "data.workers", integer=True, minimum=0)
     if not isinstance(cfg["data"]["flips"], bool):
-        raise UsageError(f"config data.flips must be true or false, got {cfg['data']['flips']!r}")
+        raise UsageError(f"config data.flips must be true or false, got {_short(cfg['data']['flips'])}")
     _num(cfg, "train.batch_size", integer=True, minimum=1)
     _num(cfg, "train.max_steps_per_epoch", integer=True, minimum=1, allow_none=True)
     _num(cfg, "train.threads", integer=True, minimum=1, allow_none=True)
@@ -317,7 +373,7 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
         _num(cfg, f"{ph}.epochs", integer=True, minimum=0)
         parts = cfg[ph]["parts"]
         if not isinstance(parts, list) or not parts or any(p not in PARTS for p in parts):
-            raise UsageError(f"config {ph}.parts must be a non-empty list of {', '.join(PARTS)}; got {parts!r}")
+            raise UsageError(f"config {ph}.parts must be a non-empty list of {', '.join(PARTS)}; got {_short(parts)}")
     if any(p in ("base_fuse", "detail_fuse") for p in cfg["phase1"]["parts"]):
         raise UsageError("config phase1.parts: the fusion layers are not used in Phase I (reconstruction)")
     if cfg["phase1"]["epochs"] + cfg["phase2"]["epochs"] == 0:
@@ -328,7 +384,7 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     betas = cfg["optim"]["betas"]
     if (not isinstance(betas, (list, tuple)) or len(betas) != 2
             or not all(isinstance(x, (int, float)) and 0 <= x < 1 for x in betas)):
-        raise UsageError(f"config optim.betas must be two numbers in [0, 1), got {betas!r}")
+        raise UsageError(f"config optim.betas must be two numbers in [0, 1), got {_short(betas)}")
     _num(cfg, "optim.grad_clip", minimum=0, strict_min=True, allow_none=True)
     _num(cfg, "sched.step_epochs", integer=True, minimum=1)
     _num(cfg, "sched.gamma", minimum=0, strict_min=True)
@@ -340,15 +396,15 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     _num(cfg, "log.image_every_steps", integer=True, minimum=0)
     if not isinstance(cfg["train"]["cpu_malloc_tuning"], bool):
         raise UsageError("config train.cpu_malloc_tuning must be true or false, got "
-                         f"{cfg['train']['cpu_malloc_tuning']!r}")
+                         f"{_short(cfg['train']['cpu_malloc_tuning'])}")
     for k in ("tensorboard", "progress"):
         if not isinstance(cfg["log"][k], bool):
-            raise UsageError(f"config log.{k} must be true or false, got {cfg['log'][k]!r}")
+            raise UsageError(f"config log.{k} must be true or false, got {_short(cfg['log'][k])}")
     _num(cfg, "val.every_epochs", integer=True, minimum=1)
     _num(cfg, "val.max_pairs", integer=True, minimum=1)
     _num(cfg, "val.max_size", integer=True, minimum=0)
     if not isinstance(cfg["val"]["metrics"], list):
-        raise UsageError(f"config val.metrics must be a list of metric names, got {cfg['val']['metrics']!r}")
+        raise UsageError(f"config val.metrics must be a list of metric names, got {_short(cfg['val']['metrics'])}")
     if (cfg["val"]["a"] is None) != (cfg["val"]["b"] is None):
         raise UsageError("config val.a and val.b must be given together (two folders of held-out pairs)")
     d = cfg["data"]
@@ -362,7 +418,7 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     for key in ("name", "model.init", "data.cache", "data.a", "data.b", "val.a", "val.b", "checkpoint.weights"):
         v = _get(cfg, key)
         if v is not None and not isinstance(v, str):
-            raise UsageError(f"config {key} must be a string (a path) or null, got {v!r}")
+            raise UsageError(f"config {key} must be a string (a path) or null, got {_short(v)}")
     return cfg
 
 
@@ -404,7 +460,7 @@ def parse_duration(text: str | float | int) -> float:
             if num or not s:
                 raise ValueError
         except ValueError:
-            raise UsageError(f"bad duration {text!r}; use e.g. 3600, 90s, 45m, 1.5h, 2h30m") from None
-    if secs <= 0:
-        raise UsageError(f"duration must be positive, got {text!r}")
+            raise UsageError(f"bad duration {_short(text)}; use e.g. 3600, 90s, 45m, 1.5h, 2h30m") from None
+    if not math.isfinite(secs) or secs <= 0:
+        raise UsageError(f"duration must be a positive, finite time, got {_short(text)}")
     return secs

@@ -27,6 +27,65 @@
     $("compare-with").options[1].textContent = a;
   }
 
+  // The API's errors name its fields (resize=true); here they are worded for this page's controls.
+  const CONTROLS = {
+    task: "Task", color: "Colour", normalize: "Normalisation", resize: "Resize the second image…",
+    chroma: "Colour", format: "Download (PNG)",
+  };
+
+  function sourceLabel(field) {
+    if (field === "a") return $("label-a").textContent;
+    if (field === "b") return $("label-b").textContent;
+    return field;
+  }
+
+  function sizeText(bytes) {
+    if (bytes >= 1048576) return (bytes / 1048576).toFixed(1).replace(/\.0$/, "") + " MB";
+    if (bytes >= 1024) return Math.round(bytes / 1024) + " KB";
+    return bytes + " bytes";
+  }
+
+  function explain(r, body) {
+    const d = body.detail || {};
+    switch (body.code) {
+      case "size_mismatch":
+        return "The two images differ in size (" + d.a + " vs " + d.b + "). Tick \u201cResize the second image " +
+          "to the first when sizes differ\u201d and press Fuse again, or register the images first.";
+      case "image_too_large":
+        return "The " + sourceLabel(d.field) + " image is " + d.size + " pixels, more than this server accepts (" +
+          Number(d.limit).toLocaleString("en") + " pixels). Choose a smaller image.";
+      case "upload_too_large":
+        return "The two images together are larger than this server accepts (" + sizeText(d.limit) +
+          "). Choose smaller images.";
+      case "upload_too_slow":
+        return "The upload was too slow for this server. Check the connection and press Fuse again.";
+      case "unauthorized":
+        return "This server needs an access token: enter it under \u201cAccess token\u201d and press Fuse again.";
+      case "busy":
+        return "The server is busy with other fusions: press Fuse again in " +
+          (r.headers.get("Retry-After") || "a few") + " s.";
+      case "stopping":
+        return "The server is stopping: press Fuse again once it is back.";
+      case "wrong_task":
+        return "This server runs the " + d.server + " model: choose it under \u201cTask\u201d.";
+      case "bad_option":
+        if (CONTROLS[d.field]) return "The server does not accept this \u201c" + CONTROLS[d.field] + "\u201d setting. " +
+          "Reload the page and try again.";
+        break;
+      case "missing_file":
+        return "Choose the " + sourceLabel(d.field) + " image first.";
+      case "bad_input": {
+        // "a (name.png): ..." -> "Infrared image (name.png): ..."
+        const m = /^([ab]) \(/.exec(body.error || "");
+        if (m) return sourceLabel(m[1]) + " image " + body.error.slice(2);
+        break;
+      }
+      default:
+        break;
+    }
+    return body.error || "The server answered HTTP " + r.status + ".";
+  }
+
   function showError(message) {
     errorBox.textContent = message;
     errorBox.hidden = false;
@@ -108,19 +167,15 @@
     try {
       const r = await fetch("/api/fuse", { method: "POST", body: data, headers });
       if (!r.ok) {
-        let message = "HTTP " + r.status;
+        let body = {};
         try {
-          const body = await r.json();
-          message = body.error || message;
+          body = await r.json();
         } catch (e) { /* not JSON */ }
         if (r.status === 401) {
           $("token-field").hidden = false;
           $("token").focus();
-          message += " — enter the access token and press Fuse again.";
-        } else if (r.status === 503) {
-          message += " (retry in " + (r.headers.get("Retry-After") || "a few") + " s)";
         }
-        showError(message);
+        showError(explain(r, body));
         return;
       }
       const blob = await r.blob();
