@@ -6,7 +6,7 @@ import ipaddress
 import sys
 
 from ..errors import UsageError
-from ..options import DEFAULT_MAX_PIXELS, TASKS
+from ..options import DEFAULT_MAX_PIXELS, NETWORK_METHODS, TASKS
 
 HELP = "serve a web page and an HTTP API that fuse uploaded image pairs"
 
@@ -34,7 +34,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     p.add_argument("--task", choices=TASKS, default=None,
                    help="ivf: infrared-visible, mif: medical (default: what the weights were made for, else ivf)")
     p.add_argument("--weights", metavar="PATH", default=None,
-                   help="weights file (default: the bundled weights of --task)")
+                   help="weights file (default: the bundled weights of --task for --method)")
+    p.add_argument("--method", choices=NETWORK_METHODS, default="cddfuse",
+                   help="the network requests get by default: cddfuse (the exact network, default) or lite "
+                        "(CDDFuse-lite only). With cddfuse, CDDFuse-lite is offered beside it (the page's choice, "
+                        "the API's method field) when its weights are installed or given with --lite-weights")
+    p.add_argument("--lite-weights", metavar="PATH", default=None,
+                   help="CDDFuse-lite weights to offer beside the exact network (default: the bundled ones)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available, default), cpu, cuda, cuda:N")
     p.add_argument("--max-upload", default="50M", metavar="SIZE",
                    help="largest request (both images), e.g. 50M (default), 512K; larger uploads get 413")
@@ -79,14 +85,19 @@ def run(args: argparse.Namespace) -> int:
     if args.token is None and not is_loopback(args.host):
         print(f"cddfuse serve: warning: listening on {args.host} without --token: anyone who can reach it can "
               "use it", file=sys.stderr)
-    app = create_app(weights=args.weights, task=args.task, device=args.device, max_upload=args.max_upload,
+    if args.lite_weights is not None and args.method == "lite":
+        raise UsageError("--lite-weights offers CDDFuse-lite beside the exact network; with --method lite give the "
+                         "lite weights as --weights")
+    app = create_app(weights=args.weights, task=args.task, device=args.device, method=args.method,
+                     lite_weights=args.lite_weights, max_upload=args.max_upload,
                      max_pixels=args.max_pixels, token=args.token, queue_size=args.queue)
     fuser = app.state.fuser
-    if fuser.model is not None and fuser.device.type == "cpu":  # tune now, not during the first request
+    if fuser.method == "cddfuse" and fuser.device.type == "cpu":  # tune now, not during the first request
         from ..engine.tuning import settings
 
         settings(notify=lambda line: print(f"cddfuse serve: {line}", file=sys.stderr, flush=True))
-    print(f"cddfuse serve: http://{args.host}:{args.port}/ (task {app.state.fuser.task}; Ctrl-C to stop)",
+    print(f"cddfuse serve: http://{args.host}:{args.port}/ (task {app.state.fuser.task}, "
+          f"{' and '.join(app.state.fusers)}; Ctrl-C to stop)",
           file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

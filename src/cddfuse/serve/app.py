@@ -4,12 +4,13 @@ Endpoints (schema at ``/api/openapi.json``):
 
 - ``POST /api/fuse`` -- multipart ``a``, ``b`` (files) and options -> the fused image bytes;
 - ``GET /api/health`` -- liveness (never needs the token);
-- ``GET /api/info`` -- task, weights provenance, version;
+- ``GET /api/info`` -- task, weights provenance, version, the methods offered (``cddfuse``, ``lite``);
 - ``GET /`` -- the page (``static/index.html``).
 
 Errors are JSON ``{"error": "...", "code": "..."}``: 400 bad input, 401 missing/wrong bearer token,
-413 upload or image too large, 503 busy (``Retry-After``). One model is kept in memory; fusions run one
-at a time in a worker thread, behind a bounded queue. Uploads go to a per-request temporary folder that
+413 upload or image too large, 503 busy (``Retry-After``). One model is kept in memory (and CDDFuse-lite
+beside it when its weights are there: the ``method`` field picks it); fusions run one at a time in a
+worker thread, behind a bounded queue. Uploads go to a per-request temporary folder that
 is always removed.
 
 Needs the ``serve`` extra (``pip install cddfuse[serve]``); imported only by ``cddfuse serve``.
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__
 from ..errors import CDDFuseError
 from ..fusion.policy import resolve_chroma
-from ..options import CHROMA_MODES, COLOR_MODES, DEFAULT_MAX_PIXELS, NORMALIZE_MODES, TASKS
+from ..options import CHROMA_MODES, COLOR_MODES, DEFAULT_MAX_PIXELS, NETWORK_METHODS, NORMALIZE_MODES, TASKS
 
 if TYPE_CHECKING:  # the serve extra is imported inside create_app (every module imports without extras)
     from starlette.applications import Starlette
@@ -49,7 +50,7 @@ FORMATS: dict[str, tuple[str, int, str]] = {
 DEFAULT_MAX_UPLOAD = 50 * 2**20
 _CHUNK = 64 * 1024
 _UPLOAD_FIELDS = ("a", "b")
-_OPTION_FIELDS = ("task", "color", "chroma", "normalize", "resize", "format")
+_OPTION_FIELDS = ("task", "method", "color", "chroma", "normalize", "resize", "format")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -146,6 +147,25 @@ def _fuser_info(fuser: Fuser) -> dict[str, Any]:
             "weights": weights, "version": __version__}
 
 
+def _lite_beside(main: Fuser, lite_weights: str | Path | None) -> Fuser | None:
+    """CDDFuse-lite for the server's task beside an exact model: ``lite_weights``, else the bundled student
+    of the task; ``None`` when this installation has none (the method is then not offered)."""
+    from ..fusion import Fuser
+    from ..models.pretrained import lite_pretrained_path
+
+    if main.method != "cddfuse":
+        return None
+    if lite_weights is None:
+        try:
+            lite_weights = lite_pretrained_path(main.task)
+        except CDDFuseError:
+            return None
+    lite = Fuser(weights=lite_weights, task=main.task, method="lite", device=main.device,
+                 max_pixels=main.max_pixels)
+    lite.color, lite.normalize, lite.chroma = main.color, main.normalize, main.chroma
+    return lite
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -162,6 +182,8 @@ def create_app(
     weights: str | Path | None = None,
     task: str | None = None,
     device: str = "auto",
+    method: str = "cddfuse",
+    lite_weights: str | Path | None = None,
     max_upload: int | str = DEFAULT_MAX_UPLOAD,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     token: str | None = None,
@@ -171,8 +193,10 @@ def create_app(
 
     Args:
         fuser_factory: makes the one :class:`~cddfuse.fusion.Fuser` the app keeps (called once, now);
-            default ``Fuser(weights=weights, task=task, device=device, max_pixels=max_pixels)``.
-        weights, task, device: for the default factory.
+            default ``Fuser(weights=weights, task=task, method=method, device=device, max_pixels=max_pixels)``.
+        weights, task, device, method: for the default factory (``method``: ``cddfuse`` or ``lite``).
+        lite_weights: CDDFuse-lite weights offered beside an exact model (requests choose with the
+            ``method`` field); default: the bundled student of the task, when installed.
         max_upload: largest request body (``50M``, or bytes); larger uploads get 413 while they arrive.
         max_pixels: largest image (width x height, read from its header before decoding); larger: 413.
         token: when set, ``/api/fuse`` and ``/api/info`` need ``Authorization: Bearer <token>`` (401).
@@ -191,12 +215,17 @@ def create_app(
         def fuser_factory() -> Fuser:
             from ..fusion import Fuser
 
-            return Fuser(weights=weights, task=task, device=device, max_pixels=max_pixels)  # type: ignore[arg-type]
+            return Fuser(weights=weights, task=task, method=method, device=device,  # type: ignore[arg-type]
+                         max_pixels=max_pixels)
     limit = parse_size(max_upload)
     if queue_size < 1:
         raise ValueError(f"queue_size must be at least 1, got {queue_size}")
     fuser = fuser_factory()
     fuser.max_pixels = max_pixels
+    fusers: dict[str, Fuser] = {fuser.method: fuser}
+    lite = _lite_beside(fuser, lite_weights)
+    if lite is not None:
+        fusers["lite"] = lite
     state: dict[str, Any] = {"admitted": 0, "lock": None}
 
     def check_token(request: Request) -> None:
@@ -210,12 +239,14 @@ def create_app(
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "task": fuser.task, "auth": token is not None,
-                             "busy": state["admitted"], "queue": queue_size})
+                             "busy": state["admitted"], "queue": queue_size, "methods": list(fusers)})
 
     async def info(request: Request) -> Response:
         check_token(request)
         return JSONResponse(_fuser_info(fuser) | {"max_upload": limit, "max_pixels": max_pixels,
-                                                   "queue": queue_size})
+                                                   "queue": queue_size, "methods": list(fusers),
+                                                   "method_weights": {name: _fuser_info(f)["weights"]
+                                                                      for name, f in fusers.items()}})
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(OPENAPI)
@@ -282,9 +313,14 @@ def create_app(
         if req_task != fuser.task:
             raise ApiError(400, "wrong_task", f"task={req_task!r}: this server runs the {fuser.task} model; "
                            f"start one with --task {req_task} for that")
+        req_method = options.get("method") or fuser.method
+        if req_method not in fusers:
+            _choice("method", req_method, NETWORK_METHODS)
+            raise ApiError(400, "method_unavailable", f"method={req_method!r}: this server offers "
+                           f"{', '.join(fusers)} (no {req_method} weights for task {fuser.task} are loaded)")
         fmt = _choice("format", options.get("format", "png") or "png", tuple(FORMATS))
         ext, bit_depth, content_type = FORMATS[fmt]
-        job = copy.copy(fuser)  # shares the model; per-request options
+        job = copy.copy(fusers[req_method])  # shares the model; per-request options
         job.color = _choice("color", options.get("color", fuser.color) or fuser.color, COLOR_MODES)  # type: ignore[assignment]
         job.chroma = resolve_chroma(_choice("chroma", options.get("chroma") or "auto", CHROMA_MODES), fuser.task)
         job.normalize = _choice("normalize", options.get("normalize", fuser.normalize) or fuser.normalize,  # type: ignore[assignment]
@@ -350,6 +386,7 @@ def create_app(
     app = Starlette(routes=routes, exception_handlers={ApiError: api_error, HTTPException: http_error,
                                                        Exception: server_error})
     app.state.fuser = fuser
+    app.state.fusers = fusers
     return app
 
 
@@ -385,6 +422,9 @@ def _openapi() -> dict[str, Any]:
                         "b": {"type": "string", "format": "binary", "description": "visible / MRI image"},
                         "task": {"type": "string", "enum": list(TASKS),
                                  "description": "must be the server's task (default)"},
+                        "method": {"type": "string", "enum": list(NETWORK_METHODS),
+                                   "description": "cddfuse (the exact network) or lite (CDDFuse-lite); one of the "
+                                                  "methods /api/info lists (default: the server's)"},
                         "color": {"type": "string", "enum": list(COLOR_MODES), "default": "auto"},
                         "chroma": {"type": "string", "enum": list(CHROMA_MODES), "default": "auto"},
                         "normalize": {"type": "string", "enum": list(NORMALIZE_MODES), "default": "minmax"},

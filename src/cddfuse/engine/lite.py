@@ -1,0 +1,46 @@
+"""Running CDDFuse-lite (:mod:`cddfuse.models.lite`): the module itself, in the chosen precision.
+
+The exact engine of CDDFuse (passes cut at attention layers, tiles, disk-backed feature maps) is not
+needed for the lite network: it is small, its low-resolution path works at a quarter of the resolution
+and below, and its full-resolution part runs in strips of about a megapixel (exact: each strip carries
+the halo its convolutions need), so memory stays a few tens of bytes per pixel whatever the image size.
+The whole image goes through the module in one call; it is not cut into tiles, because the network's
+context block averages over the whole image (tiles would change the result).
+
+Precision: ``fp32`` (default), ``tf32`` (CUDA: TF32 tensor cores) and ``bf16`` (bfloat16 autocast:
+CUDA, or a CPU with AMX or AVX512-BF16 -- the caller checks; elsewhere bfloat16 is slower than float32).
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["run_lite", "lite_precision"]
+
+
+@contextlib.contextmanager
+def lite_precision(precision: str, device: torch.device) -> Iterator[None]:
+    """``fp32``: true float32 (TF32 off on CUDA); ``tf32``: TF32 tensor cores (CUDA); ``bf16``: bfloat16
+    autocast on CUDA or CPU."""
+    from .ops import precision_context
+
+    with precision_context(precision, device):
+        if precision == "bf16" and device.type == "cpu":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                yield
+        else:
+            yield
+
+
+def run_lite(model: nn.Module, a: Tensor, b: Tensor, *, precision: str = "fp32") -> Tensor:
+    """CDDFuse-lite on ``(N, 1, H, W)`` float32 sources in [0, 1] -> ``(N, 1, H, W)`` float32 on the
+    model's device (the un-normalised fused luminance, residual included)."""
+    if a.shape != b.shape or a.ndim != 4 or a.shape[1] != 1:
+        raise ValueError(f"expected two (N, 1, H, W) tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    dev = next(model.parameters()).device
+    with torch.inference_mode(), lite_precision(precision, dev):
+        out = model(a.to(dev), b.to(dev))
+    return out if out.dtype == torch.float32 else out.float()
