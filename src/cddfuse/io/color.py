@@ -67,10 +67,22 @@ def ycbcr_to_rgb(ycbcr: np.ndarray, clip: bool = True) -> np.ndarray:
     if clip:
         with torch.inference_mode():
             return kornia.color.ycbcr_to_rgb(_to_chw(ycbcr)).permute(1, 2, 0).numpy().copy()
-    y, cb, cr = (ycbcr[..., i].astype(np.float32) - np.float32(0.5 if i else 0.0) for i in range(3))
+    return _unclipped_rgb(ycbcr[..., 0], ycbcr[..., 1], ycbcr[..., 2])
+
+
+def _unclipped_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> np.ndarray:
+    """The linear inverse of :func:`rgb_to_ycbcr` on three ``(H, W)`` planes -> ``(H, W, 3)`` float32 RGB,
+    unclipped (written into one array: no stacked copy)."""
+    y = y.astype(np.float32, copy=False) - np.float32(0.0)  # the same float32 arithmetic as plane by plane
+    cb = cb.astype(np.float32, copy=False) - np.float32(0.5)
+    cr = cr.astype(np.float32, copy=False) - np.float32(0.5)
     r_off, b_off = cr / np.float32(0.713), cb / np.float32(0.564)  # R - Y, B - Y
     g_off = -(np.float32(_Y_WEIGHTS[0]) * r_off + np.float32(_Y_WEIGHTS[2]) * b_off) / np.float32(_Y_WEIGHTS[1])
-    return np.stack([y + r_off, y + g_off, y + b_off], axis=-1)
+    rgb = np.empty((*y.shape, 3), np.float32)
+    np.add(y, r_off, out=rgb[..., 0])
+    np.add(y, g_off, out=rgb[..., 1])
+    np.add(y, b_off, out=rgb[..., 2])
+    return rgb
 
 
 def luminance(img: np.ndarray) -> np.ndarray:
@@ -144,15 +156,24 @@ def merge_luminance(y: np.ndarray, chroma: YCbCrImage, mode: str = "saturation")
     gain = np.minimum(y / np.maximum(chroma.y, np.float32(1e-6)), np.float32(MAX_CHROMA_GAIN))
     cb = (chroma.cb - np.float32(0.5)) * gain + np.float32(0.5)
     cr = (chroma.cr - np.float32(0.5)) * gain + np.float32(0.5)
-    rgb = ycbcr_to_rgb(np.stack([y, cb, cr], axis=-1), clip=False)
-    return _desaturate_into_gamut(rgb, y)
+    return _desaturate_into_gamut(_unclipped_rgb(y, cb, cr), y)
 
 
 def _desaturate_into_gamut(rgb: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Move out-of-range pixels toward gray ``y`` (same luminance, same hue) until they fit in [0, 1]."""
+    """Move out-of-range pixels toward gray ``y`` (same luminance, same hue) until they fit in [0, 1].
+
+    A pixel inside the cube keeps ``y + (rgb - y)``; only the pixels outside it (usually few) get the factor
+    ``t`` of the largest step toward their colour that stays inside, ``y + (rgb - y) * t``.
+    """
     offset = rgb - y[..., None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        room = np.where(offset > 0, (1.0 - y[..., None]) / offset,
-                        np.where(offset < 0, y[..., None] / -offset, np.inf))
-    t = np.clip(room.min(axis=-1), 0.0, 1.0)
-    return np.clip(y[..., None] + offset * t[..., None], 0.0, 1.0).astype(np.float32)
+    out = y[..., None] + offset  # t = 1: what every pixel inside the cube gets (offset * 1 is exact)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    outside = np.flatnonzero((np.minimum(np.minimum(r, g), b) < 0) | (np.maximum(np.maximum(r, g), b) > 1))
+    if outside.size:
+        flat_off, flat_y = offset.reshape(-1, 3)[outside], y.reshape(-1)[outside][:, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            room = np.where(flat_off > 0, (1.0 - flat_y) / flat_off,
+                            np.where(flat_off < 0, flat_y / -flat_off, np.inf))
+        t = np.clip(room.min(axis=-1), 0.0, 1.0)
+        out.reshape(-1, 3)[outside] = flat_y + flat_off * t[:, None]
+    return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
