@@ -188,3 +188,20 @@ def test_bf16_is_refused_on_a_cpu_without_it(work, capsys):
     assert cli(_args(work, work["root"] / "bf16", "--bf16", "--device", "cpu")) == 2
     err = capsys.readouterr().err
     assert "needs AMX or AVX512-BF16" in err and err.count("\n") == 1
+
+
+def test_teacher_subset_with_fusion_only_pairs(work, reference_run, capsys):
+    """data.teacher_every=2: the teacher fuses pairs 0 and 2 (cached already), pair 1 trains with the
+    fusion loss only; both losses are logged and the weights say so."""
+    from cddfuse.models.weights import load_lite_weights
+
+    run = work["root"] / "hybrid"
+    assert cli(_args(work, run, "--steps", "3", "--set", "data.teacher_every=2",
+                     "--set", "train.fusion_batch_size=2", "--set", "log.every_steps=1")) == 0
+    err = capsys.readouterr().err
+    assert "teacher cache (training pairs): 2/2 ready (0 computed, 2 reused" in err
+    assert "(+1 with the fusion loss only)" in err and "fusion_only" in err
+    prov = load_lite_weights(run / "final.safetensors")[1].provenance
+    assert prov["data"]["pairs"] == 2 and prov["data"]["fusion_only_pairs"] == 1
+    assert cli(_args(work, work["root"] / "bad_hybrid", "--set", "train.fusion_batch_size=2")) == 2
+    assert "needs data.teacher_every > 1" in capsys.readouterr().err

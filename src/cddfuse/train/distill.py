@@ -11,6 +11,10 @@ and the loss
 with ``|grad| = |Sobel_x| + |Sobel_y|`` and CDDFuse's own fusion loss (:func:`~cddfuse.train.losses.fusion_loss`).
 AdamW with a linear warm-up and a cosine decay, gradient clipping.
 
+Where the teacher is too expensive for every pair, ``data.teacher_every = k`` has it fuse every k-th
+training pair only; ``train.fusion_batch_size`` crops of the other pairs then join each step with
+CDDFuse's fusion loss alone (weight ``loss.fusion_only``), so that every pair still teaches the student.
+
 The machinery is the trainer's: a YAML recipe with ``--set`` overrides, ``--max-time`` and SIGTERM /
 Ctrl-C stopping cleanly with a checkpoint (:mod:`~cddfuse.train.control`), atomic checkpoints, TensorBoard,
 validation on held-out pairs, data parallelism under torchrun, bf16 autocast where it is fast.
@@ -142,7 +146,10 @@ def _spread(items: list[Any], n: int) -> list[Any]:
 
 def fill_teacher_cache(cfg: dict[str, Any], cache_dir: Path, echo: Echo) -> tuple[list[Triplet], list[Triplet],
                                                                                   dict[str, Any]]:
-    """Training and validation triplets (computing what the cache lacks) and the data description."""
+    """Training and validation triplets (computing what the cache lacks) and the data description.
+
+    With ``data.teacher_every > 1`` only every k-th training pair is fused by the teacher; the
+    description then lists how many; :func:`load_fusion_only` reads the others."""
     from .data import _stems_digest, find_pairs
 
     spec = resolve_teacher(cfg["teacher"], cfg["task"], cfg["residual"])
@@ -156,13 +163,30 @@ def fill_teacher_cache(cfg: dict[str, Any], cache_dir: Path, echo: Echo) -> tupl
         if overlap:
             echo(f"warning: {len(overlap)} validation pair(s) also in the training data (e.g. {sorted(overlap)[0]})")
     val = cache.fill(val_pairs, "validation pairs") if val_pairs else []
-    train = cache.fill(pairs, "training pairs")
+    train = cache.fill(pairs[::d["teacher_every"]], "training pairs")
     desc = {
-        "a": d["a"], "b": d["b"], "every": d["every"], "pairs": len(train),
+        "a": d["a"], "b": d["b"], "every": d["every"], "teacher_every": d["teacher_every"], "pairs": len(train),
+        "fusion_only_pairs": len(pairs) - len(train),
         "stems_sha1": _stems_digest([p[0] for p in pairs]),
         "val_pairs": len(val), "teacher": spec.to_dict(), "cache": str(cache.folder),
     }
     return train, val, desc
+
+
+def load_fusion_only(cfg: dict[str, Any]) -> list[Triplet]:
+    """The training pairs the teacher does not fuse (``data.teacher_every > 1``), with ``t = a`` (unused)."""
+    from .data import find_pairs, read_luminance
+
+    d = cfg["data"]
+    pairs = find_pairs(d["a"], d["b"], d["unmatched"])[::d["every"]]
+    out = []
+    for i, (stem, pa, pb) in enumerate(pairs):
+        if i % d["teacher_every"]:
+            a, b = read_luminance(pa), read_luminance(pb)
+            if a.shape != b.shape:
+                raise CDDFuseError(f"{stem}: the two sources differ in size; distillation needs registered pairs")
+            out.append(Triplet(stem, a, b, a))
+    return out
 
 
 class Distiller:
@@ -209,6 +233,11 @@ class Distiller:
             self.dist.barrier()
         if not self.train_set:
             raise CDDFuseError("no training pairs")
+        fb = tr["fusion_batch_size"]
+        if fb % self.dist.world_size:
+            raise UsageError(f"train.fusion_batch_size={fb} must be divisible by the number of processes "
+                             f"({self.dist.world_size})")
+        self.fusion_set = load_fusion_only(self.cfg) if fb else []
 
         torch.manual_seed(self.cfg["seed"])
         self.model = CDDFuseLite(DC.lite_config(self.cfg)).to(self.device).train()
@@ -249,7 +278,7 @@ class Distiller:
         }
 
     def _restore(self, ck: dict[str, Any]) -> None:
-        for key in ("pairs", "stems_sha1", "teacher", "every"):
+        for key in ("pairs", "stems_sha1", "teacher", "every", "teacher_every"):
             if ck["data"].get(key) != self.data_desc.get(key):
                 raise CDDFuseError(f"the training data or teacher differ from the checkpoint's ({key}: "
                                    f"{ck['data'].get(key)!r} then, {self.data_desc.get(key)!r} now); resume needs "
@@ -363,7 +392,9 @@ class Distiller:
         cfg, total = self.cfg, self.cfg["train"]["steps"]
         n_params = sum(p.numel() for p in self.model.parameters())
         self.echo(f"distilling {self.run_dir}: CDDFuse-lite ({n_params:,} parameters) from "
-                  f"{self.data_desc['teacher']['file']} on {len(self.train_set)} pairs, {total} steps of "
+                  f"{self.data_desc['teacher']['file']} on {len(self.train_set)} pairs"
+                  + (f" (+{len(self.fusion_set)} with the fusion loss only)" if self.fusion_set else "")
+                  + f", {total} steps of "
                   f"{cfg['train']['batch_size']} crops of {cfg['data']['crop_size']}, {self.dist.world_size} "
                   f"process(es), device {self.device}" + (f"; resuming at step {self.step}" if self.step else ""))
         bar = logs.progress_bar(total, self.step, cfg["log"]["progress"] and self.dist.is_main)
@@ -413,15 +444,25 @@ class Distiller:
 
     def _train_step(self, w: dict[str, float]) -> dict[str, Tensor]:
         cfg = self.cfg
-        gb = cfg["train"]["batch_size"]
-        a, b, t = sample_crops(self.train_set, self.step, cfg["seed"], gb, cfg["data"]["crop_size"],
-                               cfg["data"]["flips"])
+        crop, flips, seed = cfg["data"]["crop_size"], cfg["data"]["flips"], cfg["seed"]
+        a, b, t = sample_crops(self.train_set, self.step, seed, cfg["train"]["batch_size"], crop, flips)
         r, n = self.dist.rank, self.dist.world_size
         a, b, t = (x[r::n].to(self.device) for x in (a, b, t))
+        fb = cfg["train"]["fusion_batch_size"]
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
-            s = self.model(a, b)
+            if fb:  # crops of the pairs without a teacher output: one forward pass with the others
+                fa, fbb, _ = sample_crops(self.fusion_set, self.step, seed + 1_000_003, fb, crop, flips)
+                fa, fbb = fa[r::n].to(self.device), fbb[r::n].to(self.device)
+                k = a.shape[0]
+                out = self.model(torch.cat([a, fa]), torch.cat([b, fbb]))
+                s, fs = out[:k], out[k:]
+            else:
+                s = self.model(a, b)
         parts = distill_loss(a, b, t, s.float(), w)
+        if fb:
+            parts["fusion_only"] = fusion_loss(fa, fbb, fs.float(), gradient_weight=w["fusion_gradient"])[0]
+            parts["total"] = parts["total"] + w["fusion_only"] * parts["fusion_only"]
         parts["total"].backward()
         params = list(self.model.parameters())
         self.dist.average_gradients(params)

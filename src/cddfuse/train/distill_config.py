@@ -36,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
         "a": None,  # folder of first sources (infrared / CT / PET / SPECT)
         "b": None,  # folder of second sources (visible / MRI), paired by file stem
         "every": 1,  # use every k-th pair (file-name order) -- a documented subset
+        "teacher_every": 1,  # the teacher fuses every k-th of those; the others train with the fusion loss only
         "cache_dir": None,  # teacher outputs; null: <run directory's parent>/teacher_cache
         "crop_size": 128,  # random crops of (a, b, teacher) for each step
         "flips": True,
@@ -43,7 +44,8 @@ DEFAULTS: dict[str, Any] = {
     },
     "train": {
         "steps": 3000,
-        "batch_size": 16,  # global batch (split evenly over data-parallel ranks)
+        "batch_size": 16,  # crops of pairs with a teacher output per step (global; split over ranks)
+        "fusion_batch_size": 0,  # and crops of pairs without one (fusion loss only; needs data.teacher_every > 1)
         "precision": "fp32",  # fp32 | bf16 (CUDA, or CPUs with AMX / AVX512-BF16)
         "threads": None,  # torch threads on CPU (None: torch's default)
     },
@@ -60,6 +62,7 @@ DEFAULTS: dict[str, Any] = {
         "ssim": 0.5,  # SSIM loss against the teacher
         "fusion": 0.1,  # CDDFuse's fusion loss on the student: intensity + fusion_gradient * gradient
         "fusion_gradient": 10.0,
+        "fusion_only": 0.1,  # weight of the fusion loss on the crops without a teacher output
     },
     "checkpoint": {"every_steps": 200},
     "log": {"every_steps": 20, "tensorboard": True, "progress": True},
@@ -194,6 +197,11 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
         _num(cfg, f"model.{k}", integer=True, minimum=0)
     lite_config(cfg)
     _num(cfg, "data.every", integer=True, minimum=1)
+    _num(cfg, "data.teacher_every", integer=True, minimum=1)
+    _num(cfg, "train.fusion_batch_size", integer=True, minimum=0)
+    if cfg["train"]["fusion_batch_size"] and cfg["data"]["teacher_every"] == 1:
+        raise UsageError("config train.fusion_batch_size > 0 needs data.teacher_every > 1 (pairs without a "
+                         "teacher output to draw from)")
     _num(cfg, "data.crop_size", integer=True, minimum=8)
     if not isinstance(cfg["data"]["flips"], bool):
         raise UsageError(f"config data.flips must be true or false, got {cfg['data']['flips']!r}")
