@@ -8,12 +8,12 @@ The design is a *coefficient* network (in the spirit of bilateral-grid / guided-
    per-pixel coefficients ``alpha, beta, gamma`` and a few guide channels;
 2. these are upsampled bilinearly to full resolution, where the fused luminance is
    ``alpha * A + beta * B + gamma`` (the details come from the sources, so they stay sharp);
-3. a thin full-resolution detail path (``head_layers`` 3x3 convolutions of ``head_width`` channels on
-   A, B, the linear fusion and the guides) adds a local correction.
+3. a thin full-resolution detail path (``head_layers - 1`` 3x3 convolutions of ``head_width`` channels
+   on A, B, the linear fusion and the guides, then a 1x1 convolution) adds a local correction.
 
 It is fully convolutional: any ``H, W >= 1`` (the low-resolution path runs on a copy padded by edge
 replication to a multiple of :attr:`LiteConfig.multiple` and is cropped back). Large images run the
-full-resolution part in horizontal strips (exact: each strip carries a halo of ``head_layers`` rows),
+full-resolution part in horizontal strips (exact: each strip carries a halo of ``head_layers - 1`` rows),
 so memory stays a few bytes per pixel. The module is ONNX-exportable (opset 17, dynamic H and W;
 under export the whole image is one strip).
 
@@ -47,7 +47,8 @@ class LiteConfig:
         blocks: depthwise-separable residual blocks per level (encoder and decoder).
         guides: extra low-resolution channels handed to the full-resolution detail path.
         head_width: channels of the full-resolution detail path (0: no detail path).
-        head_layers: 3x3 convolutions in the detail path (at least 2 when ``head_width > 0``).
+        head_layers: layers of the detail path: ``head_layers - 1`` 3x3 convolutions and a final 1x1
+            (at least 2 when ``head_width > 0``).
     """
 
     width: int = 16
@@ -144,7 +145,7 @@ class CDDFuseLite(nn.Module):
             for _ in range(cfg.head_layers - 1):
                 head += [nn.Conv2d(cin, cfg.head_width, 3, padding=1), nn.ReLU()]
                 cin = cfg.head_width
-            last = nn.Conv2d(cin, 1, 3, padding=1)
+            last = nn.Conv2d(cin, 1, 1)  # 1x1: a 3x3 convolution to one channel is slow on CPU
             with torch.no_grad():
                 last.weight.mul_(0.1)
                 last.bias = nn.Parameter(torch.zeros(1))
@@ -188,8 +189,8 @@ class CDDFuseLite(nn.Module):
             up = low if s == 1 else F.interpolate(low, scale_factor=float(s), mode="bilinear", align_corners=False)
             return self._full_res(a, b, up[:, :, :h, :w])
         # strips: bilinear upsampling of a slice of low-resolution rows (one spare row each side) equals
-        # the same rows of the whole upsampling; the detail path carries a halo of head_layers rows.
-        halo = self.config.head_layers if self.config.head_width else 0
+        # the same rows of the whole upsampling; the detail path carries a halo of head_layers - 1 rows.
+        halo = self.config.head_layers - 1 if self.config.head_width else 0
         rows = max(s, (STRIP_PIXELS // max(w, 1)) // s * s)
         out = a.new_empty(a.shape[0], 1, h, w)
         for r0 in range(0, h, rows):
