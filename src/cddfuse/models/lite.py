@@ -146,9 +146,8 @@ class CDDFuseLite(nn.Module):
                 head += [nn.Conv2d(cin, cfg.head_width, 3, padding=1), nn.ReLU()]
                 cin = cfg.head_width
             last = nn.Conv2d(cin, 1, 1)  # 1x1: a 3x3 convolution to one channel is slow on CPU
-            with torch.no_grad():
-                last.weight.mul_(0.1)
-                last.bias = nn.Parameter(torch.zeros(1))
+            nn.init.zeros_(last.weight)  # the detail path starts silent (it still learns: its input is not zero)
+            nn.init.zeros_(last.bias)
             head.append(last)
         self.head = nn.Sequential(*head)
 
