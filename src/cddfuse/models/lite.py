@@ -137,7 +137,7 @@ class CDDFuseLite(nn.Module):
         with torch.no_grad():  # start as the mean rule: alpha = beta = 1/2, gamma = 0
             bias = torch.zeros(3 + cfg.guides)
             bias[:2] = 0.5
-            self.coef.weight.mul_(0.1)
+            self.coef.weight.mul_(0.01)
             self.coef.bias = nn.Parameter(bias)
         head: list[nn.Module] = []
         if cfg.head_width:
@@ -147,7 +147,7 @@ class CDDFuseLite(nn.Module):
                 cin = cfg.head_width
             last = nn.Conv2d(cin, 1, 1)  # 1x1: a 3x3 convolution to one channel is slow on CPU
             nn.init.zeros_(last.weight)  # the detail path starts silent (it still learns: its input is not zero)
-            nn.init.zeros_(last.bias)
+            last.bias = nn.Parameter(torch.zeros(1))
             head.append(last)
         self.head = nn.Sequential(*head)
 
