@@ -59,8 +59,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
                         "the method)")
     p.add_argument("--method", choices=METHODS, default="cddfuse",
                    help="cddfuse (default: the exact network); lite: CDDFuse-lite, the distilled real-time "
-                        "student (same pipeline, about 100x faster); or the simple baselines mean=(A+B)/2 and "
-                        "max=max(A,B)")
+                        "student (same pipeline, a network with a thousandth of the operations); or the baselines "
+                        "mean=(A+B)/2 and max=max(A,B)")
     p.add_argument("--residual", choices=RESIDUAL_CHOICES, default="auto",
                    help="image added before the decoder's sigmoid: vis=the visible image, sum=A+B, none; "
                         "auto = what the weights were trained for (authors' MIF weights: none; IVF weights: vis, "

@@ -168,8 +168,8 @@ class Fuser:
         task: ``"ivf"`` (infrared-visible) or ``"mif"`` (medical); ``None`` takes the task the
             weights were made for, else ``"ivf"``.
         method: ``"cddfuse"`` (the exact network), ``"lite"`` (CDDFuse-lite, the distilled real-time
-            student: the same pipeline around a network about 100x cheaper), or the baselines
-            ``"mean"`` ((A+B)/2) and ``"max"`` (max(A, B)).
+            student: the same pipeline around a network with a thousandth of the operations), or the
+            baselines ``"mean"`` ((A+B)/2) and ``"max"`` (max(A, B)).
         residual: ``"auto"`` (see :func:`resolve_residual`), ``"vis"``, ``"sum"`` or ``"none"``
             (``method="cddfuse"``; CDDFuse-lite has its teacher's residual built in: ``"auto"`` only).
         normalize: ``"minmax"`` (the authors' protocol: stretch the fused luminance to [0, 1]) or
