@@ -149,13 +149,27 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--candidates", default="cnn,unet,coef")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--cached-only", action="store_true", help="use only the pairs the teacher cache holds already")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = DC.load_config(args.config)
     DC.apply_overrides(cfg, args.overrides)
     DC.validate(cfg)
     cache = Path(cfg["data"]["cache_dir"] or "runs/teacher_cache")
-    train, val, _ = fill_teacher_cache(cfg, cache, print)
+    if args.cached_only:  # what the cache holds already (a probe while it fills)
+        from cddfuse.train.data import find_pairs
+        from cddfuse.train.distill_cache import TeacherCache, resolve_teacher
+
+        tc = TeacherCache(cache, resolve_teacher(cfg["teacher"], cfg["task"], cfg["residual"]))
+
+        def held(a: str, b: str) -> list:
+            items = [tc.read(tc.item_path(pa, pb)) for _, pa, pb in find_pairs(a, b)]
+            return [x for x in items if x is not None]
+
+        train, val = held(cfg["data"]["a"], cfg["data"]["b"]), held(cfg["val"]["a"], cfg["val"]["b"])
+        print(f"cached: {len(train)} training, {len(val)} validation pairs")
+    else:
+        train, val, _ = fill_teacher_cache(cfg, cache, print)
     rows = []
     for name in args.candidates.split(","):
         model = build(name, cfg)

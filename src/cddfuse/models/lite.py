@@ -6,10 +6,12 @@ The design is a *coefficient* network (in the spirit of bilateral-grid / guided-
    "patchify" stem takes full resolution to ``1/stem``, then ``levels`` halvings, with a global
    squeeze-and-excite context at the bottom) and predicts, at ``1/stem`` resolution, smooth
    per-pixel coefficients ``alpha, beta, gamma`` and a few guide channels;
-2. these are upsampled bilinearly to full resolution, where the fused luminance is
-   ``alpha * A + beta * B + gamma`` (the details come from the sources, so they stay sharp);
+2. these are upsampled bilinearly to full resolution, where ``z = alpha * A + beta * B + gamma`` (the
+   details come from the sources, so they stay sharp);
 3. a thin full-resolution detail path (``head_layers - 1`` 3x3 convolutions of ``head_width`` channels
-   on A, B, the linear fusion and the guides, then a 1x1 convolution) adds a local correction.
+   on A, B, ``z`` and the guides, then a 1x1 convolution) adds a local correction to ``z``;
+4. the output is ``sigmoid(z)``, like the teacher's decoder (whose output saturates at 0 and 1 --
+   exactly the values min-max normalisation keys on).
 
 It is fully convolutional: any ``H, W >= 1`` (the low-resolution path runs on a copy padded by edge
 replication to a multiple of :attr:`LiteConfig.multiple` and is cropped back). Large images run the
@@ -116,7 +118,7 @@ class CDDFuseLite(nn.Module):
     """The student network; see the module docstring.
 
     ``forward(a, b)``: ``a`` the infrared/functional luminance, ``b`` the visible/MRI luminance, both
-    ``(N, 1, H, W)`` float32 in [0, 1]; returns ``(N, 1, H, W)``, the un-normalised fused luminance.
+    ``(N, 1, H, W)`` float32 in [0, 1]; returns ``(N, 1, H, W)`` in (0, 1), the un-normalised fused luminance.
     """
 
     def __init__(self, config: LiteConfig | None = None) -> None:
@@ -134,9 +136,9 @@ class CDDFuseLite(nn.Module):
         self.up = nn.ModuleList([nn.Sequential(*[_SepBlock(chans[i], chans[i]) for _ in range(max(cfg.blocks, 1))])
                                  for i in range(cfg.levels)])
         self.coef = nn.Conv2d(chans[0], 3 + cfg.guides, 1)
-        with torch.no_grad():  # start as the mean rule: alpha = beta = 1/2, gamma = 0
+        with torch.no_grad():  # start as a monotone function of the mean: sigmoid(A + B - 1)
             bias = torch.zeros(3 + cfg.guides)
-            bias[:2] = 0.5
+            bias[:3] = torch.tensor([1.0, 1.0, -1.0])
             self.coef.weight.mul_(0.01)
             self.coef.bias = nn.Parameter(bias)
         head: list[nn.Module] = []
@@ -174,9 +176,9 @@ class CDDFuseLite(nn.Module):
     def _full_res(self, a: Tensor, b: Tensor, up: Tensor) -> Tensor:
         """Full-resolution part on rows of ``a, b`` with the matching upsampled coefficients ``up``."""
         base = up[:, 0:1] * a + up[:, 1:2] * b + up[:, 2:3]
-        if not self.config.head_width:
-            return base
-        return base + self.head(torch.cat([a, b, base, up[:, 3:]], dim=1))
+        if self.config.head_width:
+            base = base + self.head(torch.cat([a, b, base, up[:, 3:]], dim=1))
+        return torch.sigmoid(base)
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         """Fuse ``(N, 1, H, W)`` luminances in [0, 1]; returns ``(N, 1, H, W)``."""
@@ -205,5 +207,5 @@ class CDDFuseLite(nn.Module):
 
 
 def create_lite(config: LiteConfig | None = None) -> CDDFuseLite:
-    """A freshly initialised :class:`CDDFuseLite` (it starts as the mean rule, ``(A + B) / 2``)."""
+    """A freshly initialised :class:`CDDFuseLite` (it starts as ``sigmoid(A + B - 1)``, a function of the mean)."""
     return CDDFuseLite(config)
