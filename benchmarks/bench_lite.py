@@ -135,8 +135,11 @@ def flops(model: torch.nn.Module, call: Callable[[], Any]) -> int:
 
 def run_child(args: list[str], env: dict[str, str]) -> tuple[float, float, float, str]:
     """A fresh ``cddfuse`` process: (wall s, peak RSS MiB, others %, stderr)."""
-    code = ("import resource, sys; from cddfuse.cli.main import main; rc = main(sys.argv[1:]); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)")
+    # VmHWM: the peak RSS of this process's own memory (getrusage's ru_maxrss would carry the parent's peak
+    # across fork and exec)
+    code = ("import re, sys; from cddfuse.cli.main import main; rc = main(sys.argv[1:]); "
+            "print(re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read()).group(1), file=sys.stderr); "
+            "sys.exit(rc)")
     with Load() as load:
         done = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -205,7 +208,8 @@ def main() -> int:
     results.update(params={"exact": p_exact, "lite": p_lite}, gflop_640x480={"exact": f_exact / 1e9,
                                                                              "lite": f_lite / 1e9})
     rows.append(("parameters", f"{p_exact:,}", f"{p_lite:,}", ""))
-    rows.append(("GFLOP per 640x480 pair", f"{f_exact / 1e9:,.0f}", f"{f_lite / 1e9:.2f}", ""))
+    rows.append(("GFLOP per 640x480 pair (convolutions and matrix products)", f"{f_exact / 1e9:,.0f}",
+                 f"{f_lite / 1e9:.2f}", ""))
 
     # ---- in-process speed
     ir, vi = real_pair(SIZE)

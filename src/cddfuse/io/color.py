@@ -41,6 +41,11 @@ __all__ = ["YCbCrImage", "split_luminance", "rgb_to_ycbcr", "ycbcr_to_rgb", "mer
 
 _Y_WEIGHTS = (0.299, 0.587, 0.114)
 
+#: Colour images are split and merged in bands of about this many pixels, so that the temporaries of the
+#: per-pixel arithmetic (float64 and float32 copies of every channel) stay small for large images; the
+#: result is the same (every operation is per pixel).
+BAND_PIXELS = 1 << 20
+
 #: ``"saturation"`` chroma: the largest factor by which a pixel's chroma is amplified. The chroma of a
 #: nearly black pixel is mostly sensor and JPEG noise; amplified without bound it would become
 #: coloured speckle where the infrared image lights up a dark area.
@@ -120,14 +125,25 @@ class YCbCrImage:
         return self.cb is not None
 
 
+def _bands(h: int, w: int) -> range:
+    """Start rows of the bands of :data:`BAND_PIXELS` pixels an ``h x w`` image is processed in."""
+    return range(0, h, max(1, BAND_PIXELS // max(w, 1)))
+
+
 def split_luminance(img: np.ndarray) -> YCbCrImage:
     """Split an image (integer, or float in [0, 1]) into luminance (see :func:`luminance`) and,
-    for ``(H, W, 3)`` colour images, Cb/Cr."""
-    y = luminance(img)
+    for ``(H, W, 3)`` colour images, Cb/Cr (in bands of rows: the same values, less memory)."""
     if img.ndim == 2:
-        return YCbCrImage(y)
-    ycc = rgb_to_ycbcr(to_float01(img))
-    return YCbCrImage(y, ycc[..., 1].copy(), ycc[..., 2].copy())
+        return YCbCrImage(luminance(img))
+    h, w = img.shape[:2]
+    y, cb, cr = (np.empty((h, w), np.float32) for _ in range(3))
+    rows = max(1, BAND_PIXELS // max(w, 1))
+    for r in _bands(h, w):
+        band = img[r:r + rows]
+        y[r:r + rows] = luminance(band)
+        ycc = rgb_to_ycbcr(to_float01(band))
+        cb[r:r + rows], cr[r:r + rows] = ycc[..., 1], ycc[..., 2]
+    return YCbCrImage(y, cb, cr)
 
 
 def merge_luminance(y: np.ndarray, chroma: YCbCrImage, mode: str = "saturation") -> np.ndarray:
@@ -147,6 +163,22 @@ def merge_luminance(y: np.ndarray, chroma: YCbCrImage, mode: str = "saturation")
     """
     if not chroma.is_color:
         raise ValueError("the chroma source is gray")
+    assert chroma.cb is not None and chroma.cr is not None
+    if mode not in ("ycbcr", "saturation"):
+        raise ValueError(f"unknown chroma mode {mode!r}; choose saturation or ycbcr")
+    h, w = y.shape
+    if h * w > BAND_PIXELS:  # in bands of rows: the same values, less memory
+        out = np.empty((h, w, 3), np.float32)
+        rows = max(1, BAND_PIXELS // max(w, 1))
+        for r in _bands(h, w):
+            part = YCbCrImage(chroma.y[r:r + rows], chroma.cb[r:r + rows], chroma.cr[r:r + rows])
+            out[r:r + rows] = _merge(y[r:r + rows], part, mode)
+        return out
+    return _merge(y, chroma, mode)
+
+
+def _merge(y: np.ndarray, chroma: YCbCrImage, mode: str) -> np.ndarray:
+    """:func:`merge_luminance` on one band."""
     assert chroma.cb is not None and chroma.cr is not None
     y = y.astype(np.float32)
     if mode == "ycbcr":
