@@ -198,6 +198,13 @@ def test_options_lite_has_no_use_for_are_usage_errors(cli, pair, tmp_path, lite_
     assert not (tmp_path / "o.png").exists()
 
 
+def test_cuda_without_a_gpu_with_lite(cli, pair, tmp_path, lite_weights):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    cli("fuse", *pair, "-o", tmp_path / "o.png", "--weights", lite_weights, "--method", "lite", "--device", "cuda",
+        rc=2, says="--device cuda: no CUDA GPU is available")
+
+
 def test_api_option_errors_name_the_parameter(lite_weights):
     for kwargs, parameter in ((dict(tile=64), "tile"), (dict(max_memory="1G"), "max_memory"),
                               (dict(residual="sum"), "residual"), (dict(normalize="zscore"), "normalize")):
