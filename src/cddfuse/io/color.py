@@ -30,9 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import cv2
-import kornia
 import numpy as np
-import torch
 
 from .image import to_float01
 
@@ -52,14 +50,20 @@ BAND_PIXELS = 1 << 20
 MAX_CHROMA_GAIN = 4.0
 
 
-def _to_chw(rgb: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)
-
-
 def rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:
-    """``(H, W, 3)`` RGB float in [0, 1] -> ``(H, W, 3)`` Y, Cb, Cr float32 in [0, 1] (BT.601 full range)."""
-    with torch.inference_mode():
-        return kornia.color.rgb_to_ycbcr(_to_chw(rgb)).permute(1, 2, 0).numpy().copy()
+    """``(H, W, 3)`` RGB float in [0, 1] -> ``(H, W, 3)`` Y, Cb, Cr float32 in [0, 1] (BT.601 full range).
+
+    kornia's ``rgb_to_ycbcr``, operation for operation in float32 numpy (the same values; numpy, unlike a
+    multi-threaded torch op, does not stall when the machine's cores are busy with other work).
+    """
+    f = np.asarray(rgb, dtype=np.float32)
+    r, g, b = f[..., 0], f[..., 1], f[..., 2]
+    out = np.empty(f.shape[:-1] + (3,), np.float32)
+    y = out[..., 0]
+    np.add(np.float32(_Y_WEIGHTS[0]) * r + np.float32(_Y_WEIGHTS[1]) * g, np.float32(_Y_WEIGHTS[2]) * b, out=y)
+    out[..., 1] = (b - y) * np.float32(0.564) + np.float32(0.5)
+    out[..., 2] = (r - y) * np.float32(0.713) + np.float32(0.5)
+    return out
 
 
 def ycbcr_to_rgb(ycbcr: np.ndarray, clip: bool = True) -> np.ndarray:
@@ -69,9 +73,14 @@ def ycbcr_to_rgb(ycbcr: np.ndarray, clip: bool = True) -> np.ndarray:
     gray instead of clipping them) is its linear part, written out: the exact inverse of kornia's
     forward coefficients.
     """
-    if clip:
-        with torch.inference_mode():
-            return kornia.color.ycbcr_to_rgb(_to_chw(ycbcr)).permute(1, 2, 0).numpy().copy()
+    if clip:  # kornia's ycbcr_to_rgb, operation for operation in float32 numpy
+        f = np.asarray(ycbcr, dtype=np.float32)
+        y, cb_shifted, cr_shifted = f[..., 0], f[..., 1] - np.float32(0.5), f[..., 2] - np.float32(0.5)
+        out = np.empty(f.shape, np.float32)
+        out[..., 0] = y + np.float32(1.4025245442) * cr_shifted
+        out[..., 1] = y - np.float32(0.7144034731) * cr_shifted - np.float32(0.3443401356) * cb_shifted
+        out[..., 2] = y + np.float32(1.7730496454) * cb_shifted
+        return np.clip(out, 0.0, 1.0, out=out)
     return _unclipped_rgb(ycbcr[..., 0], ycbcr[..., 1], ycbcr[..., 2])
 
 
