@@ -16,7 +16,8 @@ processes used meanwhile ("others %", percent of one core: the machine may be sh
 * **video**: ``cddfuse fuse IR.mp4 VIS.mp4 -o out.mp4 --method lite`` on ``--frames`` frames of 640x480
   (H.264 clips made from a real RoadScene pair with a moving crop window): the frames/s the command
   reports (reading, fusing, encoding) and frames / wall time of the whole command;
-* **ONNX Runtime**: the exported lite graph on 640x480 and 2048x2048 (exact at 640x480 with ``--full``);
+* **ONNX Runtime**: the exported lite graph on 640x480 and 2048x2048 (exact at 640x480 with ``--full``),
+  and the pipeline, folder and video rows again with ``backend="onnx"`` (``--backend onnx``);
 * **peak memory** (RSS high-water mark of a fresh ``cddfuse fuse`` process) with lite at 640x480,
   2048x2048 and 4096x4096 (gray pairs), exact at 640x480.
 
@@ -253,7 +254,17 @@ def main() -> int:
         rows.append(("ONNX Runtime ms per 640x480 pair", f"{onnx_exact:,.0f}" if args.full else "(--full)",
                      f"{onnx_ms:.1f}", f"{oth:.0f}"))
         rows.append(("ONNX Runtime ms per 2048x2048 pair", "", f"{onnx_big:.0f}", ""))
+        lite_onnx = Fuser(weights=lite_weights, method="lite", device="cpu", backend="onnx")
+        lite_onnx._onnx = runner  # the same session, with --threads
+        ms_og, oth = median_ms(lambda: lite_onnx.fuse(ir, yb), repeats, warmup=2)
+        ms_oc, oth2 = median_ms(lambda: lite_onnx.fuse(ir, vi), repeats, warmup=2)
+        results["ms_640x480_pipeline"].update(lite_onnx_gray=ms_og, lite_onnx_colour=ms_oc)
+        rows.append(("pipeline ms per 640x480 pair, gray, `backend=\"onnx\"`", "",
+                     f"{ms_og:.1f} (**{1e3 / ms_og:.1f} pairs/s**)", f"{oth:.0f}"))
+        rows.append(("pipeline ms per 640x480 pair, colour visible, `backend=\"onnx\"`", "",
+                     f"{ms_oc:.1f} (**{1e3 / ms_oc:.1f} pairs/s**)", f"{oth2:.0f}"))
     except ImportError:
+        lite_onnx = None
         rows.append(("ONNX Runtime", "", "not installed (pip install cddfuse[onnx])", ""))
 
     # ---- folder throughput (in-process, then the whole command)
@@ -270,6 +281,13 @@ def main() -> int:
     results["folder_pairs_per_s"] = {"in_process": n_pairs / load.wall}
     rows.append((f"folder, in-process (`fuse_folders`, {n_pairs} PNG pairs 640x480, decode + encode)", "",
                  f"**{n_pairs / load.wall:.1f} pairs/s**", f"{load.others:.0f}"))
+    if lite_onnx is not None:
+        with Load() as load:
+            report = fuse_folders(lite_onnx, tmp / "ir", tmp / "vi", tmp / "out_onnx")
+        assert report.ok and len(report.done) == n_pairs
+        results["folder_pairs_per_s"]["in_process_onnx"] = n_pairs / load.wall
+        rows.append(("folder, in-process, `backend=\"onnx\"`", "", f"**{n_pairs / load.wall:.1f} pairs/s**",
+                     f"{load.others:.0f}"))
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
                PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
     wall, peak, oth, _ = run_child(["fuse", str(tmp / "ir"), str(tmp / "vi"), "-o", str(tmp / "out_cmd"),
@@ -297,6 +315,15 @@ def main() -> int:
         rows.append((f"video, `cddfuse fuse IR.mp4 VIS.mp4 -o out.mp4 --method lite` ({n_frames} frames 640x480, "
                      "H.264 in and out)", "", f"**{fps:.1f} frames/s** (whole command: {n_frames / wall:.1f})",
                      f"{oth:.0f}"))
+        if lite_onnx is not None:
+            wall, _, oth, err = run_child(["fuse", str(tmp / "ir.mp4"), str(tmp / "vi.mp4"), "-o",
+                                           str(tmp / "fused_onnx.mp4"), "--method", "lite", "--weights",
+                                           lite_weights, "--backend", "onnx"], env)
+            reported = re.search(r"\(([\d.]+) frames/s\)", err)
+            fps = float(reported.group(1)) if reported else float("nan")
+            results["video_frames_per_s"].update(reported_onnx=fps, start_to_exit_onnx=n_frames / wall)
+            rows.append(("video, the same with `--backend onnx`", "",
+                         f"**{fps:.1f} frames/s** (whole command: {n_frames / wall:.1f})", f"{oth:.0f}"))
     except ImportError:
         rows.append(("video", "", "PyAV not installed (pip install cddfuse[video])", ""))
 
