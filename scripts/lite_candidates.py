@@ -2,13 +2,14 @@
 
 Candidates (all on luminance, ``forward(a, b) -> fused``):
 
-* ``cnn``: a plain CNN at full resolution (3x3 convolutions, ReLU), output added to (A + B) / 2;
+* ``cnn``: a plain CNN at full resolution (3x3 convolutions, ReLU);
 * ``unet``: a tiny U-Net of depthwise-separable blocks at 1/2 .. 1/8 resolution whose decoder
-  returns to full resolution and predicts the fused image;
+  returns to full resolution and predicts the fused image (with the sources at the last layer);
 * ``coef``: the shipped design, :class:`cddfuse.models.lite.CDDFuseLite` (low-resolution coefficients
   alpha, beta, gamma applied at full resolution, plus a thin full-resolution detail path).
 
-Each is trained for ``--steps`` steps with the same loss, data and schedule as ``cddfuse distill``
+All end in ``sigmoid(A + B - 1 + ...)``, like the teacher's decoder (a sigmoid). Each is trained for
+``--steps`` steps with the same loss, data and schedule as ``cddfuse distill``
 (from the teacher cache that a distillation run fills) and scored on the held-out pairs against
 the teacher (PSNR and SSIM after min-max normalisation of both).
 
@@ -47,7 +48,7 @@ class PlainCNN(nn.Module):
         self.net = nn.Sequential(*mods)
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        return 0.5 * (a + b) + self.net(torch.cat([a, b], 1))
+        return torch.sigmoid(a + b - 1 + self.net(torch.cat([a, b], 1)))
 
 
 class _Sep(nn.Module):
@@ -83,7 +84,7 @@ class TinyUNet(nn.Module):
         y = self.u2(torch.cat([F.interpolate(e2, scale_factor=2.0, mode="bilinear"), e1], 1))
         y = self.u1(torch.cat([F.interpolate(y, scale_factor=2.0, mode="bilinear"), e0], 1))
         y = F.interpolate(y, scale_factor=2.0, mode="bilinear")[:, :, :h, :w]
-        return 0.5 * (a + b) + self.out(torch.cat([y, x], 1))
+        return torch.sigmoid(a + b - 1 + self.out(torch.cat([y, x], 1)))
 
 
 def build(name: str, cfg: dict) -> nn.Module:

@@ -1,6 +1,6 @@
 """Figures of the CDDFuse-lite model card (docs/lite/): training curves and sample fusions beside the exact model.
 
-    PYTHONPATH=src python scripts/lite_figures.py curves --runs runs/distill_ivf runs/distill_mif
+    PYTHONPATH=src python scripts/lite_figures.py curves --runs runs/distill_ivf runs/distill_mif   # needs matplotlib
     PYTHONPATH=src python scripts/lite_figures.py samples TNO:01 RoadScene:FLIR_05005 MRI_PET:1
 
 ``curves``: the training loss (TensorBoard scalars ``loss/total``) and the held-out agreement with the
@@ -106,7 +106,7 @@ def samples(items: list[str]) -> Path:
     fig.tight_layout()
     dest = OUT / "samples.png"
     OUT.mkdir(parents=True, exist_ok=True)
-    fig.savefig(dest, dpi=90)
+    fig.savefig(dest, dpi=60)
     return dest
 
 
