@@ -53,12 +53,30 @@ def lite_precision(precision: str, device: torch.device) -> Iterator[None]:
             yield
 
 
+#: torch threads for the lite network on CPU. Its ~100 small operations per call each end in a barrier of
+#: the thread pool; when any other thread wants a core (the pipeline's decoding and encoding threads, or
+#: another process) a waiting pool thread stalls every operation: a 60-frame 640x480 video with the
+#: pipeline's own threads ran at 1.6 frames/s with 2 threads and 12.8 with 1 (2-core AMD EPYC), and a
+#: 640x480 pair took 596 ms with 2 threads while another process kept a core busy, 42-48 ms with 1
+#: (about 35 ms with 2 on a nearly idle machine).
+LITE_CPU_THREADS = 1
+
+
 def run_lite(model: nn.Module, a: Tensor, b: Tensor, *, precision: str = "fp32") -> Tensor:
     """CDDFuse-lite on ``(N, 1, H, W)`` float32 sources in [0, 1] -> ``(N, 1, H, W)`` float32 on the
-    model's device (the un-normalised fused luminance, residual included)."""
+    model's device (the un-normalised fused luminance, residual included). On CPU with
+    :data:`LITE_CPU_THREADS` torch threads (the caller's setting is restored after)."""
     if a.shape != b.shape or a.ndim != 4 or a.shape[1] != 1:
         raise ValueError(f"expected two (N, 1, H, W) tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     dev = next(model.parameters()).device
-    with torch.inference_mode(), lite_precision(precision, dev):
-        out = model(a.to(dev), b.to(dev))
+    threads = torch.get_num_threads()
+    single = dev.type == "cpu" and threads > LITE_CPU_THREADS
+    if single:
+        torch.set_num_threads(LITE_CPU_THREADS)
+    try:
+        with torch.inference_mode(), lite_precision(precision, dev):
+            out = model(a.to(dev), b.to(dev))
+    finally:
+        if single:
+            torch.set_num_threads(threads)
     return out if out.dtype == torch.float32 else out.float()
