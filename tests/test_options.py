@@ -31,7 +31,7 @@ def test_cli_choices_come_from_the_options_module():
 
 
 def test_usage_errors_are_value_errors_naming_the_parameter():
-    with pytest.raises(ValueError, match=r"^method='x': unknown method; choose one of cddfuse, mean, max$"):
+    with pytest.raises(ValueError, match=r"^method='x': unknown method; choose one of cddfuse, lite, mean, max$"):
         Fuser(method="x")
     try:
         Fuser(method="max", color="sepia")

@@ -25,7 +25,8 @@ from .errors import UsageError
 __all__ = [
     "Task", "TASKS",
     "ResidualMode", "RESIDUAL_MODES", "ResidualChoice", "RESIDUAL_CHOICES",
-    "Method", "METHODS", "Normalize", "NORMALIZE_MODES", "ColorMode", "COLOR_MODES", "ChromaMode", "CHROMA_MODES",
+    "Method", "METHODS", "NETWORK_METHODS", "Normalize", "NORMALIZE_MODES", "ColorMode", "COLOR_MODES",
+    "ChromaMode", "CHROMA_MODES",
     "Precision", "PRECISIONS", "Backend", "BACKENDS", "AlignModel", "ALIGN_MODELS", "AlignChoice", "ALIGN_CHOICES",
     "check_choice", "DEFAULT_MAX_PIXELS",
 ]
@@ -42,9 +43,12 @@ RESIDUAL_MODES: tuple[ResidualMode, ...] = get_args(ResidualMode)
 ResidualChoice = Literal["auto", "vis", "sum", "none"]
 RESIDUAL_CHOICES: tuple[ResidualChoice, ...] = get_args(ResidualChoice)
 
-#: The network, or the baseline rules mean = (A + B) / 2 and max = max(A, B).
-Method = Literal["cddfuse", "mean", "max"]
+#: The network (``cddfuse``), its distilled real-time student (``lite``: CDDFuse-lite), or the baseline
+#: rules mean = (A + B) / 2 and max = max(A, B).
+Method = Literal["cddfuse", "lite", "mean", "max"]
 METHODS: tuple[Method, ...] = get_args(Method)
+#: The methods that run a network (and take weights); the others are rules.
+NETWORK_METHODS: tuple[Method, ...] = ("cddfuse", "lite")
 
 #: ``minmax``: stretch the fused luminance to [0, 1] (the authors' protocol); ``none``: keep it.
 Normalize = Literal["minmax", "none"]

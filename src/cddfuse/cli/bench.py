@@ -23,6 +23,7 @@ examples:
   cddfuse bench test_img/TNO --weights CDDFuse_IVF.pth
   cddfuse bench test_img/MRI_PET --weights CDDFuse_MIF.pth --format md
   cddfuse bench test_img/MRI_CT --method max
+  cddfuse bench test_img/TNO --method lite
 """
 
 
@@ -39,10 +40,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("testset", metavar="TESTSET_DIR", help="test set folder (e.g. test_img/TNO)")
     p.add_argument("--weights", metavar="PATH",
-                   help="CDDFuse checkpoint (.pth of the authors or .safetensors), or authors-ivf / authors-mif (the "
-                        "authors' published files, downloaded once and verified); default: bundled weights")
+                   help="CDDFuse checkpoint (.pth of the authors or .safetensors), authors-ivf / authors-mif (the "
+                        "authors' published files, downloaded once and verified), or CDDFuse-lite weights with "
+                        "--method lite; default: bundled weights")
     p.add_argument("--method", choices=METHODS, default="cddfuse",
-                   help="the network (default) or a baseline rule: mean = (A+B)/2, max = max(A, B)")
+                   help="the network (default), lite (CDDFuse-lite, the distilled real-time student) or a "
+                        "baseline rule: mean = (A+B)/2, max = max(A, B)")
     p.add_argument("--task", choices=TASKS, default=None,
                    help="which weights these are (picks the paper row; the residual mode is the one the weights "
                         "state); default: what the weights say, else the set's kind")

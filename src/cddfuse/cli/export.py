@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..errors import CDDFuseError, UsageError
-from ..options import RESIDUAL_CHOICES, TASKS
+from ..options import NETWORK_METHODS, RESIDUAL_CHOICES, TASKS, check_choice
 
 HELP = "export the network to ONNX (dynamic batch, height and width) and check it with ONNX Runtime"
 
@@ -17,6 +17,8 @@ functional) and `b` (visible / MRI) of shape (N, 1, H, W) with values in [0, 1] 
 luminance of each source -- and returns `fused` (N, 1, H, W), the network output after its
 sigmoid, before min-max normalisation. N, H and W are dynamic. The residual mode is fixed in the
 file (--residual; auto = what the weights were made for, as `cddfuse fuse` chooses it).
+--method lite exports CDDFuse-lite instead (same inputs and output; its output is the fused
+luminance before min-max normalisation, with its teacher's residual built in).
 
 After writing, the file is run with ONNX Runtime on two input sizes and compared with the torch
 model; the file is kept only if the largest difference is at most 1e-4 (the result is printed).
@@ -27,6 +29,7 @@ examples:
   cddfuse export -o cddfuse_ivf.onnx
   cddfuse export -o cddfuse_mif.onnx --task mif
   cddfuse export -o theirs.onnx --weights CDDFuse_IVF.pth --residual vis
+  cddfuse export -o cddfuse_lite_ivf.onnx --method lite
 
 exit codes: 0 written and checked, 1 a failure (no onnx extra, bad weights, check failed), 2 usage error."""
 
@@ -38,10 +41,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     p.add_argument("--task", choices=TASKS, default=None,
                    help="ivf or mif: which bundled weights, and the residual choice of auto "
                         "(default: what the weights were made for, else ivf)")
+    p.add_argument("--method", choices=NETWORK_METHODS, default="cddfuse",
+                   help="cddfuse (default: the exact network) or lite (CDDFuse-lite)")
     p.add_argument("--weights", metavar="PATH", default=None,
                    help="a cddfuse .safetensors or the authors' CDDFuse_IVF.pth / CDDFuse_MIF.pth, or authors-ivf / "
-                        "authors-mif (those files, downloaded once and verified; default: the bundled weights of "
-                        "--task)")
+                        "authors-mif (those files, downloaded once and verified); lite weights with --method lite "
+                        "(default: the bundled weights of --task for the method)")
     p.add_argument("--residual", choices=RESIDUAL_CHOICES, default="auto",
                    help="image added before the decoder's sigmoid, fixed in the graph: vis, sum (A+B), none; "
                         "auto = what the weights were trained for (as in cddfuse fuse)")
@@ -69,19 +74,31 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.onnx import CHECK_TOLERANCE, OPSET, check_onnx, export_onnx
     from ..fusion import Fuser
 
-    fuser = Fuser(weights=args.weights, task=args.task, residual=args.residual, device="cpu")  # weights first
+    method = check_choice("method", getattr(args, "method", "cddfuse"), NETWORK_METHODS)
+    fuser = Fuser(weights=args.weights, task=args.task, method=method, residual=args.residual,
+                  device="cpu")  # weights first
     try:
         check_writable_folder(out.parent)
     except OSError as e:
         raise CDDFuseError(f"cannot write {out}: {e.strerror or e}") from None
     remove_stale_temporaries(out.parent, out.name)  # left by an export that was killed
-    assert fuser.model is not None and fuser.residual is not None  # method is cddfuse
-    source = Path(args.weights).name if args.weights else f"bundled {fuser.task} weights of cddfuse {__version__}"
+    assert fuser.model is not None  # a network method
+    lite = method == "lite"
+    kind = "CDDFuse-lite" if lite else "cddfuse"
+    source = (Path(args.weights).name if args.weights
+              else f"bundled {fuser.task} {kind} weights of cddfuse {__version__}")
+    if lite:
+        teacher = fuser.info.residual if fuser.info is not None else None
+        residual = f"built in ({teacher})" if teacher else "built in"
+    else:
+        residual = str(fuser.residual)
     metadata = {
-        "cddfuse.version": __version__, "cddfuse.task": fuser.task, "cddfuse.residual": fuser.residual,
-        "cddfuse.chroma": fuser.chroma, "cddfuse.weights": source,
+        "cddfuse.version": __version__, "cddfuse.task": fuser.task, "cddfuse.residual": residual,
+        "cddfuse.method": method, "cddfuse.chroma": fuser.chroma, "cddfuse.weights": source,
         "cddfuse.inputs": "a: infrared/functional, b: visible/MRI; float32 (N, 1, H, W) luminance in [0, 1]",
-        "cddfuse.output": "fused: float32 (N, 1, H, W) in (0, 1), after the sigmoid, before min-max normalisation",
+        "cddfuse.output": ("fused: float32 (N, 1, H, W), the fused luminance before min-max normalisation" if lite
+                           else "fused: float32 (N, 1, H, W) in (0, 1), after the sigmoid, before min-max "
+                                "normalisation"),
     }
     with atomic_path(out) as tmp:
         export_onnx(fuser.model, tmp, residual=fuser.residual, metadata=metadata)
@@ -92,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
                                f"{CHECK_TOLERANCE:.0e}); {out} was not written")
     if not args.quiet:
         size_mb = out.stat().st_size / 1e6
-        print(f"wrote {out} ({size_mb:.1f} MB, opset {OPSET}; task {fuser.task}, residual {fuser.residual}; "
+        print(f"wrote {out} ({size_mb:.1f} MB, opset {OPSET}; {kind}, task {fuser.task}, residual {residual}; "
               f"inputs a, b and output fused: float32 (N, 1, H, W), N/H/W dynamic)")
         print(f"checked with ONNX Runtime {onnxruntime.__version__} against torch {_torch_version()}: {report} "
               f"(tolerance {CHECK_TOLERANCE:.0e}): passed")

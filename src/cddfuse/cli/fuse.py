@@ -43,6 +43,7 @@ examples:
   cddfuse fuse CT.png MRI.png -o fused.png --weights CDDFuse_MIF.pth
   cddfuse fuse data/ir data/vi -o out/ --weights model.safetensors --device cuda
   cddfuse fuse ir.png vis.png -o base.png --method max
+  cddfuse fuse ir.mp4 vis.mp4 -o fused.mp4 --method lite     (CDDFuse-lite: real time on a CPU)
 
 exit codes: 0 success, 1 a failure (bad file, a pair failed), 2 usage error, 130 interrupted."""
 
@@ -64,10 +65,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
                    help="ivf: infrared-visible, mif: medical (default: what the weights were made for, else ivf)")
     p.add_argument("--weights", metavar="PATH", default=None,
                    help="weights: a cddfuse .safetensors or the authors' CDDFuse_IVF.pth / CDDFuse_MIF.pth, or "
-                        "authors-ivf / authors-mif (those files, downloaded once and verified; default: the "
-                        "bundled weights of --task)")
+                        "authors-ivf / authors-mif (those files, downloaded once and verified); with --method lite, "
+                        "CDDFuse-lite weights (default: the bundled weights of --task for the method)")
     p.add_argument("--method", choices=METHODS, default="cddfuse",
-                   help="cddfuse (default), or the simple baselines mean=(A+B)/2 and max=max(A,B)")
+                   help="cddfuse (default: the exact network); lite: CDDFuse-lite, the distilled real-time "
+                        "student (same pipeline, a network with a thousandth of the operations); or the baselines "
+                        "mean=(A+B)/2 and max=max(A,B)")
     p.add_argument("--residual", choices=RESIDUAL_CHOICES, default="auto",
                    help="image added before the decoder's sigmoid: vis=the visible image, sum=A+B, none; "
                         "auto = what the weights were trained for (authors' MIF weights: none; IVF weights: vis, "
@@ -100,11 +103,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     perf.add_argument("--tile", type=_positive_int, default=None, metavar="N",
                       help="run the network in tiles of at most N x N pixels (exact: same result as whole-image "
                            "inference; bounds memory). Default: automatic (cache-sized tiles on CPU; smaller tiles "
-                           "and disk-backed feature maps when an image would not fit --max-memory)")
+                           "and disk-backed feature maps when an image would not fit --max-memory). "
+                           "--method cddfuse only")
     perf.add_argument("--max-memory", default=None, metavar="SIZE",
                       help="memory budget per pair, e.g. 3G or 512M (default: 3G, or 80%% of the free memory if less; "
                            "at least 512M); larger "
-                           "images are fused tile by tile within it")
+                           "images are fused tile by tile within it. --method cddfuse only (lite bounds its own "
+                           "memory)")
     perf.add_argument("--precision", choices=PRECISIONS, default="fp32",
                       help="fp32 (default); tf32: TF32 tensor cores (CUDA); bf16: bfloat16 (faster on GPUs, "
                            "outputs differ by up to ~1e-2)")
@@ -142,7 +147,7 @@ def _make_fuser(args: argparse.Namespace):  # -> Fuser (import deferred: torch s
                   precision=getattr(args, "precision", "fp32"), backend=getattr(args, "backend", "torch"),
                   align=getattr(args, "align", "none"),
                   align_min_confidence=getattr(args, "align_min_confidence", 0.5))
-    if fuser.model is not None and fuser.device.type == "cpu" and fuser.backend == "torch":
+    if fuser.method == "cddfuse" and fuser.device.type == "cpu" and fuser.backend == "torch":  # the exact engine
         from ..engine.tuning import settings
 
         quiet = getattr(args, "quiet", False)

@@ -20,7 +20,7 @@ from typing import Any, Callable, NoReturn
 from .. import __version__
 from ..errors import CDDFuseError, CDDFuseWarning
 
-SUBCOMMANDS = ("fuse", "align", "eval", "bench", "prepare", "train", "serve", "export", "tune")
+SUBCOMMANDS = ("fuse", "align", "eval", "bench", "prepare", "train", "distill", "serve", "export", "tune")
 
 
 class _Parser(argparse.ArgumentParser):

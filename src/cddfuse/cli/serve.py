@@ -6,7 +6,7 @@ import ipaddress
 import sys
 
 from ..errors import UsageError
-from ..options import DEFAULT_MAX_PIXELS, TASKS
+from ..options import DEFAULT_MAX_PIXELS, NETWORK_METHODS, TASKS
 
 # the serve extra's constants, without importing Starlette (the parser is built for every command)
 DEFAULT_UPLOAD_TIMEOUT = 120.0
@@ -49,7 +49,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
                    help="ivf: infrared-visible, mif: medical (default: what the weights were made for, else ivf)")
     p.add_argument("--weights", metavar="PATH", default=None,
                    help="weights file, or authors-ivf / authors-mif (the authors' published files, downloaded once "
-                        "and verified; default: the bundled weights of --task)")
+                        "and verified; default: the bundled weights of --task for --method)")
+    p.add_argument("--method", choices=NETWORK_METHODS, default="cddfuse",
+                   help="the network requests get by default: cddfuse (the exact network, default) or lite "
+                        "(CDDFuse-lite only). With cddfuse, CDDFuse-lite is offered beside it (the page's choice, "
+                        "the API's method field) when its weights are installed or given with --lite-weights")
+    p.add_argument("--lite-weights", metavar="PATH", default=None,
+                   help="CDDFuse-lite weights to offer beside the exact network (default: the bundled ones)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available, default), cpu, cuda, cuda:N")
     p.add_argument("--max-upload", default="50M", metavar="SIZE",
                    help="largest request (both images), e.g. 50M (default), 512K; larger uploads get 413")
@@ -115,23 +121,27 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError.invalid("max_pixels", args.max_pixels, "must be at least 1")
     if not 0 <= args.port <= 65535:
         raise UsageError.invalid("port", args.port, "must be between 0 and 65535")
+    if args.lite_weights is not None and args.method == "lite":
+        raise UsageError("--lite-weights offers CDDFuse-lite beside the exact network; with --method lite give the "
+                         "lite weights as --weights")
     sock = listen(args.host, args.port)  # before the model loads: a port in use is one line, at once
     try:
         if args.token is None and not is_loopback(args.host):
             print(f"cddfuse serve: warning: listening on {args.host} without --token: anyone who can reach it can "
                   "use it", file=sys.stderr)
-        app = create_app(weights=args.weights, task=args.task, device=args.device, max_upload=args.max_upload,
+        app = create_app(weights=args.weights, task=args.task, device=args.device, method=args.method,
+                         lite_weights=args.lite_weights, max_upload=args.max_upload,
                          max_pixels=args.max_pixels, token=args.token, queue_size=args.queue,
                          upload_timeout=args.upload_timeout, min_upload_rate=min_rate)
         fuser = app.state.fuser
-        if fuser.model is not None and fuser.device.type == "cpu":  # tune now, not during the first request
+        if fuser.method == "cddfuse" and fuser.device.type == "cpu":  # tune now, not during the first request
             from ..engine.tuning import settings
 
             settings(notify=lambda line: print(f"cddfuse serve: {line}", file=sys.stderr, flush=True))
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
-        print(f"cddfuse serve: http://{shown}:{port}/ (task {fuser.task}; Ctrl-C to stop)", file=sys.stderr,
-              flush=True)
+        print(f"cddfuse serve: http://{shown}:{port}/ (task {fuser.task}, {' and '.join(app.state.fusers)}; "
+              "Ctrl-C to stop)", file=sys.stderr, flush=True)
         serve(app, sock, on_stop=app.state.serve.stop, header_timeout=args.header_timeout)
     finally:
         sock.close()

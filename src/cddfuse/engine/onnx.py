@@ -60,23 +60,30 @@ def onnx_available() -> bool:
 
 
 class _Wrapped(nn.Module):
-    def __init__(self, model: nn.Module, residual: str) -> None:
+    def __init__(self, model: nn.Module, residual: str | None) -> None:
         super().__init__()
         self.model = model
         self.residual = residual
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        return self.model(a, b, residual=self.residual)
+        return _forward(self.model, a, b, self.residual)
 
 
-def export_onnx(model: nn.Module, path: PathLike, *, residual: str = "vis", opset: int = OPSET,
+def _forward(model: nn.Module, a: Tensor, b: Tensor, residual: str | None) -> Tensor:
+    """CDDFuse takes the residual mode; CDDFuse-lite (``residual=None``) has its residual built in."""
+    return model(a, b) if residual is None else model(a, b, residual=residual)
+
+
+def export_onnx(model: nn.Module, path: PathLike, *, residual: str | None = "vis", opset: int = OPSET,
                 sample_size: tuple[int, int] = (64, 64), metadata: dict[str, str] | None = None) -> Path:
-    """Write ``model`` (a :class:`~cddfuse.models.cddfuse.CDDFuse`) as ONNX with dynamic N, H, W.
+    """Write ``model`` (a :class:`~cddfuse.models.cddfuse.CDDFuse`, or a CDDFuse-lite
+    :class:`~cddfuse.models.lite.CDDFuseLite`) as ONNX with dynamic N, H, W.
 
     Args:
         model: the network (exported in float32 on CPU; the module itself is not modified).
         path: destination ``.onnx`` file.
-        residual: residual mode baked into the graph (``"vis"``, ``"sum"`` or ``"none"``).
+        residual: residual mode baked into the graph (``"vis"``, ``"sum"`` or ``"none"``); ``None`` for
+            CDDFuse-lite, whose ``forward(a, b)`` has its residual built in.
         opset: ONNX opset (>= 17).
         sample_size: ``(H, W)`` of the example inputs used for tracing.
         metadata: strings stored in the file's ``metadata_props`` (read back with
@@ -84,7 +91,7 @@ def export_onnx(model: nn.Module, path: PathLike, *, residual: str = "vis", opse
     """
     import copy
 
-    if residual not in ("vis", "sum", "none"):
+    if residual not in ("vis", "sum", "none", None):
         raise ValueError(f"unknown residual mode {residual!r}")
     net = copy.deepcopy(model).to("cpu", torch.float32).eval()
     wrapped = _Wrapped(net, residual).eval()
@@ -121,7 +128,7 @@ class OnnxCheck:
         return self.max_abs_diff <= tolerance
 
 
-def check_onnx(path: PathLike, model: nn.Module, *, residual: str,
+def check_onnx(path: PathLike, model: nn.Module, *, residual: str | None,
                sizes: Sequence[tuple[int, int, int]] = CHECK_SIZES, seed: int = 0,
                threads: int | None = None) -> list[OnnxCheck]:
     """Run the exported file with ONNX Runtime (CPU) and ``model`` with torch on the same random inputs.
@@ -130,7 +137,7 @@ def check_onnx(path: PathLike, model: nn.Module, *, residual: str,
         path: the ``.onnx`` file.
         model: the network it was exported from (run in float32 on CPU, through the module itself, not the
             tiled engine: the reference is the plain forward pass).
-        residual: the residual mode the file was exported with.
+        residual: the residual mode the file was exported with (``None``: CDDFuse-lite).
         sizes: ``(N, H, W)`` shapes to try (default :data:`CHECK_SIZES`: two sizes other than the tracing
             size, so that the dynamic axes are exercised).
         seed: seed of the uniform [0, 1) inputs.
@@ -149,24 +156,24 @@ def check_onnx(path: PathLike, model: nn.Module, *, residual: str,
         a, b = rng.random((2, n, 1, h, w), dtype=np.float32)
         got = runner.run(a, b)
         with torch.inference_mode():
-            want = net(torch.from_numpy(a), torch.from_numpy(b), residual=residual).numpy()
+            want = _forward(net, torch.from_numpy(a), torch.from_numpy(b), residual).numpy()
         diff = float(np.abs(got - want).max()) if got.shape == want.shape and np.isfinite(got).all() else float("inf")
         checks.append(OnnxCheck((n, 1, h, w), diff))
     return checks
 
 
 class OnnxFuser:
-    """Run an exported CDDFuse with ONNX Runtime.
+    """Run an exported CDDFuse (or CDDFuse-lite) with ONNX Runtime.
 
     Args:
-        model_or_path: an ``.onnx`` file from :func:`export_onnx`, or a CDDFuse module (exported
-            to a temporary file with ``residual``).
-        residual: residual mode when a module is given.
+        model_or_path: an ``.onnx`` file from :func:`export_onnx`, or a CDDFuse or CDDFuse-lite module
+            (exported to a temporary file with ``residual``).
+        residual: residual mode when a module is given (``None`` for CDDFuse-lite).
         threads: intra-op threads (default: ``torch.get_num_threads()``).
         providers: ONNX Runtime execution providers (default: CUDA when available, then CPU).
     """
 
-    def __init__(self, model_or_path: PathLike | nn.Module, *, residual: str = "vis",
+    def __init__(self, model_or_path: PathLike | nn.Module, *, residual: str | None = "vis",
                  threads: int | None = None, providers: list[str] | None = None) -> None:
         try:
             import onnxruntime as ort

@@ -18,14 +18,16 @@ from ..errors import CDDFuseError, CDDFuseWarning, UsageError
 from ..io.color import YCbCrImage, merge_luminance, split_luminance
 from ..io.image import DEFAULT_MAX_PIXELS, is_gray_content, probe_image, read_image
 from ..models.cddfuse import CDDFuse
+from ..models.lite import CDDFuseLite
 from ..models.pretrained import pretrained_path
-from ..models.weights import WeightsInfo, load_weights
+from ..models.weights import WeightsInfo, load_lite_weights, load_weights
 from ..options import (
     ALIGN_CHOICES,
     BACKENDS,
     CHROMA_MODES,
     COLOR_MODES,
     METHODS,
+    NETWORK_METHODS,
     NORMALIZE_MODES,
     PRECISIONS,
     TASKS,
@@ -160,14 +162,19 @@ class Fuser:
     """Fuse image pairs with CDDFuse (or a simple rule), from Python.
 
     Args:
-        weights: a ``.safetensors`` from this project or an authors' ``.pth``; ``"authors-ivf"`` /
-            ``"authors-mif"``: the authors' published files, downloaded once and verified
-            (:mod:`cddfuse.models.hub`); ``None`` uses the bundled weights of ``task`` (an error if
-            this installation has none).
+        weights: a ``.safetensors`` from this project or an authors' ``.pth`` (``method="cddfuse"``);
+            ``"authors-ivf"`` / ``"authors-mif"``: the authors' published files, downloaded once and
+            verified (:mod:`cddfuse.models.hub`); or CDDFuse-lite weights (``method="lite"``). ``None``
+            uses the bundled weights of ``task`` for the method (an error if this installation has
+            none). Weights of the other network than ``method`` names are refused in one line naming
+            the mismatch.
         task: ``"ivf"`` (infrared-visible) or ``"mif"`` (medical); ``None`` takes the task the
             weights were made for, else ``"ivf"``.
-        method: ``"cddfuse"``, or the baselines ``"mean"`` ((A+B)/2) and ``"max"`` (max(A, B)).
-        residual: ``"auto"`` (see :func:`resolve_residual`), ``"vis"``, ``"sum"`` or ``"none"``.
+        method: ``"cddfuse"`` (the exact network), ``"lite"`` (CDDFuse-lite, the distilled real-time
+            student: the same pipeline around a network with a thousandth of the operations), or the
+            baselines ``"mean"`` ((A+B)/2) and ``"max"`` (max(A, B)).
+        residual: ``"auto"`` (see :func:`resolve_residual`), ``"vis"``, ``"sum"`` or ``"none"``
+            (``method="cddfuse"``; CDDFuse-lite has its teacher's residual built in: ``"auto"`` only).
         normalize: ``"minmax"`` (the authors' protocol: stretch the fused luminance to [0, 1]) or
             ``"none"``.
         color: ``"auto"`` (colour output when a source is colour) or ``"gray"``.
@@ -224,12 +231,15 @@ class Fuser:
                 float32 rounding: results differ by ~1e-7 at most; see :mod:`cddfuse.engine`).
                 ``None``: chosen automatically -- on CPU cache-sized tiles (faster), and smaller
                 ones or disk-backed feature maps when the image would not fit ``max_memory``.
+                ``method="cddfuse"`` only: CDDFuse-lite runs whole images (its context block sees the
+                whole image) and bounds its own memory (:mod:`cddfuse.engine.lite`).
             max_memory: memory budget for one pair, bytes or ``"3G"``/``"512M"`` (at least 512M);
                 ``None``: on CPU 3 GiB, or 80% of the memory free when the pair is fused if less
                 (:func:`cddfuse.engine.default_budget`); on CUDA the GPU's free memory.
+                ``method="cddfuse"`` only, like ``tile``.
             precision: ``"fp32"`` (default), ``"tf32"`` (CUDA only: TF32 tensor cores for
                 convolutions and matrix products) or ``"bf16"`` (bfloat16 autocast; outputs differ
-                from fp32 by up to ~1e-2).
+                from fp32 by up to ~1e-2; on CPU only with AMX or AVX512-BF16).
             max_pixels: images read from files with more pixels are refused from their header, before
                 decoding (default 100 megapixels; ``None``: no limit).
             backend: ``"torch"`` (default) or ``"onnx"`` (ONNX Runtime on the exported network,
@@ -260,18 +270,27 @@ class Fuser:
         self.normalize = normalize
         self.color = color
         self.device = resolve_device(device)
-        self.model: CDDFuse | None = None
+        self.model: CDDFuse | CDDFuseLite | None = None
         self.info: WeightsInfo | None = None
-        if method == "cddfuse":
-            path = Path(weights) if weights is not None else pretrained_path(task or "ivf")
-            self.model, self.info = load_weights(path, device=self.device)
+        if method == "lite":
+            _check_lite_options(residual, tile, max_memory)
+        if method in NETWORK_METHODS:
+            path = Path(weights) if weights is not None else pretrained_path(task or "ivf", method)
+            if method == "lite":
+                from ..engine.lite import prepare_lite
+
+                lite, self.info = load_lite_weights(path, device=self.device)
+                self.model = prepare_lite(lite)
+            else:
+                self.model, self.info = load_weights(path, device=self.device)
         elif weights is not None:
-            raise UsageError(f"weights are only used with method='cddfuse', not {method!r}",
-                             cli=f"--weights is only used with --method cddfuse, not with --method {method}")
+            raise UsageError(f"weights are only used with method='cddfuse' or 'lite', not {method!r}",
+                             cli=f"--weights is only used with --method cddfuse or lite, not with --method {method}")
         self.task: Task = task or (self.info.task if self.info and self.info.task else "ivf")  # type: ignore[assignment]
         self.chroma = resolve_chroma(chroma, self.task)
+        # the residual mode the exact network is run with; None for the rules and for CDDFuse-lite (built in)
         self.residual: ResidualMode | None = (
-            resolve_residual(residual, self.task, self.info) if self.model is not None else None)
+            resolve_residual(residual, self.task, self.info) if isinstance(self.model, CDDFuse) else None)
         from ..engine.memory import parse_memory
 
         if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < MIN_TILE):
@@ -296,7 +315,8 @@ class Fuser:
         if precision == "tf32" and self.device.type != "cuda":
             raise UsageError.invalid("precision", precision,
                                      "needs a CUDA GPU (TF32 is a tensor-core format); use fp32 or bf16")
-        if precision == "bf16" and self.device.type == "cpu" and method == "cddfuse" and cpu_bf16_feature() is None:
+        if precision == "bf16" and self.device.type == "cpu" and method in NETWORK_METHODS \
+                and cpu_bf16_feature() is None:
             raise UsageError.invalid("precision", precision, "on CPU needs AMX or AVX512-BF16, which this processor "
                                      "lacks (bfloat16 would be slower than fp32 here); use fp32, or a CUDA GPU")
         self.tile, self.precision, self.backend = tile, precision, backend
@@ -311,8 +331,7 @@ class Fuser:
             try:
                 from ..engine.onnx import OnnxFuser
 
-                assert self.residual is not None  # set whenever the model is
-                self._onnx = OnnxFuser(self.model, residual=self.residual)
+                self._onnx = OnnxFuser(self.model, residual=self.residual)  # None: lite, residual built in
             except ImportError as e:
                 raise UsageError.invalid("backend", backend, str(e)) from None
 
@@ -322,13 +341,13 @@ class Fuser:
         """Fuse two luminance images ``(H, W)`` float in [0, 1]; returns the raw ``(H, W)`` output.
 
         ``(N, H, W)`` stacks of same-size pairs are fused as one batch (``(N, H, W)`` out).
-        The network runs through :func:`cddfuse.engine.fuse_tensors`: on CPU (and whenever tiles
+        CDDFuse runs through :func:`cddfuse.engine.fuse_tensors`: on CPU (and whenever tiles
         are asked for or needed) the optimised, exactly tiled engine; on CUDA the whole image
-        through the module, and through the tiled engine when it runs out of memory.
+        through the module, and through the tiled engine when it runs out of memory. CDDFuse-lite
+        runs through :func:`cddfuse.engine.lite.run_lite` (the module on the whole image).
         """
-        if self.method != "cddfuse":
+        if self.model is None:
             return fuse_rule(self.method, ya, yb)
-        assert self.model is not None and self.residual is not None
         if ya.shape != yb.shape or ya.ndim not in (2, 3):
             raise UsageError(f"expected two (H, W) or (N, H, W) luminance arrays of one shape, got {ya.shape} "
                              f"and {yb.shape}")
@@ -340,8 +359,14 @@ class Fuser:
         ta = torch.from_numpy(np.ascontiguousarray(ya, dtype=np.float32))
         tb = torch.from_numpy(np.ascontiguousarray(yb, dtype=np.float32))
         ta, tb = (ta[:, None], tb[:, None]) if batched else (ta[None, None], tb[None, None])
-        out = fuse_tensors(self.model, ta, tb, self.residual, device=self.device, tile=self.tile,
-                           max_memory=self.max_memory, precision=self.precision, cancel=self.cancel)
+        if isinstance(self.model, CDDFuseLite):
+            from ..engine.lite import run_lite
+
+            out = run_lite(self.model, ta, tb, precision=self.precision)
+        else:
+            assert self.residual is not None  # set whenever the exact model is
+            out = fuse_tensors(self.model, ta, tb, self.residual, device=self.device, tile=self.tile,
+                               max_memory=self.max_memory, precision=self.precision, cancel=self.cancel)
         out = out[:, 0] if batched else out[0, 0]
         return out.float().cpu().numpy()
 
@@ -450,6 +475,17 @@ class Fuser:
             CDDFuseError: unreadable inputs, or sources of different sizes without ``resize=True``.
         """
         return self.fuse_detailed(a, b, resize=resize).image
+
+
+def _check_lite_options(residual: str, tile: object, max_memory: object) -> None:
+    """Options of the exact network that CDDFuse-lite has no use for: one line each."""
+    if residual != "auto":
+        raise UsageError.invalid("residual", residual, "CDDFuse-lite has its teacher's residual built in; leave it "
+                                 "at auto, or use the cddfuse method")
+    for name, value in (("tile", tile), ("max_memory", max_memory)):
+        if value is not None:
+            raise UsageError.invalid(name, value, "only the exact engine takes it: CDDFuse-lite runs whole images "
+                                     "and bounds its own memory; drop it, or use the cddfuse method")
 
 
 def fuse(a: ImageLike, b: ImageLike, **kwargs: Any) -> np.ndarray:

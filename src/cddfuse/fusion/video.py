@@ -1,7 +1,9 @@
 """Video fusion: two frame sequences (video files or folders of numbered frames) to a video or to frames.
 
 Frames are read, fused and written one batch at a time (``batch_size`` frame pairs, default 8 on CUDA
-and 1 on CPU), so memory does not grow with the length of the video. Each frame goes through the same
+and 1 on CPU), so memory does not grow with the length of the video. A thread decodes the next frames
+and splits their luminance while the network runs, and another puts the colour back and encodes the
+frames behind it, in order (a few frames in flight at most). Each frame goes through the same
 pipeline as an image pair (:class:`~cddfuse.fusion.Fuser`: luminance, network, normalisation, colour),
 except the min-max normalisation, which for video uses a **temporally smoothed range** by default:
 
@@ -25,11 +27,16 @@ Example (two gray 3-frame sequences, the ``max`` rule, frames kept in memory):
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
+import queue
+import threading
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Literal, get_args
+from typing import Any, Callable, Literal, get_args
 
 import numpy as np
 
@@ -137,42 +144,142 @@ def fuse_sequences(
         raise UsageError.invalid("sync", sync, f"choose one of {', '.join(SYNC_MODES)}")
     norm = TemporalNormalizer(smoothing if normalize == "ema" else 1.0)
     stats = SequenceStats()
-    sentinel = object()
-    pairs = itertools.zip_longest(frames_a, frames_b, fillvalue=sentinel)
-    while True:
-        batch: list[tuple[YCbCrImage, YCbCrImage]] = []
-        for a, b in pairs:
-            if a is sentinel or b is sentinel:
-                if sync == "exact":
-                    longer, shorter = ("first", "second") if b is sentinel else ("second", "first")
-                    raise CDDFuseError(f"the {longer} source has more frames than the {shorter} "
-                                       f"({stats.frames + len(batch)}); give sources of equal length, or "
-                                       "sync='shortest' to stop at the shorter one",
-                                       cli=f"the {'IR' if longer == 'first' else 'VIS'} source has more frames than "
-                                           f"the {'VIS' if longer == 'first' else 'IR'} source "
-                                           f"({stats.frames + len(batch)}); --sync shortest stops at the shorter one")
-                stats.trimmed = True
-                break
-            batch.append(fuser._prepare(a, b, resize))  # the image pipeline's own first step (sizes, luminance)
-            if len(batch) == batch_size:
-                break
-        if not batch:
-            return stats
-        sizes = {pa.y.shape for pa, _ in batch}
-        if len(sizes) > 1:
-            raise CDDFuseError(f"frame {stats.frames}: the frames change size within the video ({sorted(sizes)})")
-        raws = fuser.fuse_luminance(np.stack([pa.y for pa, _ in batch]), np.stack([pb.y for _, pb in batch]))
-        for raw, (sa, sb) in zip(raws, batch):
-            if not np.all(np.isfinite(raw)):
-                raise CDDFuseError(f"frame {stats.frames}: the fusion produced NaN or infinite values; no video "
-                                   "is made from it")
-            y = norm(raw) if fuser.normalize == "minmax" else np.clip(raw, 0.0, 1.0).astype(np.float32)
-            write(_colour(fuser, y, sa, sb))
-            stats.frames += 1
-        if progress is not None:
-            progress(len(batch))
-        if stats.trimmed:
-            return stats
+    with _Prepared(fuser, frames_a, frames_b, resize, ahead=READ_AHEAD_FRAMES + batch_size) as source, \
+            _Writer(fuser, write) as writer:
+        while True:
+            batch: list[tuple[YCbCrImage, YCbCrImage]] = []
+            while len(batch) < batch_size:
+                item = source.next()
+                if item is None:
+                    break
+                if isinstance(item, str):  # "a" or "b": the source that ended first
+                    if sync == "exact":
+                        longer, shorter = ("first", "second") if item == "b" else ("second", "first")
+                        raise CDDFuseError(f"the {longer} source has more frames than the {shorter} "
+                                           f"({stats.frames + len(batch)}); give sources of equal length, or "
+                                           "sync='shortest' to stop at the shorter one",
+                                           cli=f"the {'IR' if longer == 'first' else 'VIS'} source has more frames "
+                                               f"than the {'VIS' if longer == 'first' else 'IR'} source "
+                                               f"({stats.frames + len(batch)}); --sync shortest stops at the "
+                                               "shorter one")
+                    stats.trimmed = True
+                    break
+                batch.append(item)
+            if not batch:
+                return stats
+            sizes = {pa.y.shape for pa, _ in batch}
+            if len(sizes) > 1:
+                raise CDDFuseError(f"frame {stats.frames}: the frames change size within the video ({sorted(sizes)})")
+            raws = fuser.fuse_luminance(np.stack([pa.y for pa, _ in batch]), np.stack([pb.y for _, pb in batch]))
+            for raw, (sa, sb) in zip(raws, batch):
+                if not np.all(np.isfinite(raw)):
+                    raise CDDFuseError(f"frame {stats.frames}: the fusion produced NaN or infinite values; no video "
+                                       "is made from it")
+                y = norm(raw) if fuser.normalize == "minmax" else np.clip(raw, 0.0, 1.0).astype(np.float32)
+                writer.put(y, sa, sb)
+                stats.frames += 1
+            if progress is not None:
+                progress(len(batch))
+            if stats.trimmed:
+                return stats
+
+
+#: Frame pairs decoded and split into luminance ahead of the ones being fused (in a thread).
+READ_AHEAD_FRAMES = 2
+#: Fused frames waiting for the writer thread (colour, then ``write``: encoding) at most.
+WRITE_BEHIND_FRAMES = 2
+
+
+class _Prepared:
+    """Decode both sources and split each pair's luminance in a thread, ``ahead`` pairs ahead of the fusion
+    (decoding, colour conversion and encoding release the GIL, so they overlap the network).
+
+    ``next()`` returns the next prepared pair, ``"a"`` / ``"b"`` when that source ended before the other
+    (one was longer), or ``None`` when both ended together; an error of the thread is raised there, in order.
+    The thread is always stopped and joined on exit, before the sources can be closed.
+    """
+
+    def __init__(self, fuser: Fuser, frames_a: Iterator[np.ndarray], frames_b: Iterator[np.ndarray],
+                 resize: bool, ahead: int) -> None:
+        self.fuser, self.frames_a, self.frames_b, self.resize = fuser, frames_a, frames_b, resize
+        self.queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(1, ahead))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="cddfuse-video-read", daemon=True)
+
+    def __enter__(self) -> _Prepared:
+        self.thread.start()
+        return self
+
+    def _put(self, item: tuple[str, Any]) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        sentinel = object()
+        try:
+            for a, b in itertools.zip_longest(self.frames_a, self.frames_b, fillvalue=sentinel):
+                if self.stop.is_set():
+                    return
+                if a is sentinel or b is sentinel:
+                    self._put(("ended", "a" if a is sentinel else "b"))
+                    return
+                if not self._put(("pair", self.fuser._prepare(a, b, self.resize))):  # the image pipeline's step
+                    return
+            self._put(("ended", None))
+        except BaseException as e:  # handed to the fusing thread, raised there
+            self._put(("error", e))
+
+    def next(self) -> tuple[YCbCrImage, YCbCrImage] | str | None:
+        kind, value = self.queue.get()
+        if kind == "error":
+            raise value
+        if kind == "ended":
+            self.queue.put(("ended", value))  # asked again (the next batch): the same answer
+        return value
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        while self.thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                self.queue.get(timeout=0.05)  # unblock a put
+        self.thread.join()
+
+
+class _Writer:
+    """Put the colour back and hand fused frames to ``write`` in one thread, in order, at most
+    :data:`WRITE_BEHIND_FRAMES` behind; an error of ``write`` is raised on the next ``put`` or on exit. On
+    an error or interrupt of the caller, frames not yet written are dropped; one being written completes."""
+
+    def __init__(self, fuser: Fuser, write: Callable[[np.ndarray], None]) -> None:
+        self.fuser, self.write = fuser, write
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cddfuse-video-write")
+        self.pending: deque[Future[None]] = deque()
+
+    def __enter__(self) -> _Writer:
+        return self
+
+    def _one(self, y: np.ndarray, sa: YCbCrImage, sb: YCbCrImage) -> None:
+        self.write(_colour(self.fuser, y, sa, sb))
+
+    def put(self, y: np.ndarray, sa: YCbCrImage, sb: YCbCrImage) -> None:
+        self.pending.append(self.pool.submit(self._one, y, sa, sb))
+        while len(self.pending) > WRITE_BEHIND_FRAMES or (self.pending and self.pending[0].done()):
+            self.pending.popleft().result()
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        try:
+            if exc_type is None:
+                while self.pending:
+                    self.pending.popleft().result()
+        finally:
+            for future in self.pending:
+                future.cancel()
+            self.pool.shutdown(wait=True)
 
 
 def flicker(frames: list[np.ndarray]) -> float:

@@ -30,9 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import cv2
-import kornia
 import numpy as np
-import torch
 
 from .image import to_float01
 
@@ -41,20 +39,31 @@ __all__ = ["YCbCrImage", "split_luminance", "rgb_to_ycbcr", "ycbcr_to_rgb", "mer
 
 _Y_WEIGHTS = (0.299, 0.587, 0.114)
 
+#: Colour images are split and merged in bands of about this many pixels, so that the temporaries of the
+#: per-pixel arithmetic (float64 and float32 copies of every channel) stay small for large images; the
+#: result is the same (every operation is per pixel).
+BAND_PIXELS = 1 << 20
+
 #: ``"saturation"`` chroma: the largest factor by which a pixel's chroma is amplified. The chroma of a
 #: nearly black pixel is mostly sensor and JPEG noise; amplified without bound it would become
 #: coloured speckle where the infrared image lights up a dark area.
 MAX_CHROMA_GAIN = 4.0
 
 
-def _to_chw(rgb: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)
-
-
 def rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:
-    """``(H, W, 3)`` RGB float in [0, 1] -> ``(H, W, 3)`` Y, Cb, Cr float32 in [0, 1] (BT.601 full range)."""
-    with torch.inference_mode():
-        return kornia.color.rgb_to_ycbcr(_to_chw(rgb)).permute(1, 2, 0).numpy().copy()
+    """``(H, W, 3)`` RGB float in [0, 1] -> ``(H, W, 3)`` Y, Cb, Cr float32 in [0, 1] (BT.601 full range).
+
+    kornia's ``rgb_to_ycbcr``, operation for operation in float32 numpy (the same values; numpy, unlike a
+    multi-threaded torch op, does not stall when the machine's cores are busy with other work).
+    """
+    f = np.asarray(rgb, dtype=np.float32)
+    r, g, b = f[..., 0], f[..., 1], f[..., 2]
+    out = np.empty(f.shape[:-1] + (3,), np.float32)
+    y = out[..., 0]
+    np.add(np.float32(_Y_WEIGHTS[0]) * r + np.float32(_Y_WEIGHTS[1]) * g, np.float32(_Y_WEIGHTS[2]) * b, out=y)
+    out[..., 1] = (b - y) * np.float32(0.564) + np.float32(0.5)
+    out[..., 2] = (r - y) * np.float32(0.713) + np.float32(0.5)
+    return out
 
 
 def ycbcr_to_rgb(ycbcr: np.ndarray, clip: bool = True) -> np.ndarray:
@@ -64,13 +73,30 @@ def ycbcr_to_rgb(ycbcr: np.ndarray, clip: bool = True) -> np.ndarray:
     gray instead of clipping them) is its linear part, written out: the exact inverse of kornia's
     forward coefficients.
     """
-    if clip:
-        with torch.inference_mode():
-            return kornia.color.ycbcr_to_rgb(_to_chw(ycbcr)).permute(1, 2, 0).numpy().copy()
-    y, cb, cr = (ycbcr[..., i].astype(np.float32) - np.float32(0.5 if i else 0.0) for i in range(3))
+    if clip:  # kornia's ycbcr_to_rgb, operation for operation in float32 numpy
+        f = np.asarray(ycbcr, dtype=np.float32)
+        y, cb_shifted, cr_shifted = f[..., 0], f[..., 1] - np.float32(0.5), f[..., 2] - np.float32(0.5)
+        out = np.empty(f.shape, np.float32)
+        out[..., 0] = y + np.float32(1.4025245442) * cr_shifted
+        out[..., 1] = y - np.float32(0.7144034731) * cr_shifted - np.float32(0.3443401356) * cb_shifted
+        out[..., 2] = y + np.float32(1.7730496454) * cb_shifted
+        return np.clip(out, 0.0, 1.0, out=out)
+    return _unclipped_rgb(ycbcr[..., 0], ycbcr[..., 1], ycbcr[..., 2])
+
+
+def _unclipped_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> np.ndarray:
+    """The linear inverse of :func:`rgb_to_ycbcr` on three ``(H, W)`` planes -> ``(H, W, 3)`` float32 RGB,
+    unclipped (written into one array: no stacked copy)."""
+    y = y.astype(np.float32, copy=False) - np.float32(0.0)  # the same float32 arithmetic as plane by plane
+    cb = cb.astype(np.float32, copy=False) - np.float32(0.5)
+    cr = cr.astype(np.float32, copy=False) - np.float32(0.5)
     r_off, b_off = cr / np.float32(0.713), cb / np.float32(0.564)  # R - Y, B - Y
     g_off = -(np.float32(_Y_WEIGHTS[0]) * r_off + np.float32(_Y_WEIGHTS[2]) * b_off) / np.float32(_Y_WEIGHTS[1])
-    return np.stack([y + r_off, y + g_off, y + b_off], axis=-1)
+    rgb = np.empty((*y.shape, 3), np.float32)
+    np.add(y, r_off, out=rgb[..., 0])
+    np.add(y, g_off, out=rgb[..., 1])
+    np.add(y, b_off, out=rgb[..., 2])
+    return rgb
 
 
 def luminance(img: np.ndarray) -> np.ndarray:
@@ -108,14 +134,25 @@ class YCbCrImage:
         return self.cb is not None
 
 
+def _bands(h: int, w: int) -> range:
+    """Start rows of the bands of :data:`BAND_PIXELS` pixels an ``h x w`` image is processed in."""
+    return range(0, h, max(1, BAND_PIXELS // max(w, 1)))
+
+
 def split_luminance(img: np.ndarray) -> YCbCrImage:
     """Split an image (integer, or float in [0, 1]) into luminance (see :func:`luminance`) and,
-    for ``(H, W, 3)`` colour images, Cb/Cr."""
-    y = luminance(img)
+    for ``(H, W, 3)`` colour images, Cb/Cr (in bands of rows: the same values, less memory)."""
     if img.ndim == 2:
-        return YCbCrImage(y)
-    ycc = rgb_to_ycbcr(to_float01(img))
-    return YCbCrImage(y, ycc[..., 1].copy(), ycc[..., 2].copy())
+        return YCbCrImage(luminance(img))
+    h, w = img.shape[:2]
+    y, cb, cr = (np.empty((h, w), np.float32) for _ in range(3))
+    rows = max(1, BAND_PIXELS // max(w, 1))
+    for r in _bands(h, w):
+        band = img[r:r + rows]
+        y[r:r + rows] = luminance(band)
+        ycc = rgb_to_ycbcr(to_float01(band))
+        cb[r:r + rows], cr[r:r + rows] = ycc[..., 1], ycc[..., 2]
+    return YCbCrImage(y, cb, cr)
 
 
 def merge_luminance(y: np.ndarray, chroma: YCbCrImage, mode: str = "saturation") -> np.ndarray:
@@ -136,6 +173,22 @@ def merge_luminance(y: np.ndarray, chroma: YCbCrImage, mode: str = "saturation")
     if not chroma.is_color:
         raise ValueError("the chroma source is gray")
     assert chroma.cb is not None and chroma.cr is not None
+    if mode not in ("ycbcr", "saturation"):
+        raise ValueError(f"unknown chroma mode {mode!r}; choose saturation or ycbcr")
+    h, w = y.shape
+    if h * w > BAND_PIXELS:  # in bands of rows: the same values, less memory
+        out = np.empty((h, w, 3), np.float32)
+        rows = max(1, BAND_PIXELS // max(w, 1))
+        for r in _bands(h, w):
+            part = YCbCrImage(chroma.y[r:r + rows], chroma.cb[r:r + rows], chroma.cr[r:r + rows])
+            out[r:r + rows] = _merge(y[r:r + rows], part, mode)
+        return out
+    return _merge(y, chroma, mode)
+
+
+def _merge(y: np.ndarray, chroma: YCbCrImage, mode: str) -> np.ndarray:
+    """:func:`merge_luminance` on one band."""
+    assert chroma.cb is not None and chroma.cr is not None
     y = y.astype(np.float32)
     if mode == "ycbcr":
         return ycbcr_to_rgb(np.stack([y, chroma.cb, chroma.cr], axis=-1))
@@ -144,15 +197,24 @@ def merge_luminance(y: np.ndarray, chroma: YCbCrImage, mode: str = "saturation")
     gain = np.minimum(y / np.maximum(chroma.y, np.float32(1e-6)), np.float32(MAX_CHROMA_GAIN))
     cb = (chroma.cb - np.float32(0.5)) * gain + np.float32(0.5)
     cr = (chroma.cr - np.float32(0.5)) * gain + np.float32(0.5)
-    rgb = ycbcr_to_rgb(np.stack([y, cb, cr], axis=-1), clip=False)
-    return _desaturate_into_gamut(rgb, y)
+    return _desaturate_into_gamut(_unclipped_rgb(y, cb, cr), y)
 
 
 def _desaturate_into_gamut(rgb: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Move out-of-range pixels toward gray ``y`` (same luminance, same hue) until they fit in [0, 1]."""
+    """Move out-of-range pixels toward gray ``y`` (same luminance, same hue) until they fit in [0, 1].
+
+    A pixel inside the cube keeps ``y + (rgb - y)``; only the pixels outside it (usually few) get the factor
+    ``t`` of the largest step toward their colour that stays inside, ``y + (rgb - y) * t``.
+    """
     offset = rgb - y[..., None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        room = np.where(offset > 0, (1.0 - y[..., None]) / offset,
-                        np.where(offset < 0, y[..., None] / -offset, np.inf))
-    t = np.clip(room.min(axis=-1), 0.0, 1.0)
-    return np.clip(y[..., None] + offset * t[..., None], 0.0, 1.0).astype(np.float32)
+    out = y[..., None] + offset  # t = 1: what every pixel inside the cube gets (offset * 1 is exact)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    outside = np.flatnonzero((np.minimum(np.minimum(r, g), b) < 0) | (np.maximum(np.maximum(r, g), b) > 1))
+    if outside.size:
+        flat_off, flat_y = offset.reshape(-1, 3)[outside], y.reshape(-1)[outside][:, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            room = np.where(flat_off > 0, (1.0 - flat_y) / flat_off,
+                            np.where(flat_off < 0, flat_y / -flat_off, np.inf))
+        t = np.clip(room.min(axis=-1), 0.0, 1.0)
+        out.reshape(-1, 3)[outside] = flat_y + flat_off * t[:, None]
+    return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)

@@ -377,9 +377,14 @@ def read_image(path: PathLike, *, keep_integer: bool = False,
 
 
 def _quantize(img: np.ndarray, bit_depth: int) -> np.ndarray:
+    """``rint(clip(img, 0, 1) * (2**bit_depth - 1))`` as uint8/uint16, in bands of rows (the same values;
+    the float temporaries of a large image stay small)."""
     top = (1 << bit_depth) - 1
-    q = np.rint(np.clip(img, 0.0, 1.0) * top)
-    return q.astype(np.uint8 if bit_depth == 8 else np.uint16)
+    out = np.empty(img.shape, np.uint8 if bit_depth == 8 else np.uint16)
+    rows = max(1, (1 << 20) // max(1, int(np.prod(img.shape[1:]))))
+    for r in range(0, img.shape[0], rows):
+        out[r:r + rows] = np.rint(np.clip(img[r:r + rows], 0.0, 1.0) * top)
+    return out
 
 
 def check_extension(ext: str, bit_depth: int = 8, what: str = "output") -> str:

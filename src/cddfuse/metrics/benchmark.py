@@ -13,7 +13,7 @@ import numpy as np
 from .._fileutil import is_inside
 from ..errors import CDDFuseError, UsageError
 from ..fusion.policy import fuse_rule, minmax_normalize
-from ..options import METHODS, NORMALIZE_MODES, TASKS, Precision, check_choice
+from ..options import METHODS, NETWORK_METHODS, NORMALIZE_MODES, TASKS, Precision, check_choice
 from .evaluate import EvaluationResult, progress_bar
 from .io import PathLike, quantize_like_authors, read_gray
 from .paper import COLUMNS, KNOWN_SETS, PublishedRow, reference_rows
@@ -82,16 +82,24 @@ def detect_testset(path: PathLike) -> BenchSet:
 
 
 def _network(weights: PathLike | None, data_task: str, weights_task: str | None,
-             precision: Precision = "fp32") -> tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], str, str]:
+             precision: Precision = "fp32", method: str = "cddfuse"
+             ) -> tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], str, str]:
     """The network's fusion function, the kind of weights (``"ivf"``/``"mif"``) and the residual mode.
 
     ``data_task`` is the kind of images (from the set's layout): IVF weights on medical images use
     the sum of both sources as residual, as the authors did. ``weights_task`` (``--task``) says
     which weights these are when the file does not (:func:`cddfuse.fusion.resolve_residual`).
+    CDDFuse-lite (``method="lite"``) has its teacher's residual built in (reported as ``built in``);
+    without ``weights`` it is the bundled student of ``weights_task`` or else of the set's kind.
     """
     from ..fusion import Fuser, resolve_residual
 
     task = check_choice("task", data_task, TASKS)  # as Fuser checks it
+    if method == "lite":
+        lite = Fuser(weights=weights, task=check_choice("task", weights_task or task, TASKS), method="lite",
+                     normalize="none", color="gray", precision=precision)
+        declared = lite.info.task if lite.info is not None else None
+        return lite.fuse_luminance, weights_task or declared or data_task, "built in"
     fuser = Fuser(weights=weights, task=task, method="cddfuse", normalize="none", color="gray", precision=precision)
     declared = fuser.info.task if fuser.info is not None else None
     residual = resolve_residual("auto", data_task, fuser.info, weights_task=weights_task)
@@ -117,8 +125,11 @@ class BenchResult:
 
     @property
     def run_label(self) -> str:
+        weights = Path(self.weights).name if self.weights else "bundled " + self.task.upper()
         if self.method == "cddfuse":
-            return f"this run: CDDFuse ({Path(self.weights).name if self.weights else 'bundled ' + self.task.upper()})"
+            return f"this run: CDDFuse ({weights})"
+        if self.method == "lite":
+            return f"this run: CDDFuse-lite ({weights})"
         return f"this run: {self.method} rule"
 
     def to_dict(self) -> dict[str, Any]:
@@ -157,8 +168,10 @@ def run_bench(testset_dir: PathLike, method: str = "cddfuse", weights: PathLike 
 
     Args:
         testset_dir: a folder laid out like the authors' ``test_img/<set>`` (see :func:`detect_testset`).
-        method: ``"cddfuse"`` (needs weights or bundled ones), ``"mean"`` or ``"max"``.
-        weights: checkpoint for ``cddfuse`` (the authors' ``.pth`` or this project's ``.safetensors``).
+        method: ``"cddfuse"`` (needs weights or bundled ones), ``"lite"`` (CDDFuse-lite, likewise),
+            ``"mean"`` or ``"max"``.
+        weights: checkpoint for ``cddfuse`` (the authors' ``.pth`` or this project's ``.safetensors``), or
+            CDDFuse-lite weights for ``lite``.
         task: which weights these are, ``"ivf"`` or ``"mif"``: it picks the paper row to compare
             with (the paper gives both for the medical sets), and MIF weights decode without
             residual. Default: what the weights say (the authors' ``CDDFuse_IVF.pth`` /
@@ -180,8 +193,8 @@ def run_bench(testset_dir: PathLike, method: str = "cddfuse", weights: PathLike 
     chosen = resolve_metrics(names)
     if task is not None:
         check_choice("task", task, TASKS)
-    if weights is not None and method != "cddfuse":
-        raise UsageError.invalid("weights", weights, f"weights are only used with method='cddfuse', not {method!r}")
+    if weights is not None and method not in NETWORK_METHODS:
+        raise UsageError.invalid("weights", weights, f"only the networks (cddfuse, lite) take weights, not {method}")
     check_choice("normalize", normalize, NORMALIZE)
     if limit is not None and limit < 1:
         raise UsageError.invalid("limit", limit, "must be at least 1")
@@ -197,13 +210,13 @@ def run_bench(testset_dir: PathLike, method: str = "cddfuse", weights: PathLike 
         raise CDDFuseError(f"{ts.root}: no image pairs found")
     pairs = listing.pairs[:limit] if limit else listing.pairs
 
-    if method == "cddfuse":
-        fuse, task_used, residual = _network(weights, ts.task, task, precision)
+    if method in NETWORK_METHODS:
+        fuse, task_used, residual = _network(weights, ts.task, task, precision, method)
     else:
         fuse = functools.partial(fuse_rule, method)
         task_used = task or ts.task
         residual = None
-    norm = normalize if normalize != "auto" else ("minmax" if method == "cddfuse" else "none")
+    norm = normalize if normalize != "auto" else ("minmax" if method in NETWORK_METHODS else "none")
     out = Path(out_dir) if out_dir is not None else None
     if out is not None and (is_inside(ts.dir_a, [out]) or is_inside(ts.dir_b, [out])):
         raise UsageError.invalid("out_dir", str(out), "is or contains a source folder of the test set; the sources "
@@ -236,14 +249,14 @@ def fuse_to_uint8(fuse: Callable[[np.ndarray, np.ndarray], np.ndarray], a: np.nd
                   method: str, normalize: str) -> np.ndarray:
     """One fused 8-bit image from gray sources ``a``, ``b`` (float, 0-255) with the authors' conventions.
 
-    * network (``method="cddfuse"``): ``fuse(a / 255, b / 255)`` in float32; ``minmax``: stretched to
+    * network (``method="cddfuse"`` or ``"lite"``): ``fuse(a / 255, b / 255)`` in float32; ``minmax``: stretched to
       [0, 1] in float32 and written as their ``imsave`` writes ``fused * 255``
       (:func:`quantize_like_authors`); ``none``: ``round(clip(x, 0, 1) * 255)``.
     * rules: ``none``: the rule on the 0-255 values, rounded half to even (``np.round``), i.e.
       ``round((A + B) / 2)`` and ``max(A, B)``; ``minmax``: the rule on ``a / 255``, ``b / 255``
       (float32), then as for the network.
     """
-    if method != "cddfuse" and normalize == "none":
+    if method not in NETWORK_METHODS and normalize == "none":
         return np.round(fuse(a, b)).astype(np.uint8)  # exact in float32: (A + B) / 2 is a multiple of 0.5
     raw = fuse(a / np.float32(255), b / np.float32(255))
     if normalize == "minmax":
@@ -283,7 +296,8 @@ def format_bench(result: BenchResult, fmt: str = "table") -> str:
     n, total = len(result.evaluation), result.total_pairs
     head = f"{result.testset.describe()}, {n} pair{'s' if n != 1 else ''}"
     head += f" of {total} (--limit; the published rows are over all {total})" if n < total else ""
-    head += f", {result.task.upper()} weights" if result.method == "cddfuse" else f", task {result.task.upper()}"
+    head += (f", {result.task.upper()} weights" if result.method in NETWORK_METHODS
+             else f", task {result.task.upper()}")
     head += f" (residual {result.residual})" if result.residual else ""
     head += f", normalisation {result.normalize}"
     if not result.references:

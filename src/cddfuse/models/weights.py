@@ -11,6 +11,12 @@ Two formats are understood:
   each a state dict, usually with the ``module.`` prefix of ``nn.DataParallel``. They are read with
   ``torch.load(..., weights_only=True)``, which refuses pickled code.
 
+Both kinds of network are stored the same way: CDDFuse (exact) weights, and CDDFuse-lite weights (the
+distilled student of :mod:`cddfuse.models.lite`), whose metadata adds ``architecture = "lite"`` and whose
+``config`` holds :class:`~cddfuse.models.lite.LiteConfig`. :func:`load_weights` loads exact weights and
+:func:`load_lite_weights` lite ones; each refuses the other kind in one line naming the mismatch, and
+:func:`load_any_weights` takes either.
+
 Every mismatch (missing or unexpected keys, wrong shapes) is reported by name; nothing is ever
 silently left at random initialisation.
 """
@@ -22,7 +28,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import torch
 from torch import Tensor
@@ -31,12 +37,18 @@ from .._fileutil import atomic_path
 from ..errors import CheckpointError
 from ..options import NORMALIZE_MODES, RESIDUAL_MODES, TASKS
 from .cddfuse import CDDFuse, CDDFuseConfig
+from .lite import CDDFuseLite, LiteConfig
 
 __all__ = [
     "WeightsInfo",
+    "Architecture",
     "OFFICIAL_PARTS",
     "load_weights",
+    "load_lite_weights",
+    "load_any_weights",
+    "weights_architecture",
     "save_weights",
+    "save_lite_weights",
     "read_official_checkpoint",
     "official_to_state_dict",
     "state_dict_to_official",
@@ -56,6 +68,9 @@ OFFICIAL_PARTS: dict[str, str] = {
 
 PathLike = Union[str, "os.PathLike[str]"]
 
+#: Which network a weights file is for.
+Architecture = Literal["cddfuse", "lite"]
+
 
 @dataclass
 class WeightsInfo:
@@ -66,19 +81,24 @@ class WeightsInfo:
         residual: residual mode the weights were trained for (``"vis"``, ``"sum"``, ``"none"``),
             or ``None`` when the file does not say.
         normalize: output normalisation the weights are meant to be used with.
-        config: network sizes.
+            For lite weights: the residual mode of the teacher, already part of the student's output
+            (a lite network adds no residual of its own).
+        normalize: output normalisation the weights are meant to be used with.
+        config: network sizes (:class:`CDDFuseConfig`, or :class:`LiteConfig` for lite weights).
         source_format: ``"cddfuse"`` (safetensors) or ``"official"`` (the authors' .pth).
         provenance: free-form facts (data, recipe, steps, wall time, hardware...).
         path: where the weights came from.
+        architecture: ``"cddfuse"`` (the exact network) or ``"lite"`` (CDDFuse-lite).
     """
 
     task: str | None
     residual: str | None
     normalize: str
-    config: CDDFuseConfig
+    config: CDDFuseConfig | LiteConfig
     source_format: str
     provenance: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
+    architecture: Architecture = "cddfuse"
 
 
 def _fail(path: PathLike, what: str) -> CheckpointError:
@@ -319,6 +339,30 @@ def load_weights(path: PathLike, *, device: str | torch.device = "cpu") -> tuple
         CheckpointError: missing, truncated or foreign file, or weights that do not fit (names given).
         CDDFuseError: a published file could not be downloaded (:func:`cddfuse.models.hub.fetch`).
     """
+    state, info = _read_any(path)
+    if info.architecture == "lite":
+        raise _mismatch(info, "lite")
+    assert isinstance(info.config, CDDFuseConfig)
+    model = CDDFuse(info.config)
+    check_state_dict(model, state, info.path or path)
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval(), info
+
+
+def _mismatch(info: WeightsInfo, found: Architecture) -> CheckpointError:
+    """The one-line error for weights of the other architecture than the one asked for."""
+    if found == "lite":
+        what = "is CDDFuse-lite weights, not CDDFuse (exact) weights"
+        return CheckpointError(f"{info.path}: {what}; use method='lite', or pass exact weights",
+                               cli=f"{info.path}: {what}; use --method lite, or pass exact weights")
+    what = "is CDDFuse (exact) weights, not CDDFuse-lite weights"
+    return CheckpointError(f"{info.path}: {what}; use method='cddfuse', or pass lite weights",
+                           cli=f"{info.path}: {what}; use --method cddfuse, or pass lite weights")
+
+
+def _read_any(path: PathLike) -> tuple[dict[str, Tensor], WeightsInfo]:
+    """State dict and metadata of a weights file of any format and architecture (tensors checked finite;
+    names, shapes and sizes checked against the network before any tensor is read)."""
     from . import hub
 
     p = hub.fetch(os.fspath(path)) if hub.is_hub_name(path) else Path(path)
@@ -337,15 +381,71 @@ def load_weights(path: PathLike, *, device: str | torch.device = "cpu") -> tuple
             raise _fail(p, str(e)) from None
         info = WeightsInfo(task=task, residual=residual, normalize="minmax", config=config,
                            source_format="official", path=str(p))
-        check_state_dict(check_config(info.config, p), state, p)  # before the network is allocated
+        check_state_dict(check_config(config, p), state, p)  # before the network is allocated
     for key, tensor in state.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise _fail(p, f"the weights hold NaN or infinite values (first in {key}); the file is broken -- "
                            "use the last good checkpoint")
-    model = CDDFuse(info.config)
-    check_state_dict(model, state, p)
+    return state, info
+
+
+def weights_architecture(path: PathLike) -> Architecture:
+    """``"cddfuse"`` or ``"lite"``: which network the weights file is for (reads only its metadata
+    for safetensors; an authors' ``.pth`` is always ``"cddfuse"``).
+
+    Raises:
+        CheckpointError: missing or unreadable file.
+    """
+    from . import hub
+
+    if hub.is_hub_name(path):
+        return "cddfuse"  # the authors' published checkpoints
+    p = Path(path)
+    if not p.exists():
+        raise _fail(p, "no such weights file")
+    if p.is_file() and (_is_safetensors(p) or p.suffix == ".safetensors"):
+        _, meta = read_safetensors_header(p)  # the header alone, bounded
+        return "lite" if meta.get("architecture") == "lite" else "cddfuse"
+    return "cddfuse"
+
+
+def load_lite_weights(path: PathLike, *, device: str | torch.device = "cpu") -> tuple[CDDFuseLite, WeightsInfo]:
+    """Build a :class:`CDDFuseLite` in eval mode from lite weights (written by :func:`save_lite_weights`).
+
+    Raises:
+        CheckpointError: missing, truncated or foreign file; exact CDDFuse weights (one line naming the
+            mismatch); weights that do not fit the sizes their metadata states.
+    """
+    state, info = _read_any(path)
+    if info.architecture != "lite":
+        raise _mismatch(info, "cddfuse")
+    assert isinstance(info.config, LiteConfig)
+    model = CDDFuseLite(info.config)
+    _check_lite_state(model, state, info.path or path)
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), info
+
+
+def load_any_weights(path: PathLike, *, device: str | torch.device = "cpu"
+                     ) -> tuple[CDDFuse | CDDFuseLite, WeightsInfo]:
+    """Either kind of weights: :func:`load_weights` or :func:`load_lite_weights` as the file says
+    (``info.architecture``)."""
+    if weights_architecture(path) == "lite":
+        return load_lite_weights(path, device=device)
+    return load_weights(path, device=device)
+
+
+def _check_lite_state(model: CDDFuseLite, state: Mapping[str, Any], path: PathLike) -> None:
+    """Names and shapes of ``state`` (tensors, or :class:`TensorSpec` of a header) against ``model``'s."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k].shape))
+    if missing or unexpected or shapes:
+        parts = [f"{label} {items[:4]}" + (f" (+{len(items) - 4} more)" if len(items) > 4 else "")
+                 for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes))
+                 if items]
+        raise _fail(path, "weights do not fit the CDDFuse-lite network their metadata describes: " + "; ".join(parts))
 
 
 @dataclass(frozen=True)
@@ -447,12 +547,39 @@ def check_config(config: CDDFuseConfig, path: PathLike) -> CDDFuse:
                           f"({' '.join(str(e).split())[:100]})") from None
 
 
+#: Bounds on the sizes CDDFuse-lite weights may ask for (the bundled models: width 16, 3 levels).
+LITE_CONFIG_LIMITS = {"width": 1024, "stem": 64, "levels": 16, "blocks": 64, "guides": 64, "head_width": 1024,
+                      "head_layers": 64}
+
+
+def check_lite_config(config: LiteConfig, path: PathLike) -> CDDFuseLite:
+    """Bound a lite ``config``'s sizes and build its network on the ``meta`` device (no memory).
+
+    Raises:
+        CheckpointError: a size outside :data:`LITE_CONFIG_LIMITS`, or sizes that make no network.
+    """
+    for name, top in LITE_CONFIG_LIMITS.items():
+        v = getattr(config, name, None)
+        if v is not None and (type(v) is not int or not 0 <= v <= top):
+            raise _fail(path, f"bad cddfuse-lite metadata: {name}={v!r} (must be a whole number in [0, {top}])")
+    try:
+        with torch.device("meta"):
+            return CDDFuseLite(config)
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise _fail(path, f"bad cddfuse-lite metadata: the sizes do not make a network "
+                          f"({' '.join(str(e).split())[:100]})") from None
+
+
 def _read_safetensors(p: Path) -> tuple[dict[str, Tensor], WeightsInfo]:
     from safetensors import SafetensorError, safe_open
 
     specs, meta = read_safetensors_header(p)
     info = _safetensors_info(p, meta)
-    check_state_dict(check_config(info.config, p), specs, p)  # names and shapes, before any tensor is read
+    # names and shapes, before any tensor is read
+    if isinstance(info.config, LiteConfig):
+        _check_lite_state(check_lite_config(info.config, p), specs, p)
+    else:
+        check_state_dict(check_config(info.config, p), specs, p)
     try:
         with safe_open(str(p), framework="pt") as f:
             state = {k: f.get_tensor(k) for k in f.keys()}
@@ -467,10 +594,15 @@ def _safetensors_info(p: Path, meta: Mapping[str, str]) -> WeightsInfo:
     if meta.get("format") != FORMAT_NAME:
         raise _fail(p, f"safetensors file without cddfuse metadata (format={meta.get('format')!r}); "
                        "write weights with cddfuse.models.weights.save_weights")
+    architecture: Architecture = "lite" if meta.get("architecture") == "lite" else "cddfuse"
+    if meta.get("architecture") not in (None, "cddfuse", "lite"):
+        raise _fail(p, f"unknown architecture {meta.get('architecture')!r} in metadata (cddfuse or lite expected)")
     try:
-        config = CDDFuseConfig.from_dict(json.loads(meta["config"]))
+        raw_config = json.loads(meta["config"])
+        config: CDDFuseConfig | LiteConfig = (
+            LiteConfig.from_dict(raw_config) if architecture == "lite" else CDDFuseConfig.from_dict(raw_config))
         provenance = json.loads(meta.get("provenance", "{}"))
-    except (KeyError, ValueError, TypeError, RecursionError) as e:
+    except (KeyError, ValueError, TypeError, RecursionError, OverflowError, AttributeError) as e:
         raise _fail(p, f"bad cddfuse metadata: {' '.join(str(e).split())[:200]}") from None
     if not isinstance(provenance, dict):
         provenance = {}
@@ -478,7 +610,8 @@ def _safetensors_info(p: Path, meta: Mapping[str, str]) -> WeightsInfo:
     if residual is not None and residual not in RESIDUAL_MODES:
         raise _fail(p, f"bad residual mode {residual!r} in metadata")
     return WeightsInfo(task=meta.get("task") or None, residual=residual, normalize=meta.get("normalize", "minmax"),
-                       config=config, source_format="cddfuse", provenance=provenance, path=str(p))
+                       config=config, source_format="cddfuse", provenance=provenance, path=str(p),
+                       architecture=architecture)
 
 
 def save_weights(
@@ -511,6 +644,50 @@ def save_weights(
     meta = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
+        "task": task,
+        "residual": residual,
+        "normalize": normalize,
+        "config": json.dumps(model.config.to_dict(), sort_keys=True),
+        "provenance": json.dumps(dict(provenance or {}), sort_keys=True, default=str),
+    }
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    dest = Path(path)
+    with atomic_path(dest) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+    return dest
+
+
+def save_lite_weights(
+    model: CDDFuseLite,
+    path: PathLike,
+    *,
+    task: str,
+    residual: str,
+    normalize: str = "minmax",
+    provenance: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a :class:`CDDFuseLite` as cddfuse safetensors with ``architecture = "lite"``, atomically.
+
+    Args:
+        model: the student network.
+        path: destination, conventionally ``*.safetensors``.
+        task: ``"ivf"`` or ``"mif"``.
+        residual: the teacher's residual mode (already part of the student's output).
+        normalize: output normalisation for inference (``"minmax"`` or ``"none"``).
+        provenance: JSON-serialisable facts (teacher file and sha256, data, recipe, steps, wall time, CPU...).
+    """
+    from safetensors.torch import save_file
+
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if residual not in RESIDUAL_MODES:
+        raise ValueError(f"residual must be one of {RESIDUAL_MODES}, got {residual!r}")
+    if normalize not in NORMALIZE_MODES:
+        raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "architecture": "lite",
         "task": task,
         "residual": residual,
         "normalize": normalize,

@@ -4,13 +4,15 @@ Endpoints (schema at ``/api/openapi.json``):
 
 - ``POST /api/fuse`` -- multipart ``a``, ``b`` (files) and options -> the fused image bytes;
 - ``GET /api/health`` -- liveness (never needs the token);
-- ``GET /api/info`` -- task, weights provenance, version;
+- ``GET /api/info`` -- task, weights provenance, version, the methods offered (``cddfuse``, ``lite``);
 - ``GET /`` -- the page (``static/index.html``); ``/favicon.ico``.
 
 Errors are JSON ``{"error": "...", "code": "..."}`` (some with ``"detail"``): 400 bad input, 401
 missing/wrong bearer token, 408 upload too slow, 413 upload or image too large, 503 busy
 (``Retry-After``) or stopping. Messages name the API's fields (``resize=true``); the page turns the
-codes it knows into words about its own controls.
+codes it knows into words about its own controls. One model is kept in memory (and CDDFuse-lite
+beside it when its weights are there: the ``method`` field picks it).
+
 
 How a request is handled, so that no client can hold the server:
 
@@ -47,7 +49,7 @@ from typing import IO, TYPE_CHECKING, Any
 from .. import __version__
 from ..errors import CDDFuseError
 from ..fusion.policy import resolve_chroma
-from ..options import CHROMA_MODES, COLOR_MODES, DEFAULT_MAX_PIXELS, NORMALIZE_MODES, TASKS
+from ..options import CHROMA_MODES, COLOR_MODES, DEFAULT_MAX_PIXELS, NETWORK_METHODS, NORMALIZE_MODES, TASKS
 
 if TYPE_CHECKING:  # the serve extra is imported inside create_app (every module imports without extras)
     from starlette.applications import Starlette
@@ -81,7 +83,7 @@ DRAIN_BYTES = 64 * 2**20
 _CHUNK = 64 * 1024
 _POLL = 0.2  # seconds between checks of the stop and cancel flags while waiting
 _UPLOAD_FIELDS = ("a", "b")
-_OPTION_FIELDS = ("task", "color", "chroma", "normalize", "resize", "format")
+_OPTION_FIELDS = ("task", "method", "color", "chroma", "normalize", "resize", "format")
 _MAX_FIELD_BYTES = 4096  # an option's value (the longest legal one is a few characters)
 
 Scope = MutableMapping[str, Any]
@@ -359,6 +361,25 @@ def _fuser_info(fuser: Fuser) -> dict[str, Any]:
             "weights": weights, "version": __version__}
 
 
+def _lite_beside(main: Fuser, lite_weights: str | Path | None) -> Fuser | None:
+    """CDDFuse-lite for the server's task beside an exact model: ``lite_weights``, else the bundled student
+    of the task; ``None`` when this installation has none (the method is then not offered)."""
+    from ..fusion import Fuser
+    from ..models.pretrained import lite_pretrained_path
+
+    if main.method != "cddfuse":
+        return None
+    if lite_weights is None:
+        try:
+            lite_weights = lite_pretrained_path(main.task)
+        except CDDFuseError:
+            return None
+    lite = Fuser(weights=lite_weights, task=main.task, method="lite", device=main.device,
+                 max_pixels=main.max_pixels)
+    lite.color, lite.normalize, lite.chroma = main.color, main.normalize, main.chroma
+    return lite
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -390,6 +411,8 @@ def create_app(
     weights: str | Path | None = None,
     task: str | None = None,
     device: str = "auto",
+    method: str = "cddfuse",
+    lite_weights: str | Path | None = None,
     max_upload: int | str = DEFAULT_MAX_UPLOAD,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     token: str | None = None,
@@ -401,8 +424,10 @@ def create_app(
 
     Args:
         fuser_factory: makes the one :class:`~cddfuse.fusion.Fuser` the app keeps (called once, now);
-            default ``Fuser(weights=weights, task=task, device=device, max_pixels=max_pixels)``.
-        weights, task, device: for the default factory.
+            default ``Fuser(weights=weights, task=task, method=method, device=device, max_pixels=max_pixels)``.
+        weights, task, device, method: for the default factory (``method``: ``cddfuse`` or ``lite``).
+        lite_weights: CDDFuse-lite weights offered beside an exact model (requests choose with the
+            ``method`` field); default: the bundled student of the task, when installed.
         max_upload: largest request body (``50M``, or bytes); larger uploads get 413 while they arrive.
         max_pixels: largest image (width x height, read from its header before decoding); larger: 413.
         token: when set, ``/api/fuse`` and ``/api/info`` need ``Authorization: Bearer <token>`` (401);
@@ -430,7 +455,8 @@ def create_app(
         def fuser_factory() -> Fuser:
             from ..fusion import Fuser
 
-            return Fuser(weights=weights, task=task, device=device, max_pixels=max_pixels)  # type: ignore[arg-type]
+            return Fuser(weights=weights, task=task, method=method, device=device,  # type: ignore[arg-type]
+                         max_pixels=max_pixels)
     limit = parse_size(max_upload)
     if queue_size < 1:
         raise ValueError(f"queue_size must be at least 1, got {queue_size}")
@@ -442,6 +468,10 @@ def create_app(
     fuser = fuser_factory()
     fuser.max_pixels = max_pixels
     state = ServeState(queue_size)
+    fusers: dict[str, Fuser] = {fuser.method: fuser}
+    lite = _lite_beside(fuser, lite_weights)
+    if lite is not None:
+        fusers["lite"] = lite
 
     def authorize(request: Request) -> None:
         if token is None:
@@ -455,13 +485,14 @@ def create_app(
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "stopping" if state.stopping.is_set() else "ok", "task": fuser.task,
                              "auth": token is not None, "busy": state.admitted, "uploads": state.uploads,
-                             "queue": queue_size})
+                             "queue": queue_size, "methods": list(fusers)})
 
     async def info(request: Request) -> Response:
         authorize(request)
         return JSONResponse(_fuser_info(fuser) | {
             "max_upload": limit, "max_pixels": max_pixels, "queue": queue_size, "upload_timeout": upload_timeout,
-            "min_upload_rate": min_upload_rate})
+            "min_upload_rate": min_upload_rate, "methods": list(fusers),
+            "method_weights": {name: _fuser_info(f)["weights"] for name, f in fusers.items()}})
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(OPENAPI)
@@ -578,8 +609,14 @@ def create_app(
         if req_task != fuser.task:
             raise ApiError(400, "wrong_task", f"task={req_task!r}: this server runs the {fuser.task} model; leave "
                            f"task out, or send task={fuser.task}", detail={"field": "task", "server": fuser.task})
+        req_method = options.get("method") or fuser.method
+        if req_method not in fusers:
+            _choice("method", req_method, NETWORK_METHODS)
+            raise ApiError(400, "method_unavailable", f"method={req_method!r}: this server offers "
+                           f"{', '.join(fusers)} (no {req_method} weights for task {fuser.task} are loaded); leave "
+                           "method out, or send one of those", detail={"field": "method", "server": list(fusers)})
         fmt = _choice("format", options.get("format", "png") or "png", tuple(FORMATS))
-        job = copy.copy(fuser)  # shares the model; per-request options
+        job = copy.copy(fusers[req_method])  # shares the model; per-request options
         job.color = _choice("color", options.get("color", fuser.color) or fuser.color, COLOR_MODES)  # type: ignore[assignment]
         job.chroma = resolve_chroma(_choice("chroma", options.get("chroma") or "auto", CHROMA_MODES), fuser.task)
         job.normalize = _choice("normalize", options.get("normalize", fuser.normalize) or fuser.normalize,  # type: ignore[assignment]
@@ -700,6 +737,7 @@ def create_app(
                     exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: server_error})
     app.state.fuser = fuser
     app.state.serve = state
+    app.state.fusers = fusers
     return app
 
 
@@ -747,6 +785,9 @@ def _openapi() -> dict[str, Any]:
                         "b": {"type": "string", "format": "binary", "description": "visible / MRI image"},
                         "task": {"type": "string", "enum": list(TASKS),
                                  "description": "must be the server's task (default)"},
+                        "method": {"type": "string", "enum": list(NETWORK_METHODS),
+                                   "description": "cddfuse (the exact network) or lite (CDDFuse-lite); one of the "
+                                                  "methods /api/info lists (default: the server's)"},
                         "color": {"type": "string", "enum": list(COLOR_MODES), "default": "auto"},
                         "chroma": {"type": "string", "enum": list(CHROMA_MODES), "default": "auto"},
                         "normalize": {"type": "string", "enum": list(NORMALIZE_MODES), "default": "minmax"},

@@ -267,6 +267,18 @@ def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
     if path is None:
         return cfg
     p = Path(path)
+    doc = read_config_file(p)
+    if doc is None:
+        return cfg
+    return merge(cfg, doc, where=str(p))
+
+
+def read_config_file(p: Path) -> Any:
+    """The YAML document of the recipe file ``p``, read safely (bounded size, UTF-8, no aliases).
+
+    Raises:
+        UsageError: one line naming the file and the problem.
+    """
     if not p.is_file():
         raise UsageError(f"config file {p} not found")
     try:
@@ -276,10 +288,7 @@ def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise UsageError(f"config file {p} is not UTF-8 text") from None
-    doc = _yaml_load(text, f"config file {p}")
-    if doc is None:
-        return cfg
-    return merge(cfg, doc, where=str(p))
+    return _yaml_load(text, f"config file {p}")
 
 
 def _set_dotted(cfg: dict[str, Any], key: str, value: Any, where: str) -> None:

@@ -132,6 +132,13 @@
       }
       select.value = h.task;
       setLabels(h.task);
+      const methods = h.methods || ["cddfuse"];
+      const method = $("method");
+      for (const opt of method.options) {
+        opt.disabled = !methods.includes(opt.value);
+        if (opt.disabled) opt.textContent += " — not loaded on this server";
+      }
+      method.value = methods[0];
       if (h.auth) $("token-field").hidden = false;
       $("token").value = token;
     } catch (e) {
@@ -154,6 +161,7 @@
     data.append("a", fa);
     data.append("b", fb);
     data.append("task", $("task").value);
+    data.append("method", $("method").value);
     data.append("color", $("color").value);
     data.append("normalize", $("normalize").value);
     data.append("resize", $("resize").checked ? "true" : "false");
