@@ -175,8 +175,10 @@ def test_cli_align_and_fuse_align(tmp_path, capsys):
     assert not (tmp_path / "no.png").exists()
     assert main(["align", str(tno / "ir" / "01.png"), str(tno / "vi" / "11.png"), "-o", str(tmp_path / "n.png")]) == 1
     assert not (tmp_path / "n.png").exists()
-    assert main(["fuse", str(tmp_path / "ir.png"), str(tno / "vi" / "07.png"), "-o", str(tmp_path / "x.png"),
-                 "--align", "affine", "--align-min-confidence", "2"]) == 2
+    with pytest.raises(SystemExit) as e:  # refused by the option's parser, before anything runs
+        main(["fuse", str(tmp_path / "ir.png"), str(tno / "vi" / "07.png"), "-o", str(tmp_path / "x.png"),
+              "--align", "affine", "--align-min-confidence", "2"])
+    assert e.value.code == 2 and not (tmp_path / "x.png").exists()
 
 
 @pytest.mark.slow
