@@ -633,28 +633,7 @@ def save_weights(
         normalize: output normalisation for inference (``"minmax"`` or ``"none"``).
         provenance: JSON-serialisable facts (data, recipe, steps, wall time, hardware...).
     """
-    from safetensors.torch import save_file
-
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    if residual not in RESIDUAL_MODES:
-        raise ValueError(f"residual must be one of {RESIDUAL_MODES}, got {residual!r}")
-    if normalize not in NORMALIZE_MODES:
-        raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
-    meta = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "task": task,
-        "residual": residual,
-        "normalize": normalize,
-        "config": json.dumps(model.config.to_dict(), sort_keys=True),
-        "provenance": json.dumps(dict(provenance or {}), sort_keys=True, default=str),
-    }
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    dest = Path(path)
-    with atomic_path(dest) as tmp:
-        save_file(state, str(tmp), metadata=meta)
-    return dest
+    return _save(model, path, task=task, residual=residual, normalize=normalize, provenance=provenance)
 
 
 def save_lite_weights(
@@ -676,6 +655,13 @@ def save_lite_weights(
         normalize: output normalisation for inference (``"minmax"`` or ``"none"``).
         provenance: JSON-serialisable facts (teacher file and sha256, data, recipe, steps, wall time, CPU...).
     """
+    return _save(model, path, task=task, residual=residual, normalize=normalize, provenance=provenance,
+                 architecture="lite")
+
+
+def _save(model: CDDFuse | CDDFuseLite, path: PathLike, *, task: str, residual: str, normalize: str,
+          provenance: Mapping[str, Any] | None, architecture: Architecture | None = None) -> Path:
+    """Both networks' safetensors writer: checked metadata (``architecture`` only for lite), atomic."""
     from safetensors.torch import save_file
 
     if task not in TASKS:
@@ -684,10 +670,10 @@ def save_lite_weights(
         raise ValueError(f"residual must be one of {RESIDUAL_MODES}, got {residual!r}")
     if normalize not in NORMALIZE_MODES:
         raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
-    meta = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "architecture": "lite",
+    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION}
+    if architecture is not None:
+        meta["architecture"] = architecture
+    meta |= {
         "task": task,
         "residual": residual,
         "normalize": normalize,
