@@ -68,6 +68,20 @@ def test_strips_equal_the_whole_image(monkeypatch, hw):
     assert torch.allclose(whole, strips, rtol=1e-6, atol=1e-5), float((whole - strips).abs().max())
 
 
+@pytest.mark.parametrize("hw", [(203, 77), (130, 257), (61, 1000)])
+def test_strip_stem_and_in_place_inference_give_the_same_bits(monkeypatch, hw):
+    """Large-image inference (the patchify convolution in strips of rows, in-place activations and
+    sums, each skip freed after use) computes exactly what training's graph-building pass computes."""
+    m = _trained_like()
+    a, b = torch.rand(1, 1, *hw), torch.rand(1, 1, *hw)
+    with torch.enable_grad():
+        graph = m.coefficients(a, b).detach()
+    monkeypatch.setattr(lite, "STRIP_PIXELS", 3000)  # strips of a few rows; widths not a multiple of 32
+    with torch.inference_mode():
+        lean = m.coefficients(a, b)
+    assert torch.equal(graph, lean)
+
+
 def test_flops_are_within_the_budget():
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -19,6 +19,9 @@ from typing import TypeVar
 import torch
 from torch import Tensor, nn
 
+from .._malloc import trim
+from ..models.lite import STRIP_PIXELS
+
 __all__ = ["run_lite", "lite_precision", "prepare_lite"]
 
 _M = TypeVar("_M", bound=nn.Module)
@@ -79,4 +82,9 @@ def run_lite(model: nn.Module, a: Tensor, b: Tensor, *, precision: str = "fp32")
     finally:
         if single:
             torch.set_num_threads(threads)
+    if dev.type == "cpu" and a.numel() > STRIP_PIXELS:
+        # the strips' buffers were freed into malloc's heap, where they would stay resident while the
+        # pipeline allocates its next full-size arrays: give them back (a 4096x4096 colour pair peaked
+        # 140 MiB lower; milliseconds)
+        trim()
     return out if out.dtype == torch.float32 else out.float()

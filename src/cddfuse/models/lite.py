@@ -87,6 +87,15 @@ class LiteConfig:
         return cls(**{k: int(v) for k, v in d.items()})
 
 
+def _lean() -> bool:
+    """Whether operations may work in place: no autograd graph to keep, and not tracing for export.
+
+    In place, ``relu_`` and ``add_`` give the very same values as their out-of-place forms; they only save
+    a full-size temporary each, which bounds the memory of very large images (4096 x 4096 and up).
+    """
+    return not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+
+
 class _SepBlock(nn.Module):
     """Depthwise 3x3 (optionally strided) + pointwise 1x1 + ReLU; residual when shapes allow."""
 
@@ -97,6 +106,9 @@ class _SepBlock(nn.Module):
         self.residual = stride == 1 and cin == cout
 
     def forward(self, x: Tensor) -> Tensor:
+        if _lean():  # the same numbers, with one temporary fewer at a time
+            y = self.pw(self.dw(x).relu_()).relu_()
+            return y.add_(x) if self.residual else y
         y = F.relu(self.pw(F.relu(self.dw(x))))
         return x + y if self.residual else y
 
@@ -156,22 +168,50 @@ class CDDFuseLite(nn.Module):
     # ------------------------------------------------------------------ parts
     def coefficients(self, a: Tensor, b: Tensor) -> Tensor:
         """Low-resolution coefficients ``(N, 3 + guides, ceil(H/m)*m/stem, ceil(W/m)*m/stem)``, ``m = multiple``."""
-        m = self.config.multiple
-        h, w = a.shape[-2], a.shape[-1]
-        x = torch.cat([a, b], dim=1)
-        ph, pw = (m - h % m) % m, (m - w % m) % m
-        if not (isinstance(ph, int) and isinstance(pw, int) and ph == 0 and pw == 0):
-            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-        x = self.enc0(F.relu(self.stem(x)))
-        skips = [x]
+        lean = _lean()
+        x = self._stem(a, b)
+        x = self.enc0(x.relu_() if lean else F.relu(x))
+        skips: list[Tensor | None] = [x]
         for down in self.down:
             x = down(x)
             skips.append(x)
         x = self.context(x)
         for i in reversed(range(self.config.levels)):
             x = F.interpolate(self.lateral[i](x), scale_factor=2.0, mode="bilinear", align_corners=False)
-            x = self.up[i](x + skips[i])
+            skip, skips[i] = skips[i], None  # each skip is used once: let it go as soon as it is
+            assert skip is not None
+            x = self.up[i](x.add_(skip) if lean else x + skip)
+            del skip
         return self.coef(x)
+
+    def _stem(self, a: Tensor, b: Tensor) -> Tensor:
+        """The patchify convolution on ``cat(a, b)``, padded by edge replication to a multiple of ``multiple``.
+
+        Large images go through it in strips of rows: its patches do not overlap, so every output row
+        depends on its own ``stem`` input rows only and the strips give the very same numbers, while the
+        concatenated, padded ``2 x H x W`` input exists one strip at a time.
+        """
+        m, s = self.config.multiple, self.config.stem
+        h, w = a.shape[-2], a.shape[-1]
+        ph, pw = (m - h % m) % m, (m - w % m) % m
+        exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        if exporting or h * w <= STRIP_PIXELS:
+            x = torch.cat([a, b], dim=1)
+            if not (isinstance(ph, int) and isinstance(pw, int) and ph == 0 and pw == 0):
+                x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+            return self.stem(x)
+        hp, wp = h + ph, w + pw
+        out = a.new_empty(a.shape[0], self.stem.out_channels, hp // s, wp // s)
+        rows = max(s, (STRIP_PIXELS // max(wp, 1)) // s * s)
+        for r0 in range(0, hp, rows):
+            r1 = min(hp, r0 + rows)
+            # rows past the image repeat its last row (replicate padding), columns likewise
+            idx = torch.arange(r0, r1, device=a.device).clamp_(max=h - 1)
+            x = torch.cat([a.index_select(2, idx), b.index_select(2, idx)], dim=1)
+            if pw:
+                x = F.pad(x, (0, pw, 0, 0), mode="replicate")
+            out[:, :, r0 // s:r1 // s] = self.stem(x)
+        return out
 
     def _full_res(self, a: Tensor, b: Tensor, up: Tensor) -> Tensor:
         """Full-resolution part on rows of ``a, b`` with the matching upsampled coefficients ``up``."""
