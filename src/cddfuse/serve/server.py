@@ -114,8 +114,11 @@ def serve(app: Any, sock: socket.socket, *, on_stop: Callable[[], None], header_
     command line reports as interrupted (exit 130)."""
     import uvicorn
 
+    signalled: list[int] = []
+
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            signalled.append(sig)
             on_stop()
             logging.getLogger("uvicorn.error").addFilter(_quiet_cancellation)
             super().handle_exit(sig, frame)
@@ -124,6 +127,11 @@ def serve(app: Any, sock: socket.socket, *, on_stop: Callable[[], None], header_
                             timeout_graceful_shutdown=graceful)
     try:
         Server(config).run(sockets=[sock])
+        if signalled:
+            # uvicorn raises the signal again once it has shut down, but asyncio's own SIGINT handler may
+            # turn that into a cancelled main task that ends normally (a race, seen on a loaded machine):
+            # stopped by a signal is an interruption whichever way the event loop ended
+            raise KeyboardInterrupt
     except KeyboardInterrupt:  # the signal, raised again by uvicorn once it has shut down
         _abandon_stuck_work(DEFAULT_LAST_WAIT)
         raise

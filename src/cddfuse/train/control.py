@@ -6,14 +6,16 @@ validation, and all ranks agree on the answer).
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
-__all__ = ["StopFlag", "TimeBudget"]
+__all__ = ["StopFlag", "TimeBudget", "BudgetExceeded"]
 
 
 class StopFlag:
@@ -41,6 +43,10 @@ class StopFlag:
         for sig, old in self._old.items():
             signal.signal(sig, old)
         self._old.clear()
+
+
+class BudgetExceeded(Exception):
+    """Raised inside a step guarded by :meth:`TimeBudget.first_step_guard` when the budget runs out."""
 
 
 class TimeBudget:
@@ -88,3 +94,39 @@ class TimeBudget:
         remaining = self.max_time - self.session_time()
         need = 1.25 * (self.step_s or 0.0) + 1.5 * self.checkpoint_s + extra_s + self.exit_s
         return remaining < need
+
+    def first_step_guard(self, single_process: bool = True) -> contextlib.AbstractContextManager[None]:
+        """Stop a step whose duration is not known yet before the budget runs out.
+
+        Until one step has been timed, :meth:`short` cannot know whether the next one fits: a budget
+        smaller than the start-up plus the first step would otherwise be overrun by most of that step.
+        While no step time is known, the step runs under a timer that raises :class:`BudgetExceeded`
+        when only the time for a checkpoint and the exit is left (or at once when even that is gone); the
+        caller then puts back the state from before the step and stops. Once a step has been timed, or
+        without a budget, off the main thread, without ``setitimer`` or with several processes (every
+        rank would have to agree), this does nothing.
+        """
+        if (self.max_time is None or self.step_s is not None or not single_process
+                or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer")):
+            return contextlib.nullcontext()
+        return self._guard(self.max_time - self.session_time() - 1.5 * self.checkpoint_s - self.exit_s)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _guard(left: float) -> Iterator[None]:
+        if left <= 0:
+            raise BudgetExceeded
+        armed = [True]
+
+        def ring(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
+            if armed[0]:
+                raise BudgetExceeded
+
+        old = signal.signal(signal.SIGALRM, ring)
+        signal.setitimer(signal.ITIMER_REAL, left)
+        try:
+            yield
+            armed[0] = False
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
