@@ -105,19 +105,19 @@ def test_checkpoint_keys_save_load_and_restore(tmp_path):
     t = Trainer(cfg, tmp_path / "run")
     g = torch.Generator().manual_seed(0)
     t.train_step(torch.rand(2, 1, 32, 32, generator=g), torch.rand(2, 1, 32, 32, generator=g), 1)
-    t.epoch, t.step_in_epoch, t.global_step = 0, 1, 1
+    t.state.epoch, t.state.step_in_epoch, t.state.global_step = 0, 1, 1
     assert set(t.state_dict("running")) == CHECKPOINT_KEYS
     path = t.save_checkpoint(also="extra.pt")
     assert path == tmp_path / "run" / "checkpoints" / "last.pt" and (path.parent / "extra.pt").is_file()
     state = json.loads((tmp_path / "run" / "state.json").read_text())
-    assert state["status"] == "running" and state["global_step"] == 1 and state["total_steps"] == t.total_steps
+    assert state["status"] == "running" and state["global_step"] == 1 and state["total_steps"] == t.state.total_steps
     ck = ckpt.load_checkpoint(tmp_path / "run")
     assert ck["format"] == ckpt.CHECKPOINT_FORMAT and ck["_path"] == str(path)
     r = Trainer(cfg, tmp_path / "run", resume=ck)
-    assert (r.epoch, r.step_in_epoch, r.global_step, r.sessions) == (0, 1, 1, 1)
+    assert (r.state.epoch, r.state.step_in_epoch, r.state.global_step, r.state.sessions) == (0, 1, 1, 1)
     for k, v in t.model.state_dict().items():
         assert torch.equal(v, r.model.state_dict()[k]), k
-    assert r.optimizers["encoder"].state_dict()["state"]  # Adam moments came back
+    assert r.state.optimizers["encoder"].state_dict()["state"]  # Adam moments came back
     with pytest.raises(UsageError, match="no training checkpoint"):
         ckpt.load_checkpoint(tmp_path / "elsewhere")
 
