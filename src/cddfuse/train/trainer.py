@@ -144,7 +144,7 @@ class Trainer:
         self.weights = LossWeights(**self.cfg["loss"])
 
         # data
-        self.dataset, self.data_desc = build_dataset(self.cfg, warn=self.warn)
+        self.dataset, data_desc = build_dataset(self.cfg, warn=self.warn)
         self.sampler = ResumableDistributedSampler(self.dataset, self.dist.world_size, self.dist.rank, self.cfg["seed"])
         # counted on the global batch, so that any number of ranks takes the same steps
         n = len(self.dataset)
@@ -172,7 +172,7 @@ class Trainer:
                                    eps=o["eps"], weight_decay=o["weight_decay"])
             optimizers[part] = opt
             schedulers[part] = torch.optim.lr_scheduler.StepLR(opt, step_size=s["step_epochs"], gamma=s["gamma"])
-        self.state = TrainState(self.cfg, self.data_desc, model, optimizers, schedulers, steps_per_epoch=steps,
+        self.state = TrainState(self.cfg, data_desc, model, optimizers, schedulers, steps_per_epoch=steps,
                                 global_batch=gb, dataset_len=n, world_size=self.dist.world_size)
         self.stepper = TrainStep(self.cfg, model, optimizers, schedulers, self.dist, self.weights,
                                  use_bf16=self.use_bf16, sample_hw=tuple(self.dataset[0][0].shape[-2:]))
