@@ -262,25 +262,21 @@ def _time_data_parallel(args, vis, ir):
 
 
 def _bare_trainer(cfg, dev, size: int = 128):
-    """A :class:`Trainer` without data: only what :meth:`Trainer.train_step` needs."""
+    """The trainer's optimisation step (:class:`cddfuse.train.step.TrainStep`, what :meth:`Trainer.train_step`
+    runs) without data: the network, one Adam per part, no schedules."""
     from cddfuse.train.distributed import DistContext
     from cddfuse.train.losses import LossWeights
-    from cddfuse.train.trainer import Trainer
+    from cddfuse.train.step import TrainStep
 
-    t = Trainer.__new__(Trainer)
-    t.cfg = cfg
     mb = getattr(_bare_trainer, "micro_batch", "auto")
     cfg["train"]["micro_batch"] = mb if mb == "auto" else int(mb)
-    t.dist = DistContext(device=dev)
-    t.device = dev
-    t.use_bf16 = os.environ.get("CDDFUSE_BENCH_BF16") == "1"  # --bf16 (inherited by --procs workers)
-    t.weights = LossWeights(**cfg["loss"])
     torch.manual_seed(0)
-    t.model = CDDFuse(CDDFuseConfig()).to(dev).train()
-    t.sample_hw = (size, size)
-    t.optimizers = {p: torch.optim.Adam(getattr(t.model, p).parameters(), lr=1e-4)
-                    for p in ("encoder", "decoder", "base_fuse", "detail_fuse")}
-    return t
+    model = CDDFuse(CDDFuseConfig()).to(dev).train()
+    optimizers = {p: torch.optim.Adam(getattr(model, p).parameters(), lr=1e-4)
+                  for p in ("encoder", "decoder", "base_fuse", "detail_fuse")}
+    return TrainStep(cfg, model, optimizers, {}, DistContext(device=dev), LossWeights(**cfg["loss"]),
+                     use_bf16=os.environ.get("CDDFUSE_BENCH_BF16") == "1",  # --bf16 (inherited by --procs workers)
+                     sample_hw=(size, size))
 
 
 if __name__ == "__main__":

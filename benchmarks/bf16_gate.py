@@ -1,6 +1,6 @@
 """Quality gate of ``--precision bf16`` on CPU: the five test sets, bundled weights, against fp32.
 
-For each set it runs the paper's protocol (:func:`cddfuse.metrics.benchmark.run_bench`: gray
+For each set it runs the paper's protocol (:func:`cddfuse.bench.paper.run_bench`: gray
 sources, min-max normalised, 8-bit) twice, in fp32 and in bf16, keeping the fused PNGs, then
 reports the share of pixels whose 8-bit values differ by at most one gray level and the relative
 difference of each of the eight paper metrics. The gate: >= 99.9% of pixels within one level and
@@ -30,9 +30,9 @@ import cv2
 import numpy as np
 import torch
 
+from cddfuse.bench.paper import run_bench
 from cddfuse.engine import ops as engine_ops
 from cddfuse.engine.cpu import bf16_feature, cpu_model
-from cddfuse.metrics.benchmark import run_bench
 
 SETS = ("TNO", "RoadScene", "MRI_CT", "MRI_PET", "MRI_SPECT")
 METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")

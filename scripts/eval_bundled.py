@@ -20,8 +20,8 @@ SETS = {"ivf": ("TNO", "RoadScene"), "mif": ("MRI_CT", "MRI_PET", "MRI_SPECT")}
 
 
 def main() -> int:
+    from cddfuse.bench.paper import format_bench, run_bench
     from cddfuse.metrics._memory import tune_malloc
-    from cddfuse.metrics.benchmark import format_bench, run_bench
 
     tune_malloc()
     out = ROOT / "docs/model_card"

@@ -4,7 +4,7 @@
         [--out docs/lite] [--images runs/lite_eval]
 
 For each set: ``cddfuse bench --method lite`` (the authors' protocol and metrics, all pairs; the
-machinery of :func:`cddfuse.metrics.benchmark.run_bench`) with the lite weights of its task, and
+machinery of :func:`cddfuse.bench.paper.run_bench`) with the lite weights of its task, and
 the mean rule (``--measure-mean``: measured with ``--method mean``; default: the mean-rule row stored
 with the exact model's results); the exact bundled model's values are those of ``scripts/eval_bundled.py``
 (``docs/model_card/bench_<set>.json``, same protocol). Writes ``<out>/eval_<set>.json`` and prints one
@@ -49,7 +49,7 @@ def main() -> int:
                     help="measure the mean rule here too (default: the mean-rule row stored with the exact "
                          "model's results, same protocol and metrics)")
     args = ap.parse_args()
-    from cddfuse.metrics.benchmark import run_bench
+    from cddfuse.bench.paper import run_bench
 
     args.out.mkdir(parents=True, exist_ok=True)
     summary = []

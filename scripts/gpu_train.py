@@ -230,11 +230,11 @@ def calibrate(cfg: dict[str, Any], run_dir: Path, *, warmup: int, steps: int, lo
     t0 = time.monotonic()
     trainer = Trainer(cfg, run_dir, echo=log)
     setup_s = time.monotonic() - t0
-    log(f"trainer built in {setup_s:.1f} s: {len(trainer.dataset)} training samples, {trainer.steps_per_epoch} "
-        f"steps per epoch at batch {trainer.global_batch}, device {trainer.device}")
+    log(f"trainer built in {setup_s:.1f} s: {len(trainer.dataset)} training samples, {trainer.state.steps_per_epoch} "
+        f"steps per epoch at batch {trainer.state.global_batch}, device {trainer.device}")
     try:
         cal, baseline, peak = _measure(trainer, setup_s, warmup, steps, log, barrier)
-        return cal, baseline, trainer.steps_per_epoch, peak
+        return cal, baseline, trainer.state.steps_per_epoch, peak
     finally:
         del trainer  # free the GPU memory for the real run
         gc.collect()

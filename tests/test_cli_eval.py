@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
+from cddfuse.bench.paper import detect_testset
 from cddfuse.cli.main import main
 from cddfuse.metrics import compute_metrics, read_gray
-from cddfuse.metrics.benchmark import detect_testset
 from cddfuse.metrics.paper import BASELINE_ROWS, COLUMNS
 
 from .conftest import shared_path
@@ -206,10 +206,10 @@ def test_bench_network_with_authors_checkpoint(tmp_path, capsys):
 
 
 def test_cli_choices_match_the_library():
+    from cddfuse.bench import paper
     from cddfuse.cli import bench as cli_bench
     from cddfuse.cli import eval as cli_eval
-    from cddfuse.metrics import benchmark, report
+    from cddfuse.metrics import report
 
     assert cli_eval.FORMATS == report.FORMATS
-    assert (cli_bench.METHODS, cli_bench.TASKS, cli_bench.NORMALIZE) == (benchmark.METHODS, benchmark.TASKS,
-                                                                          benchmark.NORMALIZE)
+    assert (cli_bench.METHODS, cli_bench.TASKS, cli_bench.NORMALIZE) == (paper.METHODS, paper.TASKS, paper.NORMALIZE)

@@ -347,7 +347,7 @@ def test_onnx_backend_with_lite(test_data, lite_weights):
 # ----------------------------------------------------------------------------- bench
 
 def test_bench_prints_a_lite_row_beside_the_papers(test_data, lite_weights, capsys):
-    from cddfuse.metrics.benchmark import run_bench
+    from cddfuse.bench.paper import run_bench
 
     capsys.readouterr()
     assert main(["bench", str(test_data / "TNO"), "--method", "lite", "--weights", str(lite_weights),

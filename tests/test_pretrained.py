@@ -38,7 +38,7 @@ def test_bundled_weights_beat_the_mean_rule_on_a_real_pair(task, testset):
     weights beat the mean-rule baseline on at least 6 of the 8 metrics (the issue's bar for whole sets)."""
     if task not in SHIPPED:
         pytest.skip(f"no bundled {task} weights in this checkout yet")
-    from cddfuse.metrics.benchmark import run_bench
+    from cddfuse.bench.paper import run_bench
 
     root = shared_path("data", "test", testset)
     ours = run_bench(root, task=task, limit=1, progress=False).evaluation.mean

@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from cddfuse.errors import UsageError
+from cddfuse.errors import CDDFuseError, UsageError
 from cddfuse.models import CDDFuse, CDDFuseConfig
 from cddfuse.train import checkpoint as ckpt
 from cddfuse.train import config as C
 from cddfuse.train.control import TimeBudget
 from cddfuse.train.losses import LossWeights, phase2_loss
+from cddfuse.train.state import TrainState
 from cddfuse.train.validation import Validator, _fuse
 
 from .conftest import TINY_SIZES
@@ -105,21 +106,64 @@ def test_checkpoint_keys_save_load_and_restore(tmp_path):
     t = Trainer(cfg, tmp_path / "run")
     g = torch.Generator().manual_seed(0)
     t.train_step(torch.rand(2, 1, 32, 32, generator=g), torch.rand(2, 1, 32, 32, generator=g), 1)
-    t.epoch, t.step_in_epoch, t.global_step = 0, 1, 1
+    t.state.epoch, t.state.step_in_epoch, t.state.global_step = 0, 1, 1
     assert set(t.state_dict("running")) == CHECKPOINT_KEYS
     path = t.save_checkpoint(also="extra.pt")
     assert path == tmp_path / "run" / "checkpoints" / "last.pt" and (path.parent / "extra.pt").is_file()
     state = json.loads((tmp_path / "run" / "state.json").read_text())
-    assert state["status"] == "running" and state["global_step"] == 1 and state["total_steps"] == t.total_steps
+    assert state["status"] == "running" and state["global_step"] == 1 and state["total_steps"] == t.state.total_steps
     ck = ckpt.load_checkpoint(tmp_path / "run")
     assert ck["format"] == ckpt.CHECKPOINT_FORMAT and ck["_path"] == str(path)
     r = Trainer(cfg, tmp_path / "run", resume=ck)
-    assert (r.epoch, r.step_in_epoch, r.global_step, r.sessions) == (0, 1, 1, 1)
+    assert (r.state.epoch, r.state.step_in_epoch, r.state.global_step, r.state.sessions) == (0, 1, 1, 1)
     for k, v in t.model.state_dict().items():
         assert torch.equal(v, r.model.state_dict()[k]), k
-    assert r.optimizers["encoder"].state_dict()["state"]  # Adam moments came back
+    assert r.state.optimizers["encoder"].state_dict()["state"]  # Adam moments came back
     with pytest.raises(UsageError, match="no training checkpoint"):
         ckpt.load_checkpoint(tmp_path / "elsewhere")
+
+
+def _tiny_state(cfg: dict[str, Any], seed: int, **position: Any) -> TrainState:
+    model = _tiny_model(seed).train()
+    opts = {p: torch.optim.Adam(getattr(model, p).parameters(), lr=1e-3) for p in C.PARTS}
+    scheds = {p: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5) for p, o in opts.items()}
+    return TrainState(cfg, {"samples": 8, "stems_sha1": "x", "mode": "patches"}, model, opts, scheds,
+                      steps_per_epoch=3, global_batch=2, dataset_len=8, **position)
+
+
+def test_checkpoint_of_a_train_state_without_a_trainer(tmp_path):
+    """Checkpoints need only the TrainState: written, read back and restored into a fresh state, the
+    weights, optimiser moments, schedules and position come back; other data or sizes are refused."""
+    cfg = C.validate(C.merge(C.default_config(), {"data": {"cache": "x.h5"}, "model": dict(TINY_SIZES),
+                                                  "phase1": {"epochs": 1}, "phase2": {"epochs": 1}}))
+    st = _tiny_state(cfg, 0, epoch=1, step_in_epoch=2, global_step=5, train_time=7.0, sessions=1)
+    st.model(torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16)).mean().backward()
+    for p in C.PARTS:
+        st.optimizers[p].step()
+        st.schedulers[p].step()
+    path = ckpt.write_checkpoint(st, tmp_path, "stopped", also="extra.pt", session_s=3.0)
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["global_step"] == 5 and state["phase"] == st.phase == 2 and state["train_time_s"] == 10.0
+    ck = ckpt.load_checkpoint(tmp_path)
+    assert ck["_path"] == str(path) and (path.parent / "extra.pt").is_file() and ck["sessions"] == 2
+    fresh = _tiny_state(cfg, 1)
+    warnings: list[str] = []
+    ckpt.restore_checkpoint(fresh, ck, warn=warnings.append)
+    assert (fresh.epoch, fresh.step_in_epoch, fresh.global_step, fresh.train_time, fresh.sessions) == (1, 2, 5, 10.0, 2)
+    for k, v in st.model.state_dict().items():
+        assert torch.equal(v, fresh.model.state_dict()[k]), k
+    assert fresh.schedulers["encoder"].get_last_lr() == st.schedulers["encoder"].get_last_lr()
+    assert fresh.optimizers["decoder"].state_dict()["state"] and not warnings
+    ckpt.restore_checkpoint(_tiny_state(cfg, 1, world_size=2), ck, warn=warnings.append)
+    assert warnings and "not bit-identical" in warnings[0]
+    other = _tiny_state(cfg, 1)
+    other.steps_per_epoch = 4
+    with pytest.raises(CDDFuseError, match="steps per epoch changed"):
+        ckpt.restore_checkpoint(other, ck, warn=warnings.append)
+    other = _tiny_state(cfg, 1)
+    other.data_desc = {**other.data_desc, "samples": 9}
+    with pytest.raises(CDDFuseError, match="training data differ"):
+        ckpt.restore_checkpoint(other, ck, warn=warnings.append)
 
 
 # -------------------------------------------------------------------------------- validation

@@ -254,7 +254,7 @@ save = Trainer.save_checkpoint
 
 def paused(self, *args, **kwargs):
     path = save(self, *args, **kwargs)
-    if self.global_step == 4:
+    if self.state.global_step == 4:
         print("checkpoint after step 4 written", flush=True)
         time.sleep(3600)
     return path

@@ -1,12 +1,13 @@
 """``cddfuse bench``: fuse a standard test set, evaluate it, compare with the paper
-(logic in :mod:`cddfuse.metrics.benchmark`)."""
+(logic in :mod:`cddfuse.bench.paper`)."""
 from __future__ import annotations
 
 import argparse
 import sys
 
 from ..options import METHODS, NORMALIZE_MODES, PRECISIONS, TASKS
-from .eval import FORMATS, _write
+from ._output import write_output
+from .eval import FORMATS
 from .vifb import BENCH_EPILOG, add_bench_arguments, check_paper_only
 
 _DESCRIPTION = """\
@@ -27,7 +28,7 @@ examples:
 """
 
 
-NORMALIZE = ("auto", *NORMALIZE_MODES)  # as cddfuse.metrics.benchmark.NORMALIZE (not imported: start-up time)
+NORMALIZE = ("auto", *NORMALIZE_MODES)  # as cddfuse.bench.paper.NORMALIZE (not imported: start-up time)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -66,8 +67,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..bench.paper import format_bench, run_bench
     from ..metrics._memory import tune_malloc
-    from ..metrics.benchmark import format_bench, run_bench
     from ..metrics.report import choose_format
 
     if getattr(args, "protocol", "paper") == "vifb":
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_bench(args.testset, method=args.method, weights=args.weights, task=args.task,
                        out_dir=args.out_dir, limit=args.limit, normalize=args.normalize,
                        precision=args.precision)
-    _write(format_bench(result, fmt), args.output)
+    write_output(format_bench(result, fmt), args.output)
     if args.output:
         print(f"wrote {args.output}", file=sys.stderr)
     if args.out_dir:

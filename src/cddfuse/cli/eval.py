@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import CDDFuseError, UsageError
+from ..errors import UsageError
+from ._output import write_output
 from .vifb import EVAL_EPILOG, add_protocol_argument
 
 _DESCRIPTION = """\
@@ -51,18 +52,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     return p
 
 
-def _write(text: str, output: str | None) -> None:
-    if not output:
-        sys.stdout.write(text)
-        return
-    from .._fileutil import atomic_write_bytes
-
-    try:
-        atomic_write_bytes(output, text.encode("utf-8"))
-    except OSError as e:
-        raise CDDFuseError(f"cannot write {output}: {e.strerror or e}") from None
-
-
 def run(args: argparse.Namespace) -> int:
     from ..metrics._memory import tune_malloc
     from ..metrics.evaluate import evaluate_folders, format_evaluation
@@ -87,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if result.ignored:
         shown = ", ".join(result.ignored[:10]) + (" ..." if len(result.ignored) > 10 else "")
         print(f"note: {len(result.ignored)} fused image(s) without sources were skipped: {shown}", file=sys.stderr)
-    _write(format_evaluation(result, fmt), args.output)
+    write_output(format_evaluation(result, fmt), args.output)
     if args.output:
         print(f"wrote {args.output} ({len(result)} images)", file=sys.stderr)
     return 0

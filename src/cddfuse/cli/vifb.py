@@ -1,4 +1,5 @@
-"""The ``--protocol vifb`` parts of ``cddfuse eval`` and ``cddfuse bench`` (logic in :mod:`cddfuse.metrics.vifb`).
+"""The ``--protocol vifb`` parts of ``cddfuse eval`` and ``cddfuse bench`` (logic in :mod:`cddfuse.metrics.vifb`
+and :mod:`cddfuse.bench.vifb`).
 
 Not a subcommand: :mod:`.eval` and :mod:`.bench` add these options and hand over when
 ``--protocol vifb`` is given.
@@ -9,6 +10,7 @@ import argparse
 import sys
 
 from ..errors import UsageError
+from ._output import write_output
 
 PROTOCOLS = ("paper", "vifb")
 
@@ -57,7 +59,6 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..metrics.report import choose_format
     from ..metrics.vifb import resolve_vifb_metrics
     from ..metrics.vifb.evaluate import evaluate_vifb_folders, format_vifb_evaluation
-    from .eval import _write
 
     tune_malloc()
     names = resolve_vifb_metrics(None if args.metrics in (None, "all") else args.metrics)
@@ -68,7 +69,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if result.ignored:
         shown = ", ".join(result.ignored[:10]) + (" ..." if len(result.ignored) > 10 else "")
         print(f"note: {len(result.ignored)} fused image(s) without sources were skipped: {shown}", file=sys.stderr)
-    _write(format_vifb_evaluation(result, fmt), args.output)
+    write_output(format_vifb_evaluation(result, fmt), args.output)
     if args.output:
         print(f"wrote {args.output} ({len(result)} images)", file=sys.stderr)
     return 0
@@ -76,11 +77,10 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_bench(args: argparse.Namespace) -> int:
     """``cddfuse bench VIFB_DIR --protocol vifb``: VIFB's table with this run's method and the added folders."""
+    from ..bench.vifb import run_vifb_bench
     from ..metrics._memory import tune_malloc
     from ..metrics.report import choose_format
-    from ..metrics.vifb.bench import run_vifb_bench
     from ..metrics.vifb.evaluate import format_vifb_table
-    from .eval import _write
 
     tune_malloc()
     if args.workers < 1:
@@ -92,7 +92,7 @@ def run_bench(args: argparse.Namespace) -> int:
     table = run_vifb_bench(args.testset, method=None if args.no_fusion else args.method, weights=args.weights,
                            task=args.task, added=added, out_dir=args.out_dir, limit=args.limit,
                            workers=args.workers, precision=args.precision)
-    _write(format_vifb_table(table, fmt), args.output)
+    write_output(format_vifb_table(table, fmt), args.output)
     if args.output:
         print(f"wrote {args.output}", file=sys.stderr)
     if args.out_dir and not args.no_fusion:

@@ -57,7 +57,7 @@ class EvaluationResult:
 
         registry = METRICS
         if self.protocol != "paper":
-            from .vifb import VIFB_METRICS as registry
+            from .vifb.registry import VIFB_METRICS as registry
         out: dict[str, Any] = {} if self.protocol == "paper" else {"protocol": self.protocol}
         out.update({
             "metrics": list(self.metrics),

@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Callable
-
-import numpy as np
 
 from ..errors import UsageError
 from ._validate import MetricInputError, as_triplet
+from .info import MetricInfo, UnknownMetricError
 from .nonref import (
     _average_gradient,
     _entropy,
@@ -39,55 +37,6 @@ __all__ = [
     "MetricInfo", "METRICS", "ALL_METRICS", "PAPER_METRICS", "UnknownMetricError",
     "resolve_metrics", "compute_metrics", "metric_info",
 ]
-
-
-class UnknownMetricError(UsageError, KeyError):
-    """A metric name that is not in :data:`METRICS`."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
-
-
-@dataclass(frozen=True)
-class MetricInfo:
-    """Properties of one metric.
-
-    Attributes:
-        name: the column name used in the paper and in results (``"EN"``, ``"Qabf"``...).
-        title: what it stands for.
-        function: the public function (``f`` only for no-reference metrics, else ``(a, b, f)``).
-        uses_sources: False for the no-reference metrics EN, SD, SF, AG.
-        higher_is_better: False only for MSE.
-        value_range: the possible values, as text.
-        min_size: the smallest image side the metric accepts.
-        protocol: the evaluation protocol it belongs to: ``"paper"`` (the CDDFuse authors' code, these
-            twelve) or ``"vifb"`` (the VIFB benchmark's MATLAB code, :mod:`cddfuse.metrics.vifb`).
-            Both have a Qabf, an SSIM...: same idea, different conventions and values.
-    """
-
-    name: str
-    title: str
-    function: Callable[..., float]
-    uses_sources: bool
-    higher_is_better: bool
-    value_range: str
-    min_size: int = 1
-    _impl: Callable[..., float] | None = field(default=None, repr=False, compare=False)
-    protocol: str = "paper"
-
-    @property
-    def qualified_name(self) -> str:
-        """``protocol.name`` (``"paper.SSIM"``, ``"vifb.Ssim"``): unique across the protocols."""
-        return f"{self.protocol}.{self.name}"
-
-    @property
-    def direction(self) -> str:
-        """``"higher"`` or ``"lower"`` (is better)."""
-        return "higher" if self.higher_is_better else "lower"
-
-    def _compute(self, a: np.ndarray, b: np.ndarray, f: np.ndarray) -> float:
-        assert self._impl is not None
-        return self._impl(f) if not self.uses_sources else self._impl(a, b, f)
 
 
 def _m(name: str, title: str, function: Callable[..., float], impl: Callable[..., float], uses_sources: bool,
@@ -145,7 +94,7 @@ def resolve_metrics(names: None | str | Iterable[str] = None, protocol: str = "p
     """
     if protocol != "paper":
         if protocol == "vifb":
-            from .vifb import resolve_vifb_metrics
+            from .vifb.registry import resolve_vifb_metrics
 
             return resolve_vifb_metrics(names)
         raise UsageError.invalid("protocol", protocol, "choose 'paper' or 'vifb'")

@@ -11,7 +11,8 @@ A checkpoint is one ``torch.save``-d dict (loadable with ``weights_only=True``):
 * bookkeeping: ``world_size``, ``train_time_s``, ``sessions``, ``saved``, ``torch``.
 
 Files are written atomically (a crash leaves the previous checkpoint intact), by rank 0 only;
-``state.json`` next to them is a small human-readable summary of the same position.
+``state.json`` next to them is a small human-readable summary of the same position. The functions
+here take the run's :class:`~cddfuse.train.state.TrainState`, not the trainer.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from .._fileutil import atomic_write_bytes
 from ..errors import CDDFuseError, CheckpointError, UsageError
 
 if TYPE_CHECKING:
-    from .trainer import Trainer
+    from .state import TrainState
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -39,7 +40,7 @@ __all__ = [
     "load_checkpoint",
     "checkpoint_dict",
     "restore_checkpoint",
-    "save_checkpoint",
+    "write_checkpoint",
     "rng_state",
     "set_rng_state",
 ]
@@ -112,100 +113,100 @@ def set_rng_state(st: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------- write / restore
-def _phase_now(t: Trainer) -> int:
-    return t.phase_of(min(t.epoch, t.total_epochs - 1))
-
-
-def checkpoint_dict(t: Trainer, status: str) -> dict[str, Any]:
-    """Everything needed to continue ``t`` exactly where it stands (see the module docstring)."""
+def checkpoint_dict(state: TrainState, status: str, session_s: float) -> dict[str, Any]:
+    """Everything needed to continue the run exactly where ``state`` stands (see the module docstring);
+    ``session_s``: seconds trained in this session so far."""
     return {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "status": status,
-        "config": copy.deepcopy(t.cfg),
-        "data": copy.deepcopy(t.data_desc),
-        "model": {k: v.detach().cpu() for k, v in t.model.state_dict().items()},
-        "optimizers": {k: o.state_dict() for k, o in t.optimizers.items()},
-        "schedulers": {k: s.state_dict() for k, s in t.schedulers.items()},
-        "epoch": t.epoch,
-        "step_in_epoch": t.step_in_epoch,
-        "global_step": t.global_step,
-        "phase": _phase_now(t),
-        "steps_per_epoch": t.steps_per_epoch,
+        "config": copy.deepcopy(state.cfg),
+        "data": copy.deepcopy(state.data_desc),
+        "model": {k: v.detach().cpu() for k, v in state.model.state_dict().items()},
+        "optimizers": {k: o.state_dict() for k, o in state.optimizers.items()},
+        "schedulers": {k: s.state_dict() for k, s in state.schedulers.items()},
+        "epoch": state.epoch,
+        "step_in_epoch": state.step_in_epoch,
+        "global_step": state.global_step,
+        "phase": state.phase,
+        "steps_per_epoch": state.steps_per_epoch,
         "data_order": {
             "sampler": "DistributedSampler(shuffle, seed + epoch, interleaved ranks)",
-            "seed": t.cfg["seed"],
-            "epoch": t.epoch,
-            "samples_done_in_epoch": t.step_in_epoch * t.global_batch,
-            "dataset_len": len(t.dataset),
+            "seed": state.cfg["seed"],
+            "epoch": state.epoch,
+            "samples_done_in_epoch": state.step_in_epoch * state.global_batch,
+            "dataset_len": state.dataset_len,
         },
-        "world_size": t.dist.world_size,
+        "world_size": state.world_size,
         "rng": rng_state(),
-        "train_time_s": t.train_time + t.budget.session_time(),
-        "sessions": t.sessions + 1,
+        "train_time_s": state.train_time + session_s,
+        "sessions": state.sessions + 1,
         "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "torch": str(torch.__version__),
     }
 
 
-def restore_checkpoint(t: Trainer, ck: dict[str, Any]) -> None:
-    """Put the checkpoint ``ck`` back into ``t`` (built from the same config): weights, optimiser and
-    scheduler states, position, RNG states. Refuses other data or another number of steps per epoch."""
-    old, new = ck["data"], t.data_desc
+def restore_checkpoint(state: TrainState, ck: dict[str, Any], warn: Callable[[str], None]) -> None:
+    """Put the checkpoint ``ck`` back into ``state`` (built from the same config): weights, optimiser and
+    scheduler states, position, RNG states. Refuses other data or another number of steps per epoch;
+    ``warn`` says when the number of processes changed (same batches, not bit-identical)."""
+    old, new = ck["data"], state.data_desc
     for key in ("samples", "stems_sha1", "mode"):
         if old.get(key) != new.get(key):
             raise CDDFuseError(
                 f"the training data differ from the checkpoint's ({key}: {old.get(key)!r} then, "
                 f"{new.get(key)!r} now); resume needs the same data"
             )
-    if ck["steps_per_epoch"] != t.steps_per_epoch:
+    if ck["steps_per_epoch"] != state.steps_per_epoch:
         raise CDDFuseError(
-            f"steps per epoch changed ({ck['steps_per_epoch']} -> {t.steps_per_epoch}); resume with the "
+            f"steps per epoch changed ({ck['steps_per_epoch']} -> {state.steps_per_epoch}); resume with the "
             "same batch size and data"
         )
-    if ck.get("world_size", 1) != t.dist.world_size:
-        t.warn(f"resuming a {ck.get('world_size', 1)}-process run with {t.dist.world_size} processes: "
-               "same batches, but not bit-identical")
-    t.model.load_state_dict(ck["model"])
-    t.model.to(t.device)
-    for k, o in t.optimizers.items():
+    if ck.get("world_size", 1) != state.world_size:
+        warn(f"resuming a {ck.get('world_size', 1)}-process run with {state.world_size} processes: "
+             "same batches, but not bit-identical")
+    state.model.load_state_dict(ck["model"])  # copied into the parameters where they are (their device)
+    for k, o in state.optimizers.items():
         o.load_state_dict(ck["optimizers"][k])
-    for k, s in t.schedulers.items():
+    for k, s in state.schedulers.items():
         s.load_state_dict(ck["schedulers"][k])
-    t.epoch, t.step_in_epoch, t.global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
-    t.train_time = float(ck.get("train_time_s", 0.0))
-    t.sessions = int(ck.get("sessions", 1))
+    state.epoch, state.step_in_epoch, state.global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
+    state.train_time = float(ck.get("train_time_s", 0.0))
+    state.sessions = int(ck.get("sessions", 1))
     set_rng_state(ck["rng"])
 
 
-def save_checkpoint(t: Trainer, status: str = "running", also: str | None = None) -> Path:
-    """Write ``checkpoints/last.pt`` (and ``checkpoints/<also>``) and ``state.json`` atomically; rank 0
-    only (the other ranks just get the path). Returns the path of ``last.pt``."""
-    dest = t.run_dir / "checkpoints" / "last.pt"
-    if not t.dist.is_main:
-        return dest
-    t0 = time.monotonic()
+def write_checkpoint(state: TrainState, run_dir: Path, status: str = "running", also: str | None = None, *,
+                     session_s: float) -> Path:
+    """Write ``run_dir/checkpoints/last.pt`` (and ``checkpoints/<also>``) and ``run_dir/state.json``,
+    atomically; returns the path of ``last.pt``. ``session_s``: seconds trained in this session so far.
+    Call it on one process (rank 0) only.
+
+    Raises:
+        CheckpointError: the files cannot be written (full disk, quota, permissions); the previous
+            checkpoint is still there, whole.
+    """
+    dest = run_dir / "checkpoints" / "last.pt"
     buf = io.BytesIO()
-    torch.save(checkpoint_dict(t, status), buf)
+    torch.save(checkpoint_dict(state, status, session_s), buf)
     data = buf.getvalue()
     try:
         atomic_write_bytes(dest, data)
         if also:
             atomic_write_bytes(dest.parent / also, data)
-        _write_state_json(t, status)
+        _write_state_json(state, run_dir, status, session_s)
     except OSError as e:  # full disk, quota, permissions: the previous checkpoint is still there, whole
         raise CheckpointError(f"cannot write the checkpoint {dest}: {e.strerror or e}; the previous checkpoint is "
                               "kept -- free space and resume with --resume") from None
-    t.budget.note_checkpoint(time.monotonic() - t0)
     return dest
 
 
-def _write_state_json(t: Trainer, status: str) -> None:
+def _write_state_json(state: TrainState, run_dir: Path, status: str, session_s: float) -> None:
     st = {
-        "status": status, "global_step": t.global_step, "total_steps": t.total_steps,
-        "epoch": t.epoch, "step_in_epoch": t.step_in_epoch, "total_epochs": t.total_epochs,
-        "phase": _phase_now(t),
-        "train_time_s": round(t.train_time + t.budget.session_time(), 3),
+        "status": status, "global_step": state.global_step, "total_steps": state.total_steps,
+        "epoch": state.epoch, "step_in_epoch": state.step_in_epoch, "total_epochs": state.total_epochs,
+        "phase": state.phase,
+        "train_time_s": round(state.train_time + session_s, 3),
         "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    atomic_write_bytes(t.run_dir / "state.json", (json.dumps(st, indent=2) + "\n").encode())
+    atomic_write_bytes(run_dir / "state.json", (json.dumps(st, indent=2) + "\n").encode())

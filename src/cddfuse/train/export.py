@@ -11,12 +11,12 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 if TYPE_CHECKING:
-    from .trainer import Trainer
+    from .state import TrainState
 
 __all__ = ["export_weights", "hardware_description"]
 
@@ -34,45 +34,49 @@ def hardware_description(device: torch.device) -> str:
     return f"{name or platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
 
 
-def export_weights(t: Trainer, dest: os.PathLike[str] | str | None = None, status: str = "complete") -> Path:
-    """Write ``t``'s model as cddfuse safetensors (rank 0 only), atomically; returns the path.
+def export_weights(state: TrainState, dest: os.PathLike[str] | str, *, device: torch.device, session_s: float,
+                   status: str = "complete", warn: Callable[[str], None] | None = None) -> Path:
+    """Write the model of the run ``state`` as cddfuse safetensors to ``dest``, atomically; returns the path.
+    Call it on one process (rank 0) only.
 
     Args:
-        t: the trainer.
-        dest: where to write (default ``run_dir/final.safetensors``).
+        state: the run.
+        dest: where to write (the trainer's: ``run_dir/final.safetensors``, or ``checkpoint.weights``).
+        device: where the run trains (recorded, with its hardware).
+        session_s: seconds trained in this session so far (added to the earlier sessions' time).
         status: the run's state, recorded in the provenance with the steps done in each phase:
             ``complete`` (the end), ``running`` (a checkpoint) or ``stopped`` (``--max-time``, SIGTERM).
+        warn: told when Phase II was skipped (the fusion layers are untrained).
     """
     from .. import __version__
     from ..models.weights import save_weights
 
-    dest = t.run_dir / "final.safetensors" if dest is None else Path(dest)
-    if not t.dist.is_main:
-        return dest
-    if t.cfg["phase2"]["epochs"] == 0:
-        t.warn("Phase II was skipped (phase2.epochs = 0): the fusion layers are untrained, the exported "
-               "model only reconstructs")
-    phase1_steps = t.e1 * t.steps_per_epoch
+    cfg = state.cfg
+    if cfg["phase2"]["epochs"] == 0 and warn is not None:
+        warn("Phase II was skipped (phase2.epochs = 0): the fusion layers are untrained, the exported "
+             "model only reconstructs")
+    phase1_steps = state.phase1_epochs * state.steps_per_epoch
     prov = {
         "made_by": f"cddfuse {__version__} train",
         "status": status,
-        "recipe": t.cfg.get("name") or "",
-        "training_config": t.cfg,
-        "data": t.data_desc,
-        "steps": t.global_step,
-        "total_steps": t.total_steps,
-        "phase2_steps": max(0, t.global_step - phase1_steps),  # optimisation steps of Phase II (fusion)
-        "epochs": t.epoch,
-        "phase1_epochs": t.e1,
-        "phase2_epochs": t.cfg["phase2"]["epochs"],
-        "global_batch": t.global_batch,
-        "processes": t.dist.world_size,
-        "device": str(t.device),
-        "hardware": hardware_description(t.device),
-        "train_time_s": round(t.train_time + t.budget.session_time(), 1),
+        "recipe": cfg.get("name") or "",
+        "training_config": cfg,
+        "data": state.data_desc,
+        "steps": state.global_step,
+        "total_steps": state.total_steps,
+        "phase2_steps": max(0, state.global_step - phase1_steps),  # optimisation steps of Phase II (fusion)
+        "epochs": state.epoch,
+        "phase1_epochs": state.phase1_epochs,
+        "phase2_epochs": cfg["phase2"]["epochs"],
+        "global_batch": state.global_batch,
+        "processes": state.world_size,
+        "device": str(device),
+        "hardware": hardware_description(device),
+        "train_time_s": round(state.train_time + session_s, 1),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "torch": str(torch.__version__),
     }
-    save_weights(t.model, dest, task=t.cfg["task"], residual=t.cfg["phase2"]["residual"],
+    dest = Path(dest)
+    save_weights(state.model, dest, task=cfg["task"], residual=cfg["phase2"]["residual"],
                  normalize="minmax", provenance=prov)
     return dest

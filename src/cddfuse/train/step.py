@@ -1,11 +1,13 @@
-"""One optimisation step of CDDFuse training (the half of :class:`~cddfuse.train.trainer.Trainer`
-that touches gradients): the network's forward pass per phase, gradient accumulation over chunks
-of the batch, the decomposition loss at the batch-mean correlations, per-part gradient averaging
-(data parallel), clipping and optimiser steps, and the per-part learning-rate schedules.
+"""One optimisation step of CDDFuse training (:class:`TrainStep`, the part of
+:class:`~cddfuse.train.trainer.Trainer` that touches gradients): the network's forward pass per phase,
+gradient accumulation over chunks of the batch, the decomposition loss at the batch-mean correlations,
+per-part gradient averaging (data parallel), clipping and optimiser steps, and the per-part
+learning-rate schedules.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -53,19 +55,38 @@ def _constant(value: Tensor) -> Callable[[Tensor], Tensor]:
     return lambda _local: value
 
 
+@dataclass
 class TrainStep:
-    """The optimisation step, as a base class of :class:`~cddfuse.train.trainer.Trainer`; it uses
-    only the attributes declared here (the trainer sets them up)."""
+    """The optimisation step of CDDFuse training, composed into :class:`~cddfuse.train.trainer.Trainer`
+    (which builds one from its parts) and usable on its own (the step benchmark does).
+
+    It holds references, not copies: stepping changes ``model``, ``optimizers`` and ``schedulers`` in place.
+
+    Attributes:
+        cfg: the resolved configuration (``phase1/2.parts``, ``phase2.residual``, ``optim.grad_clip``,
+            ``sched.min_lr``, ``train.micro_batch`` are read).
+        model: the network.
+        optimizers: one optimiser per part (:data:`cddfuse.train.config.PARTS`).
+        schedulers: one learning-rate schedule per part (stepped by :meth:`end_epoch`).
+        dist: the data-parallel context (gradients averaged over its processes; its device is used).
+        weights: the loss weights.
+        use_bf16: bfloat16 autocast for the forward passes.
+        sample_hw: the training samples' ``(height, width)`` (sizes the CPU micro-batches).
+    """
 
     cfg: dict[str, Any]
     model: CDDFuse
     optimizers: dict[str, torch.optim.Optimizer]
     schedulers: dict[str, torch.optim.lr_scheduler.StepLR]
     dist: DistContext
-    device: torch.device
-    use_bf16: bool
     weights: LossWeights
-    sample_hw: tuple[int, ...]
+    use_bf16: bool = False
+    sample_hw: tuple[int, ...] = (128, 128)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the step runs (the data-parallel context's device)."""
+        return self.dist.device
 
     def parts_of(self, phase: int) -> list[str]:
         """The parts trained in ``phase``."""
@@ -87,7 +108,7 @@ class TrainStep:
 
     def _bytes_per_pair(self) -> int:
         c = self.model.config
-        h, w = getattr(self, "sample_hw", (128, 128))
+        h, w = self.sample_hw
         maps = 35 * (c.encoder_blocks + c.decoder_blocks) + 100  # feature maps kept for backward, per image
         return max(1, 2 * 4 * h * w * c.dim * maps)
 
@@ -177,7 +198,9 @@ class TrainStep:
             self.optimizers[p].step()
         return totals, images
 
-    def _end_epoch(self, phase: int) -> None:
+    def end_epoch(self, phase: int) -> None:
+        """Step the schedules of the parts trained in ``phase`` (at the end of an epoch), then floor each
+        learning rate at ``sched.min_lr``."""
         floor = self.cfg["sched"]["min_lr"]
         for p in self.parts_of(phase):
             self.schedulers[p].step()

@@ -18,11 +18,13 @@ the epoch, global step and RNG states; the data order is a permutation seeded by
 (:class:`~cddfuse.train.data.ResumableDistributedSampler`), so a resumed run continues with the same
 batches and, on CPU, reaches bit-identical weights.
 
-This module holds the set-up and the loop; the rest lives next to it: :mod:`~cddfuse.train.step`
+This module holds the set-up and the loop; the rest lives next to it, composed rather than inherited:
+:mod:`~cddfuse.train.state` (the run's state: network, optimisers, position), :mod:`~cddfuse.train.step`
 (one optimisation step), :mod:`~cddfuse.train.checkpoint` (checkpoint contents, atomic writing, RNG
 state), :mod:`~cddfuse.train.validation` (held-out pairs), :mod:`~cddfuse.train.logs` (TensorBoard,
 progress bar), :mod:`~cddfuse.train.control` (stop requests, ``--max-time``) and
-:mod:`~cddfuse.train.export` (``final.safetensors``).
+:mod:`~cddfuse.train.export` (``final.safetensors``). Checkpoints and the export see the
+:class:`~cddfuse.train.state.TrainState` only.
 """
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ from .datasets import ResumableDistributedSampler, build_dataset
 from .distributed import DistContext, init_distributed
 from .export import export_weights, hardware_description
 from .losses import LossWeights
+from .state import TrainState
 from .step import TrainStep, tune_glibc_malloc
 from .validation import Validator
 
@@ -77,8 +80,10 @@ def model_config_from(cfg: dict[str, Any]) -> CDDFuseConfig:
     return CDDFuseConfig.from_dict({k: v for k, v in cfg["model"].items() if k != "init"})
 
 
-class Trainer(TrainStep):
-    """One training run in ``run_dir``.
+class Trainer:
+    """One training run in ``run_dir``: set-up and the loop, around a :class:`~cddfuse.train.state.TrainState`
+    (:attr:`state`: network, optimisers, position; what checkpoints hold) and a
+    :class:`~cddfuse.train.step.TrainStep` (:attr:`stepper`: one optimisation step).
 
     Args:
         cfg: resolved configuration (:func:`cddfuse.train.config.validate`-d).
@@ -135,14 +140,11 @@ class Trainer(TrainStep):
                 f"train.batch_size={gb} (the global batch) must be divisible by the number of processes "
                 f"({self.dist.world_size})"
             )
-        self.global_batch = gb
         self.local_batch = gb // self.dist.world_size
-        self.e1 = self.cfg["phase1"]["epochs"]
-        self.total_epochs = self.e1 + self.cfg["phase2"]["epochs"]
         self.weights = LossWeights(**self.cfg["loss"])
 
         # data
-        self.dataset, self.data_desc = build_dataset(self.cfg, warn=self.warn)
+        self.dataset, data_desc = build_dataset(self.cfg, warn=self.warn)
         self.sampler = ResumableDistributedSampler(self.dataset, self.dist.world_size, self.dist.rank, self.cfg["seed"])
         # counted on the global batch, so that any number of ranks takes the same steps
         n = len(self.dataset)
@@ -154,40 +156,39 @@ class Trainer(TrainStep):
                 f"the training data hold {len(self.dataset)} samples, fewer than one batch of {gb}; "
                 "lower train.batch_size (--batch-size) or add data"
             )
-        self.steps_per_epoch = steps
-        self.sample_hw = tuple(self.dataset[0][0].shape[-2:])
-        self.total_steps = steps * self.total_epochs
 
         # model, optimisers, schedulers (identical initialisation on every rank)
         torch.manual_seed(self.cfg["seed"])
-        self.model = CDDFuse(model_config_from(self.cfg))
+        model = CDDFuse(model_config_from(self.cfg))
         if self.cfg["model"]["init"] and resume is None:
-            self._load_init(self.cfg["model"]["init"])
-        self.model.to(self.device).train()
-        self.dist.broadcast_module(self.model)
+            self._load_init(model, self.cfg["model"]["init"])
+        model.to(self.device).train()
+        self.dist.broadcast_module(model)
         o, s = self.cfg["optim"], self.cfg["sched"]
-        self.optimizers: dict[str, torch.optim.Optimizer] = {}
-        self.schedulers: dict[str, torch.optim.lr_scheduler.StepLR] = {}
+        optimizers: dict[str, torch.optim.Optimizer] = {}
+        schedulers: dict[str, torch.optim.lr_scheduler.StepLR] = {}
         for part in C.PARTS:
-            opt = torch.optim.Adam(getattr(self.model, part).parameters(), lr=o["lr"], betas=tuple(o["betas"]),
+            opt = torch.optim.Adam(getattr(model, part).parameters(), lr=o["lr"], betas=tuple(o["betas"]),
                                    eps=o["eps"], weight_decay=o["weight_decay"])
-            self.optimizers[part] = opt
-            self.schedulers[part] = torch.optim.lr_scheduler.StepLR(opt, step_size=s["step_epochs"], gamma=s["gamma"])
+            optimizers[part] = opt
+            schedulers[part] = torch.optim.lr_scheduler.StepLR(opt, step_size=s["step_epochs"], gamma=s["gamma"])
+        self.state = TrainState(self.cfg, data_desc, model, optimizers, schedulers, steps_per_epoch=steps,
+                                global_batch=gb, dataset_len=n, world_size=self.dist.world_size)
+        self.stepper = TrainStep(self.cfg, model, optimizers, schedulers, self.dist, self.weights,
+                                 use_bf16=self.use_bf16, sample_hw=tuple(self.dataset[0][0].shape[-2:]))
 
         # time budget (first checkpoint estimate from the model size), validation, logging
-        n_params = sum(p.numel() for p in self.model.parameters())
+        n_params = sum(p.numel() for p in model.parameters())
         self.budget = TimeBudget(start_time, max_time, checkpoint_s=1.0 + 12 * n_params / 200e6)
         self.validator = Validator(self.cfg, self.weights, self.device, self.run_dir, warn=self.warn)
         self.writer: SummaryWriter | None = None  # while running, on rank 0
-
-        # position
-        self.epoch = 0
-        self.step_in_epoch = 0
-        self.global_step = 0
-        self.train_time = 0.0  # seconds spent in earlier sessions of this run
-        self.sessions = 0
         if resume is not None:
-            ckpt.restore_checkpoint(self, resume)
+            ckpt.restore_checkpoint(self.state, resume, warn=self.warn)
+
+    @property
+    def model(self) -> CDDFuse:
+        """The network being trained (:attr:`state`'s)."""
+        return self.state.model
 
     @property
     def start_time(self) -> float:
@@ -201,7 +202,7 @@ class Trainer(TrainStep):
     def echo(self, msg: str) -> None:
         if not self.dist.is_main:
             return
-        bar = getattr(self, "_bar", None)  # (absent on trainers built without __init__, as benchmarks do)
+        bar = self._bar
         if bar is not None and not bar.disable:
             bar.write(msg, file=sys.stderr)
         else:
@@ -212,40 +213,52 @@ class Trainer(TrainStep):
             self._warned.add(msg)
             self.echo(f"warning: {msg}")
 
-    def phase_of(self, epoch: int) -> int:
-        return 1 if epoch < self.e1 else 2
-
-    def _load_init(self, path: str) -> None:
+    def _load_init(self, model: CDDFuse, path: str) -> None:
         from ..models.weights import load_weights
 
         init, info = load_weights(path)
-        if init.config != self.model.config:
+        if init.config != model.config:
             raise UsageError(
                 f"model.init {path} has sizes {init.config.to_dict()}, which differ from the config's model "
                 "section; set the model sizes to match"
             )
-        self.model.load_state_dict(init.state_dict())
+        model.load_state_dict(init.state_dict())
         self.echo(f"initialised from {path}")
+
+    def train_step(self, a: Tensor, b: Tensor, phase: int,
+                   want_images: bool = False) -> tuple[dict[str, Tensor], list[Tensor] | None]:
+        """One optimisation step on this rank's batch (:meth:`cddfuse.train.step.TrainStep.train_step`)."""
+        return self.stepper.train_step(a, b, phase, want_images=want_images)
 
     # ------------------------------------------------------------------------------ state I/O
     def state_dict(self, status: str) -> dict[str, Any]:
         """The checkpoint contents (:func:`cddfuse.train.checkpoint.checkpoint_dict`)."""
-        return ckpt.checkpoint_dict(self, status)
+        return ckpt.checkpoint_dict(self.state, status, self.budget.session_time())
 
     def save_checkpoint(self, status: str = "running", also: str | None = None) -> Path:
         """Write ``checkpoints/last.pt`` (and ``checkpoints/<also>``) atomically, and the weights to
-        ``checkpoint.weights`` when set; rank 0 only."""
-        path = ckpt.save_checkpoint(self, status, also)
+        ``checkpoint.weights`` when set; rank 0 only (the other ranks just get the path)."""
+        if not self.dist.is_main:
+            return self.run_dir / "checkpoints" / "last.pt"
+        t0 = time.monotonic()
+        path = ckpt.write_checkpoint(self.state, self.run_dir, status, also, session_s=self.budget.session_time())
+        self.budget.note_checkpoint(time.monotonic() - t0)
         weights = self.cfg["checkpoint"]["weights"]
-        if weights and self.dist.is_main:
+        if weights:
             t0 = time.monotonic() - self.budget.last_checkpoint_s
-            export_weights(self, weights, status=status)
+            self._export(weights, status=status)
             self.budget.note_checkpoint(time.monotonic() - t0)  # the weights are part of what a checkpoint takes
         return path
 
     def export(self) -> Path:
         """Write ``final.safetensors`` (rank 0; :func:`cddfuse.train.export.export_weights`)."""
-        return export_weights(self)
+        return self._export(self.run_dir / "final.safetensors")
+
+    def _export(self, dest: os.PathLike[str] | str, status: str = "complete") -> Path:
+        if not self.dist.is_main:
+            return Path(dest)
+        return export_weights(self.state, dest, device=self.device, session_s=self.budget.session_time(),
+                              status=status, warn=self.warn)
 
     def validate(self, phase: int) -> dict[str, float]:
         """Evaluate on the held-out pairs (rank 0) and log the means (:mod:`cddfuse.train.validation`)."""
@@ -253,8 +266,8 @@ class Trainer(TrainStep):
             return {}
         means = self.validator.evaluate(self.model, phase)
         self.budget.validation_s = self.validator.seconds
-        self.validator.report(means, step=self.global_step, epoch=self.epoch, phase=phase, writer=self.writer,
-                              echo=self.echo)
+        self.validator.report(means, step=self.state.global_step, epoch=self.state.epoch, phase=phase,
+                              writer=self.writer, echo=self.echo)
         return means
 
     # ------------------------------------------------------------------------------- the loop
@@ -266,7 +279,7 @@ class Trainer(TrainStep):
                 remove_stale_temporaries(folder)
             atomic_write_bytes(self.run_dir / "config.yaml", C.dump_config(self.cfg).encode())
             if self.cfg["log"]["tensorboard"]:
-                self.writer = logs.open_writer(self.run_dir, self.global_step, self.warn)
+                self.writer = logs.open_writer(self.run_dir, self.state.global_step, self.warn)
         self.stop.install()
         try:
             return self._run()
@@ -276,44 +289,46 @@ class Trainer(TrainStep):
                 self.writer.close()
 
     def _run(self) -> TrainResult:
-        if self.epoch >= self.total_epochs:
-            self.echo(f"{self.run_dir}: training already complete ({self.global_step} steps)")
+        st = self.state
+        if st.epoch >= st.total_epochs:
+            self.echo(f"{self.run_dir}: training already complete ({st.global_step} steps)")
             w = self.export()
-            return TrainResult(self.run_dir, "complete", self.global_step, self.epoch, w,
+            return TrainResult(self.run_dir, "complete", st.global_step, st.epoch, w,
                                self.run_dir / "checkpoints" / "last.pt")
         self.echo(
-            f"training {self.run_dir}: {len(self.dataset)} samples, {self.steps_per_epoch} steps/epoch x "
-            f"{self.total_epochs} epochs (Phase I {self.e1}, Phase II {self.cfg['phase2']['epochs']}), global batch "
-            f"{self.global_batch} on {self.dist.world_size} process(es), device {self.device}"
-            + (f"; resuming at step {self.global_step}" if self.global_step else "")
+            f"training {self.run_dir}: {len(self.dataset)} samples, {st.steps_per_epoch} steps/epoch x "
+            f"{st.total_epochs} epochs (Phase I {st.phase1_epochs}, Phase II {self.cfg['phase2']['epochs']}), "
+            f"global batch {st.global_batch} on {self.dist.world_size} process(es), device {self.device}"
+            + (f"; resuming at step {st.global_step}" if st.global_step else "")
         )
         self.budget.note_startup(self.budget.session_time())
         show = self.cfg["log"]["progress"] and self.dist.is_main
-        self._bar = logs.progress_bar(self.total_steps, self.global_step, show)
+        self._bar = logs.progress_bar(st.total_steps, st.global_step, show)
         try:
-            while self.epoch < self.total_epochs:
-                phase = self.phase_of(self.epoch)
+            while st.epoch < st.total_epochs:
+                phase = st.phase_of(st.epoch)
                 stopped = self._train_epoch(phase)
                 if stopped is None:
                     stopped = self._next_epoch(phase)
                 if stopped is not None:
                     return stopped
             if self.validator.enabled:
-                self.validate(self.phase_of(self.total_epochs - 1))
+                self.validate(st.phase_of(st.total_epochs - 1))
             ck = self.save_checkpoint("complete")
             w = self.export()
-            self.echo(f"done: {self.global_step} steps; weights {w} (use: cddfuse fuse --weights {w} ...)")
-            return TrainResult(self.run_dir, "complete", self.global_step, self.epoch, w, ck)
+            self.echo(f"done: {st.global_step} steps; weights {w} (use: cddfuse fuse --weights {w} ...)")
+            return TrainResult(self.run_dir, "complete", st.global_step, st.epoch, w, ck)
         finally:
             self._bar.close()
             self._bar = None
 
     def _train_epoch(self, phase: int) -> TrainResult | None:
         """The remaining steps of the current epoch; a result when the run stops inside it."""
-        if self.step_in_epoch >= self.steps_per_epoch:
+        st = self.state
+        if st.step_in_epoch >= st.steps_per_epoch:
             return None
-        self.dataset.set_epoch(self.epoch)
-        self.sampler.set_position(self.epoch, self.step_in_epoch * self.local_batch)
+        self.dataset.set_epoch(st.epoch)
+        self.sampler.set_position(st.epoch, st.step_in_epoch * self.local_batch)
         loader = DataLoader(
             self.dataset, batch_size=self.local_batch, sampler=self.sampler, num_workers=self.cfg["data"]["workers"],
             drop_last=self.cfg["train"]["drop_last"], pin_memory=self.device.type == "cuda",
@@ -321,7 +336,7 @@ class Trainer(TrainStep):
         it = iter(loader)
         img_every = self.cfg["log"]["image_every_steps"]
         t_prev = time.monotonic()
-        while self.step_in_epoch < self.steps_per_epoch:
+        while st.step_in_epoch < st.steps_per_epoch:
             if self._should_stop(extra_s=self._due_after_step()):
                 return self._stop_now("stop requested" if self.stop.requested else "--max-time budget")
             try:
@@ -330,16 +345,16 @@ class Trainer(TrainStep):
                 break
             a = a.to(self.device, non_blocking=True)
             b = b.to(self.device, non_blocking=True)
-            want_img = bool(img_every) and (self.global_step + 1) % img_every == 0
-            parts, images = self.train_step(a, b, phase, want_images=want_img)
+            want_img = bool(img_every) and (st.global_step + 1) % img_every == 0
+            parts, images = self.stepper.train_step(a, b, phase, want_images=want_img)
             if not bool(torch.isfinite(parts["total"])):
                 raise CDDFuseError(
-                    f"the loss became {float(parts['total'])} at step {self.global_step + 1} (phase "
+                    f"the loss became {float(parts['total'])} at step {st.global_step + 1} (phase "
                     f"{phase}); stopped without saving, the last checkpoint in {self.run_dir} is intact. "
                     "Lower optim.lr, or check the data for blank images"
                 )
-            self.step_in_epoch += 1
-            self.global_step += 1
+            st.step_in_epoch += 1
+            st.global_step += 1
             if self._step_sleep:
                 time.sleep(self._step_sleep)
             now = time.monotonic()
@@ -350,37 +365,39 @@ class Trainer(TrainStep):
 
     def _after_step(self, phase: int, parts: dict[str, Tensor], images: list[Tensor] | None, dt: float) -> None:
         """Log the step (every ``log.every_steps``, losses averaged over ranks) and checkpoint when due."""
-        if self.global_step % self.cfg["log"]["every_steps"] == 0 or self.global_step == self.total_steps:
+        st = self.state
+        if st.global_step % self.cfg["log"]["every_steps"] == 0 or st.global_step == st.total_steps:
             vec = self.dist.all_reduce_mean(torch.stack([v.float() for v in parts.values()]))
             vals = dict(zip(parts.keys(), vec.tolist()))
             if self.writer is not None:
-                lrs = {p: o.param_groups[0]["lr"] for p, o in self.optimizers.items()}
-                logs.log_scalars(self.writer, self.global_step, phase, vals, lrs, dt, self.global_batch, self.epoch)
-            rate = self.global_batch / self.budget.step_s if self.budget.step_s else 0.0
-            logs.show_progress(self._bar, self.echo, vals, self.weights, phase=phase, epoch=self.epoch,
-                               total_epochs=self.total_epochs, step=self.global_step, total_steps=self.total_steps,
+                lrs = {p: o.param_groups[0]["lr"] for p, o in st.optimizers.items()}
+                logs.log_scalars(self.writer, st.global_step, phase, vals, lrs, dt, st.global_batch, st.epoch)
+            rate = st.global_batch / self.budget.step_s if self.budget.step_s else 0.0
+            logs.show_progress(self._bar, self.echo, vals, self.weights, phase=phase, epoch=st.epoch,
+                               total_epochs=st.total_epochs, step=st.global_step, total_steps=st.total_steps,
                                rate=rate)
         if images is not None and self.writer is not None:
-            logs.log_images(self.writer, self.global_step, phase, images)
+            logs.log_images(self.writer, st.global_step, phase, images)
         self._bar.update(1)
         every_ckpt = self.cfg["checkpoint"]["every_steps"]
-        if every_ckpt and self.global_step % every_ckpt == 0 and self.step_in_epoch < self.steps_per_epoch:
+        if every_ckpt and st.global_step % every_ckpt == 0 and st.step_in_epoch < st.steps_per_epoch:
             self.save_checkpoint()
 
     def _next_epoch(self, phase: int) -> TrainResult | None:
         """End the epoch (schedulers), move to the next, checkpoint and validate when due; a result
         when the run stops before the validation."""
-        self._end_epoch(phase)
-        self.epoch += 1
-        self.step_in_epoch = 0
-        if self.epoch >= self.total_epochs:
+        st = self.state
+        self.stepper.end_epoch(phase)
+        st.epoch += 1
+        st.step_in_epoch = 0
+        if st.epoch >= st.total_epochs:
             return None
         every_ckpt = self.cfg["checkpoint"]["every_steps"]
-        if self.epoch == self.e1 and 0 < self.e1:  # the phase boundary
+        if st.epoch == st.phase1_epochs and 0 < st.phase1_epochs:  # the phase boundary
             self.save_checkpoint(also="phase1.pt")
-        elif every_ckpt and self.global_step % every_ckpt == 0:
+        elif every_ckpt and st.global_step % every_ckpt == 0:
             self.save_checkpoint()
-        if self.validator.enabled and self.epoch % self.cfg["val"]["every_epochs"] == 0:
+        if self.validator.enabled and st.epoch % self.cfg["val"]["every_epochs"] == 0:
             if self._should_stop(extra_s=self.budget.validation_s):
                 return self._stop_now("stop requested" if self.stop.requested else "--max-time budget")
             self.validate(phase)
@@ -390,14 +407,15 @@ class Trainer(TrainStep):
         """Seconds of the work that the next step brings due before the one after it can be asked about:
         a periodic or phase-boundary checkpoint, or, after the run's last step, the final validation
         and the export of the weights (the validation between epochs is asked about on its own)."""
-        b = self.budget
-        step, in_epoch, every = self.global_step + 1, self.step_in_epoch + 1, self.cfg["checkpoint"]["every_steps"]
+        b, st = self.budget, self.state
+        step, in_epoch, every = st.global_step + 1, st.step_in_epoch + 1, self.cfg["checkpoint"]["every_steps"]
         periodic = bool(every) and step % every == 0
-        if in_epoch < self.steps_per_epoch:
+        if in_epoch < st.steps_per_epoch:
             return b.checkpoint_s if periodic else 0.0
-        if self.epoch + 1 >= self.total_epochs:  # the run's last step
+        if st.epoch + 1 >= st.total_epochs:  # the run's last step
             return (b.validation_s if self.validator.enabled else 0.0) + b.checkpoint_s
-        return b.checkpoint_s if periodic or (self.e1 > 0 and self.epoch + 1 == self.e1) else 0.0
+        e1 = st.phase1_epochs
+        return b.checkpoint_s if periodic or (e1 > 0 and st.epoch + 1 == e1) else 0.0
 
     def _should_stop(self, extra_s: float = 0.0) -> bool:
         """A stop request or too little time left, on any rank."""
@@ -405,12 +423,13 @@ class Trainer(TrainStep):
 
     def _stop_now(self, reason: str) -> TrainResult:
         ck = self.save_checkpoint("stopped")
+        st = self.state
         self.echo(
-            f"stopped at step {self.global_step}/{self.total_steps} (epoch {self.epoch}, "
-            f"{self.step_in_epoch}/{self.steps_per_epoch} steps into it): {reason}. "
+            f"stopped at step {st.global_step}/{st.total_steps} (epoch {st.epoch}, "
+            f"{st.step_in_epoch}/{st.steps_per_epoch} steps into it): {reason}. "
             f"Checkpoint {ck}. Continue with: cddfuse train --resume {self.run_dir}"
         )
-        return TrainResult(self.run_dir, "stopped", self.global_step, self.epoch, None, ck)
+        return TrainResult(self.run_dir, "stopped", st.global_step, st.epoch, None, ck)
 
 
 def train(

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from ...errors import UsageError
-from ..registry import MetricInfo, UnknownMetricError
+from ..info import MetricInfo, UnknownMetricError
 from ._common import Triplet, prepare
 from .basic import (
     _avg_gradient,

@@ -1,4 +1,5 @@
-"""``cddfuse bench --protocol vifb``: fuse VIFB's pairs with a method and rank it in VIFB's table."""
+"""``cddfuse bench --protocol vifb``: fuse VIFB's pairs with a method and rank it in VIFB's table
+(the metrics: :mod:`cddfuse.metrics.vifb`)."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
@@ -6,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..._fileutil import is_inside
-from ...errors import CDDFuseError, UsageError
-from ...options import METHODS, TASKS, Precision, check_choice
-from ..evaluate import EvaluationResult, progress_bar
-from ..io import PathLike
-from .evaluate import VifbTable, find_vifb_layout, vifb_table
-from .io import read_vifb_image
-from .registry import compute_vifb_metrics, resolve_vifb_metrics
+from .._fileutil import is_inside
+from ..errors import CDDFuseError, UsageError
+from ..metrics.evaluate import EvaluationResult, progress_bar
+from ..metrics.io import PathLike
+from ..metrics.vifb.evaluate import VifbTable, find_vifb_layout, vifb_table
+from ..metrics.vifb.io import read_vifb_image
+from ..metrics.vifb.registry import compute_vifb_metrics, resolve_vifb_metrics
+from ..options import METHODS, TASKS, Precision, check_choice
 
 __all__ = ["run_vifb_bench", "fuse_vifb_pairs"]
 
@@ -29,9 +30,9 @@ def fuse_vifb_pairs(root: PathLike, method: str = "cddfuse", weights: PathLike |
     JPEG step: VIFB's published results are JPEG files, which costs them a little); ``out_dir``
     keeps the images as ``<scene>.png``.
     """
-    from ...fusion import Fuser
-    from ...io.image import write_image
-    from ...io.pairs import match_pairs
+    from ..fusion import Fuser
+    from ..io.image import write_image
+    from ..io.pairs import match_pairs
 
     check_choice("method", method, METHODS)
     if task is not None:
@@ -92,7 +93,7 @@ def run_vifb_bench(root: PathLike, method: str | None = None, weights: PathLike 
         run[f"{'CDDFuse' if method == 'cddfuse' else method} (this run)"] = res
         only = list(res.stems) if limit else None
     elif limit is not None:
-        from ...io.pairs import match_pairs
+        from ..io.pairs import match_pairs
 
         ir_dir, vi_dir, _ = find_vifb_layout(root)
         only = [s for s, _, _ in match_pairs(ir_dir, vi_dir).pairs[:limit]]

@@ -1,4 +1,5 @@
-"""Fuse a standard test set with the authors' protocol, evaluate it, compare with the paper (``cddfuse bench``)."""
+"""``cddfuse bench`` (the paper's protocol): fuse a standard test set with the authors' protocol, evaluate it with
+their metrics (:mod:`cddfuse.metrics`), compare with the paper."""
 from __future__ import annotations
 
 import functools
@@ -13,11 +14,11 @@ import numpy as np
 from .._fileutil import is_inside
 from ..errors import CDDFuseError, UsageError
 from ..fusion.policy import fuse_rule, minmax_normalize
+from ..metrics.evaluate import EvaluationResult, progress_bar
+from ..metrics.io import PathLike, quantize_like_authors, read_gray
+from ..metrics.paper import COLUMNS, KNOWN_SETS, PublishedRow, reference_rows
+from ..metrics.registry import compute_metrics, resolve_metrics
 from ..options import METHODS, NETWORK_METHODS, NORMALIZE_MODES, TASKS, Precision, check_choice
-from .evaluate import EvaluationResult, progress_bar
-from .io import PathLike, quantize_like_authors, read_gray
-from .paper import COLUMNS, KNOWN_SETS, PublishedRow, reference_rows
-from .registry import compute_metrics, resolve_metrics
 
 __all__ = ["BenchSet", "BenchResult", "detect_testset", "fuse_to_uint8", "run_bench", "format_bench", "NORMALIZE"]
 
@@ -280,7 +281,7 @@ def _write_png(path: Path, img: np.ndarray) -> None:
 
 def format_bench(result: BenchResult, fmt: str = "table") -> str:
     """The run's mean next to the published rows (two decimals, like the paper; full precision in csv/json)."""
-    from .report import format_rows, to_json
+    from ..metrics.report import format_rows, to_json
 
     if fmt == "json":
         return to_json(result.to_dict())
