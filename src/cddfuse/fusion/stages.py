@@ -51,6 +51,7 @@ from ..options import (
     Precision,
     Task,
     check_choice,
+    parse_size,
 )
 from .policy import is_flat, resolve_chroma, stretch
 
@@ -89,7 +90,7 @@ class FusionOptions:
         max_pixels: images read from files with more pixels are refused from their header (``None``: no limit).
         tile: largest tile of the exact engine in pixels (at least 4; ``None``: chosen automatically).
         max_memory: memory budget of one pair: bytes, or a size such as ``"3G"`` (see
-            :func:`cddfuse.engine.memory.parse_memory`); stored as bytes; at least 512M. ``None``: automatic.
+            :func:`cddfuse.options.parse_size`); stored as bytes; at least 512M. ``None``: automatic.
         precision: ``"fp32"``, ``"tf32"`` (CUDA) or ``"bf16"``.
 
     Example:
@@ -118,7 +119,6 @@ class FusionOptions:
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, tile: int | None = None,
                  max_memory: int | str | None = None, precision: Precision = "fp32") -> None:
         from ..align import check_min_confidence
-        from ..engine.memory import parse_memory
 
         check_choice("normalize", normalize, NORMALIZE_MODES)
         check_choice("color", color, COLOR_MODES)
@@ -128,7 +128,7 @@ class FusionOptions:
         if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < MIN_TILE):
             raise UsageError.invalid("tile", tile, f"must be a number of pixels, at least {MIN_TILE}")
         try:
-            budget = parse_memory(max_memory)
+            budget = None if max_memory is None else parse_size(max_memory)
         except ValueError as e:
             raise UsageError.invalid("max_memory", max_memory, str(e)) from None
         if budget is not None and budget < MIN_MEMORY_BUDGET:
