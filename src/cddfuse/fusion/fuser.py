@@ -225,7 +225,10 @@ class Fuser:
             if both:
                 raise UsageError(f"give the fusion options either as options= or as keywords, not both "
                                  f"({', '.join(both)} given beside options=)")
+            tile, max_memory = options.tile, options.max_memory
         check_choice("method", method, METHODS)
+        if method == "lite":  # named as given (e.g. max_memory='1G'), before any weights are read
+            _check_lite_options(residual, tile, max_memory)
         if task is not None:
             check_choice("task", task, TASKS)
         check_choice("backend", backend, BACKENDS)
@@ -265,7 +268,7 @@ class Fuser:
             text = ("{} is very small: every tile recomputes a border around itself, so small tiles multiply "
                     "the work (128 is fastest on CPU)")
             warnings.warn(CDDFuseWarning(text.format(f"tile={tile}"), cli=text.format(f"--tile {tile}")),
-                          stacklevel=stacklevel + 1)
+                          stacklevel=stacklevel)
         precision = options.precision
         if precision == "tf32" and net.device.type != "cuda":
             raise UsageError.invalid("precision", precision,
@@ -465,8 +468,6 @@ def _load_network(weights: str | os.PathLike[str] | None, task: Task | None, met
     """Load the weights of ``method`` (none for the rules) and decide the task and residual mode."""
     model: CDDFuse | CDDFuseLite | None = None
     info: WeightsInfo | None = None
-    if method == "lite":
-        _check_lite_options(residual, options.tile, options.max_memory)
     if method in NETWORK_METHODS:
         path = Path(weights) if weights is not None else pretrained_path(task or "ivf", method)
         if method == "lite":

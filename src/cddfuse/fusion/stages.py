@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
 import cv2
@@ -111,7 +111,7 @@ class FusionOptions:
     align_min_confidence: float = 0.5
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     tile: int | None = None
-    max_memory: int | None = field(default=None)
+    max_memory: int | None = None
     precision: Precision = "fp32"
 
     def __init__(self, normalize: Normalize = "minmax", color: ColorMode = "auto", chroma: ChromaMode = "auto",
