@@ -170,3 +170,20 @@ def test_one_rule_for_float_arrays():
                  lambda: estimate(scaled, good, "translation")):
         with pytest.raises(UsageError, match=r"float images must be in \[0, 1\]"):
             call()
+
+
+@pytest.mark.parametrize("key, value", [("task", "rgb"), ("normalize", "stretch"), ("residual", "ir")])
+def test_weights_info_holds_only_known_choices(tiny_weights, tmp_path, key, value):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from cddfuse.errors import CheckpointError
+    from cddfuse.models.weights import load_weights
+
+    _, info = load_weights(tiny_weights)
+    assert (info.task, info.residual, info.normalize) == ("ivf", "vis", "minmax")
+    with safe_open(str(tiny_weights), framework="pt") as f:
+        meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(state, str(tmp_path / "w.safetensors"), metadata={**meta, key: value})
+    with pytest.raises(CheckpointError, match=f"bad .*{value!r} in metadata"):
+        load_weights(tmp_path / "w.safetensors")
