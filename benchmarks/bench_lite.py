@@ -254,8 +254,11 @@ def main() -> int:
         rows.append(("ONNX Runtime ms per 640x480 pair", f"{onnx_exact:,.0f}" if args.full else "(--full)",
                      f"{onnx_ms:.1f}", f"{oth:.0f}"))
         rows.append(("ONNX Runtime ms per 2048x2048 pair", "", f"{onnx_big:.0f}", ""))
-        lite_onnx = Fuser(weights=lite_weights, method="lite", device="cpu", backend="onnx")
-        lite_onnx._onnx = runner  # the same session, with --threads
+        class OnnxThreads(Fuser):  # the pipeline around the network stage of the session above (--threads)
+            def fuse_luminance(self, ya: np.ndarray, yb: np.ndarray, *, cancel: Any = None) -> np.ndarray:
+                return runner.fuse_luminance(np.asarray(ya, np.float32), np.asarray(yb, np.float32))
+
+        lite_onnx = OnnxThreads(weights=lite_weights, method="lite", device="cpu", backend="onnx")
         ms_og, oth = median_ms(lambda: lite_onnx.fuse(ir, yb), repeats, warmup=2)
         ms_oc, oth2 = median_ms(lambda: lite_onnx.fuse(ir, vi), repeats, warmup=2)
         results["ms_640x480_pipeline"].update(lite_onnx_gray=ms_og, lite_onnx_colour=ms_oc)

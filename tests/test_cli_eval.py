@@ -206,10 +206,12 @@ def test_bench_network_with_authors_checkpoint(tmp_path, capsys):
 
 
 def test_cli_choices_match_the_library():
+    from cddfuse import options
     from cddfuse.bench import paper
     from cddfuse.cli import bench as cli_bench
     from cddfuse.cli import eval as cli_eval
     from cddfuse.metrics import report
 
-    assert cli_eval.FORMATS == report.FORMATS
-    assert (cli_bench.METHODS, cli_bench.TASKS, cli_bench.NORMALIZE) == (paper.METHODS, paper.TASKS, paper.NORMALIZE)
+    assert cli_eval.FORMATS is report.FORMATS is options.REPORT_FORMATS  # one source (cddfuse.options)
+    assert (cli_bench.METHODS, cli_bench.TASKS, cli_bench.BENCH_NORMALIZE_MODES) == (
+        paper.METHODS, paper.TASKS, tuple(paper.NORMALIZE))

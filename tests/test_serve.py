@@ -14,6 +14,7 @@ pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx (the tes
 
 from starlette.testclient import TestClient  # noqa: E402
 
+from cddfuse.errors import CDDFuseError, InputTooLarge, SizeMismatch  # noqa: E402
 from cddfuse.fusion import Fuser  # noqa: E402
 from cddfuse.io.image import read_image, write_image  # noqa: E402
 from cddfuse.serve.app import OPENAPI, create_app, parse_size  # noqa: E402
@@ -445,3 +446,35 @@ def test_cli_serve_bad_options_exit_2(tiny_weights, capsys, args, says):
     assert main(["serve", "--weights", str(tiny_weights), "--device", "cpu", *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and says in err, err
+
+
+class _TypedErrorFuser(Fuser):
+    """Raises the typed errors with wording the server has never seen: the status must follow the type."""
+
+    error: Exception = RuntimeError("unset")
+
+    def fuse(self, *args, **kwargs):
+        raise self.error
+
+
+@pytest.mark.parametrize("error, status, code, detail", [
+    (InputTooLarge("huge", width=9000, height=9000, limit=1000), 413, "image_too_large",
+     {"size": "9000x9000", "limit": 1000}),
+    (SizeMismatch("nope", size_a="3x4", size_b="5x6"), 400, "size_mismatch", {"a": "3x4", "b": "5x6"}),
+    (CDDFuseError("9000x9000 pixels is more than the limit"), 400, "bad_input", {}),  # text alone: no status
+])
+def test_the_http_status_follows_the_error_type(tiny_weights, pair, error, status, code, detail):
+    _TypedErrorFuser.error = error
+    app = create_app(lambda: _TypedErrorFuser(weights=tiny_weights, device="cpu"))
+    with TestClient(app) as c:
+        r = c.post("/api/fuse", files=_files(*pair))
+    assert r.status_code == status and r.json()["code"] == code
+    assert detail.items() <= r.json().get("detail", {}).items()
+
+
+def test_per_request_options_leave_the_servers_fuser_alone(app, pair):
+    fuser = app.state.fuser
+    before = fuser.options
+    with TestClient(app) as c:
+        r = c.post("/api/fuse", files=_files(*pair), data={"color": "gray", "normalize": "none", "chroma": "ycbcr"})
+    assert r.status_code == 200 and fuser.options is before and fuser.options.normalize == "minmax"

@@ -5,14 +5,35 @@ PyTorch and numpy allocate large temporaries with ``malloc``. By default glibc s
 top is free, so a loop that allocates the same buffers again and again page-faults (and has the
 kernel zero) every page of them each time. The settings below keep freed memory in the process for
 reuse instead; :func:`trim` hands it back when wanted. Everything is a no-op off Linux/glibc.
+
+The settings each part of the package uses are the named presets of :data:`MALLOC_PRESETS`, applied
+with :func:`use_malloc_preset`; ``CDDFUSE_MALLOC_TUNING=0`` in the environment turns every preset off.
 """
 from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["set_malloc_options", "trim", "can_trim", "resident_memory"]
+__all__ = ["set_malloc_options", "trim", "can_trim", "resident_memory", "MallocPreset", "MALLOC_PRESETS",
+           "use_malloc_preset"]
+
+#: Who tunes malloc: the fusion engine, the metrics, the trainer.
+MallocPreset = Literal["engine", "metrics", "training"]
+
+#: The ``mallopt`` settings of each preset (keywords of :func:`set_malloc_options`):
+#:
+#: - ``engine``: a fixed 32 MiB mmap threshold, no automatic trimming and 64 MiB of top pad: freed tile
+#:   buffers are reused (the engine's ``MemoryGuard`` trims when the resident size passes its budget);
+#: - ``metrics``: 32 MiB mmap threshold, up to 256 MiB of freed memory kept: whole-image temporaries
+#:   of the metrics are reused instead of faulted in again on every call;
+#: - ``training``: no ``mmap`` at all and no trimming: the hundreds of tensors a step allocates and
+#:   frees are served from the heap again.
+MALLOC_PRESETS: dict[MallocPreset, dict[str, int]] = {
+    "engine": {"mmap_threshold": 32 * 2**20, "trim_threshold": 2**31 - 1, "top_pad": 64 * 2**20},
+    "metrics": {"mmap_threshold": 32 * 2**20, "trim_threshold": 256 * 2**20},
+    "training": {"mmap_max": 0, "trim_threshold": 2**31 - 1},
+}
 
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
@@ -63,6 +84,19 @@ def set_malloc_options(*, trim_threshold: int | None = None, mmap_threshold: int
         if value is not None:
             ok = bool(lib.mallopt(param, int(min(value, 2**31 - 1)))) and ok
     return ok
+
+
+def use_malloc_preset(preset: MallocPreset, **overrides: int) -> bool:
+    """Apply the settings of ``preset`` (:data:`MALLOC_PRESETS`), with ``overrides`` replacing some of
+    them; process-wide. Returns whether they were applied: ``False`` off glibc, or when the environment
+    sets ``CDDFUSE_MALLOC_TUNING=0``.
+
+    >>> sorted(MALLOC_PRESETS["training"])
+    ['mmap_max', 'trim_threshold']
+    """
+    if os.environ.get("CDDFUSE_MALLOC_TUNING", "1") == "0":
+        return False
+    return set_malloc_options(**{**MALLOC_PRESETS[preset], **overrides})
 
 
 def can_trim() -> bool:

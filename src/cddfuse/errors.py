@@ -5,7 +5,8 @@ parameter to its flag (``--device cuda``) with :meth:`CDDFuseError.cli_message`.
 """
 from __future__ import annotations
 
-__all__ = ["CDDFuseError", "UsageError", "CheckpointError", "ImageReadError", "CDDFuseWarning"]
+__all__ = ["CDDFuseError", "UsageError", "CheckpointError", "ImageReadError", "InputTooLarge", "SizeMismatch",
+           "CDDFuseWarning", "first_line"]
 
 
 class CDDFuseError(Exception):
@@ -54,6 +55,40 @@ class CheckpointError(CDDFuseError):
 
 class ImageReadError(CDDFuseError):
     """An image file is missing, unreadable or not an image."""
+
+
+class InputTooLarge(ImageReadError):
+    """An image (or a video's frames) has more pixels than the limit (``max_pixels``), found from its header
+    before anything is decoded. ``width`` x ``height`` is its size, ``limit`` the limit, ``path`` the file."""
+
+    def __init__(self, message: str, *, width: int, height: int, limit: int, path: str | None = None,
+                 cli: str | None = None) -> None:
+        super().__init__(message, cli=cli)
+        self.width, self.height, self.limit, self.path = width, height, limit, path
+
+    @property
+    def size(self) -> str:
+        """``"WIDTHxHEIGHT"``."""
+        return f"{self.width}x{self.height}"
+
+
+class SizeMismatch(CDDFuseError):
+    """The two sources of a pair differ in size (and were neither resized nor aligned); ``size_a`` and
+    ``size_b`` are ``"WIDTHxHEIGHT"``."""
+
+    def __init__(self, message: str, *, size_a: str, size_b: str, cli: str | None = None) -> None:
+        super().__init__(message, cli=cli)
+        self.size_a, self.size_b = size_a, size_b
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an error's message, or its type's name when it has none (for one-line reports).
+
+    >>> first_line(ValueError("bad value\\nmore detail")), first_line(KeyError())
+    ('bad value', 'KeyError')
+    """
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 class CDDFuseWarning(UserWarning):

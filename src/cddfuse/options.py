@@ -17,6 +17,7 @@ Example:
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Literal, TypeVar, get_args
 
@@ -28,7 +29,8 @@ __all__ = [
     "Method", "METHODS", "NETWORK_METHODS", "Normalize", "NORMALIZE_MODES", "ColorMode", "COLOR_MODES",
     "ChromaMode", "CHROMA_MODES",
     "Precision", "PRECISIONS", "Backend", "BACKENDS", "AlignModel", "ALIGN_MODELS", "AlignChoice", "ALIGN_CHOICES",
-    "check_choice", "DEFAULT_MAX_PIXELS",
+    "BenchNormalize", "BENCH_NORMALIZE_MODES", "ReportFormat", "REPORT_FORMATS", "OpsKind", "OPS_KINDS",
+    "check_choice", "DEFAULT_MAX_PIXELS", "parse_size",
 ]
 
 #: ``ivf``: infrared + visible; ``mif``: medical (CT / PET / SPECT + MRI).
@@ -53,6 +55,10 @@ NETWORK_METHODS: tuple[Method, ...] = ("cddfuse", "lite")
 #: ``minmax``: stretch the fused luminance to [0, 1] (the authors' protocol); ``none``: keep it.
 Normalize = Literal["minmax", "none"]
 NORMALIZE_MODES: tuple[Normalize, ...] = get_args(Normalize)
+
+#: ``cddfuse bench --normalize``: a normalisation, or ``auto``: what the weights (or the rule) are meant for.
+BenchNormalize = Literal["auto", "minmax", "none"]
+BENCH_NORMALIZE_MODES: tuple[BenchNormalize, ...] = get_args(BenchNormalize)
 
 #: ``auto``: colour output when a source is colour; ``gray``: always gray.
 ColorMode = Literal["auto", "gray"]
@@ -81,6 +87,15 @@ ALIGN_MODELS: tuple[AlignModel, ...] = get_args(AlignModel)
 AlignChoice = Literal["none", "translation", "similarity", "affine", "homography"]
 ALIGN_CHOICES: tuple[AlignChoice, ...] = get_args(AlignChoice)
 
+#: Layouts of a metrics report (``cddfuse eval --format``): aligned text, Markdown, CSV, JSON.
+ReportFormat = Literal["table", "md", "csv", "json"]
+REPORT_FORMATS: tuple[ReportFormat, ...] = get_args(ReportFormat)
+
+#: The exact engine's arithmetic kernels (``cddfuse.engine.ops.make_ops``): ``auto`` (oneDNN fused ops on
+#: CPU float32 when available), ``fused``, ``plain`` (PyTorch's own) or ``bf16`` (bfloat16 products).
+OpsKind = Literal["auto", "fused", "plain", "bf16"]
+OPS_KINDS: tuple[OpsKind, ...] = get_args(OpsKind)
+
 #: Images with more pixels than this are refused from their header, before decoding, unless the caller
 #: raises the limit (``max_pixels=``, ``--max-pixels``): 100 megapixels (e.g. 10000 x 10000) -- far above
 #: any camera or scanner in this field, far below what a malicious header can claim (a 900-megapixel
@@ -95,3 +110,43 @@ def check_choice(name: str, value: object, choices: Sequence[_T]) -> _T:
     if value not in choices:
         raise UsageError.invalid(name, value, f"unknown {name}; choose one of {', '.join(choices)}")
     return value  # type: ignore[return-value]
+
+
+_SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(i?[bB])?\s*")
+
+
+def parse_size(text: str | int) -> int:
+    """A size in bytes, as every size option reads it (``--max-memory``, ``--max-upload``,
+    ``--min-upload-rate``, ``max_memory=``...).
+
+    The grammar: a whole number of bytes (an ``int``, or digits), or a decimal number (``1.5``; no sign,
+    no exponent) followed by a unit ``K``, ``M``, ``G`` or ``T`` -- powers of 1024, in either case --
+    and an optional ``B`` or ``iB`` (``512M`` = ``512MB`` = ``512MiB`` = 536870912); spaces around are
+    ignored. The result must be at least one byte and less than 2**63.
+
+    Raises:
+        ValueError: what is wrong with ``text``, with examples.
+
+    Example:
+        >>> parse_size("1.5G"), parse_size("512M"), parse_size("50MiB"), parse_size("1k"), parse_size(123)
+        (1610612736, 536870912, 52428800, 1024, 123)
+        >>> parse_size("lots")
+        Traceback (most recent call last):
+        ...
+        ValueError: cannot read 'lots' as a size; write e.g. 3G, 512M, 50MB or a number of bytes
+    """
+    if isinstance(text, bool):
+        raise ValueError(f"cannot read {text!r} as a size; write e.g. 3G, 512M, 50MB or a number of bytes")
+    if isinstance(text, int):
+        value = float(text)
+    else:
+        match = _SIZE.fullmatch(str(text))
+        if not match:
+            raise ValueError(f"cannot read {str(text)[:40]!r} as a size; write e.g. 3G, 512M, 50MB or a number "
+                             "of bytes")
+        value = float(match.group(1)) * 1024 ** "_KMGT".index(match.group(2).upper() or "_")
+    if not value < 2**63:  # also infinity, from a number too long for a float
+        raise ValueError(f"size {str(text)[:40]!r} is larger than any machine's memory")
+    if value < 1:
+        raise ValueError(f"a size must be at least one byte, got {str(text)[:40]!r}")
+    return int(value)

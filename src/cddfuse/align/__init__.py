@@ -33,6 +33,7 @@ import numpy as np
 
 from ..errors import CDDFuseError, UsageError
 from ..io.color import luminance
+from ..io.image import check_array
 from ..options import ALIGN_MODELS, AlignModel, check_choice
 from .registration import estimate_matrix
 
@@ -140,24 +141,16 @@ def _min_matches(model: str) -> int:
 
 
 def _as_luminance(img: np.ndarray, name: str) -> np.ndarray:
-    arr = np.asarray(img)
-    if arr.ndim == 3 and arr.shape[2] == 4:
-        arr = arr[..., :3]
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[..., 0]
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3) or min(arr.shape[:2]) < 16:
+    """The luminance ``(H, W)`` float32 in [0, 1] of an image array, checked by the package's one rule for
+    arrays (:func:`cddfuse.io.image.check_array`: floats outside [0, 1] are refused, not clipped)."""
+    arr = check_array(np.asarray(img), name)
+    if min(arr.shape[:2]) < 16:
         raise UsageError(f"{name}: expected an (H, W) or (H, W, 3) image of at least 16x16 pixels, got shape "
                          f"{arr.shape}")
     if arr.dtype == np.uint8:
         arr = arr.astype(np.float32) / 255
     elif arr.dtype == np.uint16:
         arr = arr.astype(np.float32) / 65535
-    elif np.issubdtype(arr.dtype, np.floating):
-        if not np.all(np.isfinite(arr)):
-            raise UsageError(f"{name}: the array contains NaN or infinite values")
-        arr = np.clip(arr, 0.0, 1.0).astype(np.float32)
-    else:
-        raise UsageError(f"{name}: unsupported dtype {arr.dtype}; use uint8, uint16 or float in [0, 1]")
     return luminance(arr) if arr.ndim == 3 else arr
 
 

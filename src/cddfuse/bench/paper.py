@@ -18,12 +18,12 @@ from ..metrics.evaluate import EvaluationResult, progress_bar
 from ..metrics.io import PathLike, quantize_like_authors, read_gray
 from ..metrics.paper import COLUMNS, KNOWN_SETS, PublishedRow, reference_rows
 from ..metrics.registry import compute_metrics, resolve_metrics
-from ..options import METHODS, NETWORK_METHODS, NORMALIZE_MODES, TASKS, Precision, check_choice
+from ..options import BENCH_NORMALIZE_MODES, METHODS, NETWORK_METHODS, TASKS, Precision, check_choice
 
 __all__ = ["BenchSet", "BenchResult", "detect_testset", "fuse_to_uint8", "run_bench", "format_bench", "NORMALIZE"]
 
 #: ``auto``: min-max for the network, none for the rules (how the published baseline rows were made).
-NORMALIZE = ("auto", *NORMALIZE_MODES)
+NORMALIZE = BENCH_NORMALIZE_MODES
 _FUNCTIONAL = ("CT", "PET", "SPECT")
 
 

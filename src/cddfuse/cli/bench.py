@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..options import METHODS, NORMALIZE_MODES, PRECISIONS, TASKS
+from ..options import BENCH_NORMALIZE_MODES, METHODS, PRECISIONS, TASKS
 from ._output import write_output
 from .eval import FORMATS
 from .vifb import BENCH_EPILOG, add_bench_arguments, check_paper_only
@@ -28,9 +28,6 @@ examples:
 """
 
 
-NORMALIZE = ("auto", *NORMALIZE_MODES)  # as cddfuse.bench.paper.NORMALIZE (not imported: start-up time)
-
-
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "bench",
@@ -50,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--task", choices=TASKS, default=None,
                    help="which weights these are (picks the paper row; the residual mode is the one the weights "
                         "state); default: what the weights say, else the set's kind")
-    p.add_argument("--normalize", choices=NORMALIZE, default="auto",
+    p.add_argument("--normalize", choices=BENCH_NORMALIZE_MODES, default="auto",
                    help="auto (default): min-max for the network, none for the rules (as the published "
                         "baselines were made)")
     p.add_argument("--format", choices=FORMATS, default=None,

@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from ..errors import UsageError
+from ..options import REPORT_FORMATS
 from ._output import write_output
 from .vifb import EVAL_EPILOG, add_protocol_argument
 
@@ -24,8 +25,7 @@ examples:
 """
 
 
-# the same as cddfuse.metrics.report.FORMATS; not imported so that the CLI starts without numpy/OpenCV
-FORMATS = ("table", "md", "csv", "json")
+FORMATS = REPORT_FORMATS  # cddfuse.options: torch- and numpy-free, so the CLI starts fast
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:

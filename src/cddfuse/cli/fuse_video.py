@@ -72,6 +72,8 @@ def run_video(args: argparse.Namespace, make_fuser: Callable[[argparse.Namespace
     from .fuse_sharded import check_not_sharded
 
     check_not_sharded(args, "a video")
+    if args.resize and getattr(args, "align", "none") != "none":
+        raise UsageError("--resize and --align exclude each other: --align resamples IR into the frame of VIS")
     ir, vis, out = Path(args.ir), Path(args.vis), Path(args.output)
     to_video = is_video_path(out)
     if to_video or not out.is_dir():
@@ -93,7 +95,8 @@ def run_video(args: argparse.Namespace, make_fuser: Callable[[argparse.Namespace
             raise CDDFuseError(f"the sources have different frame rates (IR {_rate(src_a.fps)}, VIS "
                                f"{_rate(src_b.fps)} frames/s); resample one first, or --sync shortest to pair "
                                "them frame by frame anyway")
-        if (src_a.width, src_a.height) != (src_b.width, src_b.height) and not args.resize:
+        aligned = getattr(args, "align", "none") != "none"  # each IR frame is warped into VIS's frame
+        if (src_a.width, src_a.height) != (src_b.width, src_b.height) and not args.resize and not aligned:
             raise CDDFuseError(f"the two sources differ in size ({src_a.width}x{src_a.height} vs "
                                f"{src_b.width}x{src_b.height}); --resize resamples VIS to the size of IR")
         rate = fps or src_a.fps or src_b.fps or Fraction(25)

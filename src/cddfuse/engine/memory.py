@@ -3,7 +3,7 @@
 * :func:`available_memory` reads what is available now (``MemAvailable`` in ``/proc/meminfo``,
   or the cgroup limit when lower); :func:`parse_memory` reads budgets like ``"3G"``.
 * :func:`tune_malloc` applies the engine's glibc malloc policy (through :mod:`cddfuse._malloc`,
-  the project's one place for malloc settings): keep freed tile buffers for reuse.
+  preset ``engine`` of the project's one place for malloc settings): keep freed tile buffers for reuse.
 * :class:`MemoryGuard` hands freed heap memory back whenever the resident size passes a limit.
 
 The model of how much memory a run needs, which the planner uses to choose tiles and stores, is in
@@ -12,10 +12,10 @@ The model of how much memory a run needs, which the planner uses to choose tiles
 from __future__ import annotations
 
 import os
-import re
 import threading
 
-from .._malloc import can_trim, resident_memory, set_malloc_options, trim
+from .._malloc import can_trim, resident_memory, trim, use_malloc_preset
+from ..options import parse_size
 
 __all__ = ["available_memory", "parse_memory", "default_budget", "DEFAULT_BUDGET", "tune_malloc", "MemoryGuard"]
 
@@ -62,23 +62,14 @@ def default_budget() -> int:
 
 
 def parse_memory(text: str | int | None) -> int | None:
-    """``"3G"``, ``"512M"``, ``"1.5GB"``, ``"2GiB"`` or a number of bytes -> bytes (``None`` stays ``None``).
+    """A memory budget in bytes (``None`` stays ``None``), in the size grammar of
+    :func:`cddfuse.options.parse_size` (``"3G"``, ``"512M"``, ``"1.5GB"``, ``"2GiB"`` or bytes).
 
     Example:
         >>> parse_memory("1.5G"), parse_memory("512M"), parse_memory(1234), parse_memory(None)
         (1610612736, 536870912, 1234, None)
     """
-    if text is None or isinstance(text, int):
-        return text
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(i?[bB])?\s*", str(text))
-    if not match:
-        raise ValueError(f"cannot read memory size {text!r}; write e.g. 3G, 512M or a number of bytes")
-    value = float(match.group(1)) * 1024 ** "_KMGT".index(match.group(2).upper() or "_")
-    if not value < 2**63:  # also infinity, from a number too long for a float
-        raise ValueError(f"memory size {str(text)[:40]!r} is larger than any machine's memory")
-    if value < 1:
-        raise ValueError(f"memory size must be positive, got {text!r}")
-    return int(value)
+    return None if text is None else parse_size(text)
 
 
 def tune_malloc() -> bool:
@@ -93,9 +84,7 @@ def tune_malloc() -> bool:
     CPU; set ``CDDFUSE_MALLOC_TUNING=0`` to leave malloc as it is. Returns whether the settings
     were applied (``False`` off glibc or when turned off).
     """
-    if os.environ.get("CDDFUSE_MALLOC_TUNING", "1") == "0":
-        return False
-    return set_malloc_options(mmap_threshold=32 * 2**20, trim_threshold=2**31 - 1, top_pad=64 * 2**20)
+    return use_malloc_preset("engine")
 
 
 class MemoryGuard:

@@ -27,21 +27,21 @@ Example (skipped where the extras are not installed):
 """
 from __future__ import annotations
 
-import os
 import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._fileutil import PathLike
+from ..options import RESIDUAL_MODES, ResidualMode
+
 __all__ = ["export_onnx", "OnnxFuser", "onnx_available", "check_onnx", "OnnxCheck", "CHECK_SIZES", "CHECK_TOLERANCE"]
 
-PathLike = Union[str, "os.PathLike[str]"]
 OPSET = 17  # LayerNormalization is a single op from opset 17
 #: Shapes ``(N, H, W)`` on which :func:`check_onnx` compares ONNX Runtime with torch by default: two
 #: sizes that differ from the tracing size (64x64) and from each other, odd sides and a batch of two.
@@ -60,7 +60,7 @@ def onnx_available() -> bool:
 
 
 class _Wrapped(nn.Module):
-    def __init__(self, model: nn.Module, residual: str | None) -> None:
+    def __init__(self, model: nn.Module, residual: ResidualMode | None) -> None:
         super().__init__()
         self.model = model
         self.residual = residual
@@ -69,12 +69,12 @@ class _Wrapped(nn.Module):
         return _forward(self.model, a, b, self.residual)
 
 
-def _forward(model: nn.Module, a: Tensor, b: Tensor, residual: str | None) -> Tensor:
+def _forward(model: nn.Module, a: Tensor, b: Tensor, residual: ResidualMode | None) -> Tensor:
     """CDDFuse takes the residual mode; CDDFuse-lite (``residual=None``) has its residual built in."""
     return model(a, b) if residual is None else model(a, b, residual=residual)
 
 
-def export_onnx(model: nn.Module, path: PathLike, *, residual: str | None = "vis", opset: int = OPSET,
+def export_onnx(model: nn.Module, path: PathLike, *, residual: ResidualMode | None = "vis", opset: int = OPSET,
                 sample_size: tuple[int, int] = (64, 64), metadata: dict[str, str] | None = None) -> Path:
     """Write ``model`` (a :class:`~cddfuse.models.cddfuse.CDDFuse`, or a CDDFuse-lite
     :class:`~cddfuse.models.lite.CDDFuseLite`) as ONNX with dynamic N, H, W.
@@ -91,7 +91,7 @@ def export_onnx(model: nn.Module, path: PathLike, *, residual: str | None = "vis
     """
     import copy
 
-    if residual not in ("vis", "sum", "none", None):
+    if residual is not None and residual not in RESIDUAL_MODES:
         raise ValueError(f"unknown residual mode {residual!r}")
     net = copy.deepcopy(model).to("cpu", torch.float32).eval()
     wrapped = _Wrapped(net, residual).eval()
@@ -128,7 +128,7 @@ class OnnxCheck:
         return self.max_abs_diff <= tolerance
 
 
-def check_onnx(path: PathLike, model: nn.Module, *, residual: str | None,
+def check_onnx(path: PathLike, model: nn.Module, *, residual: ResidualMode | None,
                sizes: Sequence[tuple[int, int, int]] = CHECK_SIZES, seed: int = 0,
                threads: int | None = None) -> list[OnnxCheck]:
     """Run the exported file with ONNX Runtime (CPU) and ``model`` with torch on the same random inputs.
@@ -173,7 +173,7 @@ class OnnxFuser:
         providers: ONNX Runtime execution providers (default: CUDA when available, then CPU).
     """
 
-    def __init__(self, model_or_path: PathLike | nn.Module, *, residual: str | None = "vis",
+    def __init__(self, model_or_path: PathLike | nn.Module, *, residual: ResidualMode | None = "vis",
                  threads: int | None = None, providers: list[str] | None = None) -> None:
         try:
             import onnxruntime as ort

@@ -32,14 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..options import OPS_KINDS, PRECISIONS  # the values fuse_tensors and make_ops accept (re-exported)
 from .geometry import RegionTensor, TileGeometry, intersect, to_nhwc
 
 __all__ = ["Ops", "FusedOps", "BF16Ops", "fused_ops_available", "make_ops", "OPS_KINDS", "PRECISIONS",
            "precision_context"]
 
 
-#: Precisions :func:`~cddfuse.engine.engine.fuse_tensors` accepts (see :func:`precision_context`).
-PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 def _flatten_pixels(t: Tensor) -> Tensor:
@@ -253,10 +252,6 @@ def fused_ops_available() -> bool:
             and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
     except Exception:  # pragma: no cover
         return False
-
-
-#: Values of :func:`make_ops`'s ``kind``.
-OPS_KINDS = ("auto", "fused", "plain", "bf16")
 
 
 def make_ops(device: torch.device | str, dtype: torch.dtype, kind: str = "auto") -> Ops:

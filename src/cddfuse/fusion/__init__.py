@@ -1,6 +1,10 @@
 """The fusion pipeline: sources -> luminance -> network -> normalisation -> colour.
 
-- :mod:`~cddfuse.fusion.fuser`: :class:`Fuser` -- one pair (or a batch of pairs) in memory;
+- :mod:`~cddfuse.fusion.stages`: :class:`FusionOptions` and the pipeline's stages with typed results
+  (:func:`~cddfuse.fusion.stages.prepare` -> :func:`~cddfuse.fusion.stages.align` -> the network ->
+  :func:`~cddfuse.fusion.stages.normalise` -> :func:`~cddfuse.fusion.stages.colour`);
+- :mod:`~cddfuse.fusion.fuser`: :class:`Fuser` -- one pair (or a batch of pairs) in memory, the stages
+  composed around a loaded network;
 - :mod:`~cddfuse.fusion.folder`: :func:`fuse_folders` -- two folders of pairs to an output folder;
 - :mod:`~cddfuse.fusion.policy`: the residual choice, the baseline rules, min-max normalisation
   (numpy only; shared with ``cddfuse bench``).
@@ -16,14 +20,16 @@ if TYPE_CHECKING:
     from .folder import FolderReport, fuse_folders
     from .fuser import Fuser, FusionResult, fuse, resolve_device
     from .policy import fuse_rule, minmax_normalize, resolve_residual
+    from .stages import FusionOptions, PreparedPair, SourcePair
 
 __all__ = ["Fuser", "FusionResult", "fuse", "resolve_device", "resolve_residual", "minmax_normalize", "fuse_rule",
-           "fuse_folders", "FolderReport"]
+           "fuse_folders", "FolderReport", "FusionOptions", "PreparedPair", "SourcePair"]
 
 _WHERE = {
     "Fuser": "fuser", "FusionResult": "fuser", "fuse": "fuser", "resolve_device": "fuser",
     "resolve_residual": "policy", "minmax_normalize": "policy", "fuse_rule": "policy",
     "fuse_folders": "folder", "FolderReport": "folder",
+    "FusionOptions": "stages", "PreparedPair": "stages", "SourcePair": "stages",
 }
 
 

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from .._fileutil import check_writable_folder, is_inside, remove_stale_temporaries, same_file
-from ..errors import CDDFuseError, UsageError
+from ..errors import CDDFuseError, UsageError, first_line
 from ..io.image import ImageWriteError, check_extension, read_image, write_image
 from ..io.pairs import PairListing, match_pairs
 
@@ -88,7 +88,7 @@ def _one_line(e: BaseException) -> str:
         return e.cli_message()
     if isinstance(e, OSError) and e.strerror:
         return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
+    return first_line(e)
 
 
 def _list_pairs(dir_a: Path, dir_b: Path) -> PairListing:

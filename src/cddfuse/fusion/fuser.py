@@ -1,35 +1,29 @@
 """High-level fusion: files, arrays or PIL images in, a fused numpy image out."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
 import torch
 
 from ..engine.cpu import bf16_feature
-from ..errors import CDDFuseError, CDDFuseWarning, UsageError
-from ..io.color import YCbCrImage, merge_luminance, split_luminance
-from ..io.image import DEFAULT_MAX_PIXELS, is_gray_content, probe_image, read_image
+from ..errors import CDDFuseWarning, UsageError
 from ..models.cddfuse import CDDFuse
 from ..models.lite import CDDFuseLite
 from ..models.pretrained import pretrained_path
 from ..models.weights import WeightsInfo, load_lite_weights, load_weights
 from ..options import (
-    ALIGN_CHOICES,
     BACKENDS,
-    CHROMA_MODES,
-    COLOR_MODES,
+    DEFAULT_MAX_PIXELS,
     METHODS,
     NETWORK_METHODS,
-    NORMALIZE_MODES,
-    PRECISIONS,
     TASKS,
     AlignChoice,
     Backend,
@@ -43,14 +37,15 @@ from ..options import (
     Task,
     check_choice,
 )
-from .policy import fuse_rule, is_flat, minmax_normalize, resolve_chroma, resolve_residual, stretch
+from . import stages
+from .policy import fuse_rule, minmax_normalize, resolve_residual
+from .stages import SMALL_TILE, FusionOptions, ImageLike, PreparedPair
 
-if TYPE_CHECKING:  # typing.TypeGuard is Python 3.10+; only the type checker needs it
-    from typing_extensions import TypeGuard
+if TYPE_CHECKING:
+    from ..align import Alignment
 
-__all__ = ["Fuser", "FusionResult", "fuse", "resolve_device", "resolve_residual", "minmax_normalize", "METHODS"]
-
-ImageLike = Union[str, "os.PathLike[str]", np.ndarray, Any]  # Any: PIL.Image.Image
+__all__ = ["Fuser", "FusionResult", "FusionOptions", "fuse", "resolve_device", "resolve_residual",
+           "minmax_normalize", "METHODS"]
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -68,75 +63,10 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
-#: Smallest memory budget that can be met: PyTorch and the model alone take about half a gigabyte.
-MIN_MEMORY_BUDGET = 512 * 2**20
-#: Tiles below this size are refused; below ``SMALL_TILE`` they are allowed with a warning (each tile
-#: recomputes a border around itself, so tiny tiles multiply the work: ``--tile 1`` took 230 s for a
-#: 96x72 pair that takes 0.1 s whole).
-MIN_TILE, SMALL_TILE = 4, 32
-
-
 def cpu_bf16_feature() -> str | None:
     """The CPU feature that makes bfloat16 fast here (``"amx_bf16"`` or ``"avx512_bf16"``), or None
     (:func:`cddfuse.engine.cpu.bf16_feature`)."""
     return bf16_feature()
-
-
-def _is_path(x: ImageLike) -> TypeGuard[str | os.PathLike[str]]:
-    return isinstance(x, (str, os.PathLike))
-
-
-def _load_source(x: ImageLike, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Any supported input -> integer (uint8/uint16) or float [0,1] array, ``(H,W)`` or ``(H,W,3)`` RGB."""
-    if _is_path(x):
-        return read_image(x, keep_integer=True, max_pixels=max_pixels)
-    if isinstance(x, np.ndarray):
-        arr = x
-    elif hasattr(x, "mode") and hasattr(x, "convert"):  # PIL image
-        img = x
-        if img.mode in ("P", "PA", "RGBA", "LA", "CMYK", "YCbCr", "HSV", "1"):
-            img = img.convert("RGB" if img.mode not in ("LA", "1") else "L")
-        arr = np.asarray(img)
-        if arr.dtype == np.int32:  # PIL 'I' mode (16-bit PNG)
-            arr = np.clip(arr, 0, 65535).astype(np.uint16)
-    else:
-        raise UsageError(f"{name}: expected a file path, a numpy array or a PIL image, got {type(x).__name__}")
-    if arr.ndim == 3 and arr.shape[2] == 4:
-        arr = arr[..., :3]
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[..., 0]
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
-        raise UsageError(f"{name}: expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {arr.shape}")
-    if arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise UsageError(f"{name}: empty image (shape {arr.shape})")
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.all(np.isfinite(arr)):
-            raise UsageError(f"{name}: the array contains NaN or infinite values")
-        if arr.min() < 0 or arr.max() > 1:
-            raise UsageError(f"{name}: float images must be in [0, 1] (got {arr.min():.3g}..{arr.max():.3g}); "
-                             "divide by 255")
-        arr = arr.astype(np.float32)
-    elif arr.dtype not in (np.uint8, np.uint16):
-        raise UsageError(f"{name}: unsupported dtype {arr.dtype}; use uint8, uint16 or float in [0, 1]")
-    if arr.ndim == 3 and is_gray_content(arr):
-        arr = np.ascontiguousarray(arr[..., 0])
-    return arr
-
-
-def _resize_to(arr: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    h, w = hw
-    shrink = arr.shape[0] > h or arr.shape[1] > w
-    return cv2.resize(arr, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
-
-
-def _size(arr: np.ndarray) -> str:
-    return f"{arr.shape[1]}x{arr.shape[0]}"
-
-
-def _size_error(size_a: str, size_b: str) -> CDDFuseError:
-    text = f"the two sources differ in size ({size_a} vs {size_b}); register them first, or pass "
-    return CDDFuseError(text + "resize=True to resample the second to the first",
-                        cli=text + "--resize to resample VIS to the size of IR")
 
 
 @dataclass
@@ -149,6 +79,7 @@ class FusionResult:
         raw: the network's (or rule's) output ``(H, W)`` before normalisation.
         residual: residual mode used (``None`` for the simple rules).
         chroma_from: ``"a"``, ``"b"`` or ``None`` (gray output).
+        alignment: the pair's :class:`~cddfuse.align.Alignment` (``align`` option), else ``None``.
     """
 
     image: np.ndarray
@@ -156,6 +87,25 @@ class FusionResult:
     raw: np.ndarray
     residual: str | None
     chroma_from: str | None
+    alignment: Alignment | None = None
+
+
+@dataclass(frozen=True)
+class _Network:
+    """What a Fuser loads once and every Fuser made from it by :meth:`Fuser.with_options` shares."""
+
+    method: Method
+    task: Task
+    device: torch.device
+    model: CDDFuse | CDDFuseLite | None
+    info: WeightsInfo | None
+    residual: ResidualMode | None
+    backend: Backend
+    onnx: Any
+
+
+#: The option keywords of :class:`Fuser` and their defaults (those of :class:`FusionOptions`).
+_OPTION_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(FusionOptions)}
 
 
 class Fuser:
@@ -182,6 +132,11 @@ class Fuser:
             saturation of the colour source), ``"ycbcr"`` (the authors': Cb/Cr unchanged) or
             ``"auto"`` (default: saturation for ``task="ivf"``, ycbcr for ``task="mif"``).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        options: the fusion options as one :class:`~cddfuse.fusion.stages.FusionOptions` (keyword): it
+            replaces the option keywords (``normalize``, ``color``, ``chroma``, ``tile``, ``max_memory``,
+            ``precision``, ``max_pixels``, ``align``, ``align_min_confidence``), which must then be left
+            at their defaults. They are in ``fuser.options`` either way; :meth:`with_options` makes a
+            Fuser with other options that shares this one's network.
 
     Sources: ``a`` is the infrared / functional image (IR, CT, PET, SPECT), ``b`` the visible / MRI
     image. Each may be a path, a numpy array (uint8, uint16 or float in [0, 1]; ``(H, W)``,
@@ -223,6 +178,7 @@ class Fuser:
         chroma: ChromaMode = "auto",
         align: AlignChoice = "none",
         align_min_confidence: float = 0.5,
+        options: FusionOptions | None = None,
     ) -> None:
         """See the class docstring for the first arguments. Performance options (same results):
 
@@ -249,199 +205,224 @@ class Fuser:
                 the first source is warped into the second's frame (the sources may then differ in size),
                 pixels it does not cover take the second source alone, and a pair whose alignment confidence
                 is below ``align_min_confidence`` raises :class:`cddfuse.align.AlignmentError`. The last
-                pair's :class:`~cddfuse.align.Alignment` is in ``last_alignment``.
+                pair's :class:`~cddfuse.align.Alignment` is in ``last_alignment`` (and each pair's in
+                :attr:`FusionResult.alignment`).
+            options: all of these (and ``normalize``, ``color``, ``chroma``) as one
+                :class:`~cddfuse.fusion.stages.FusionOptions`.
         """
+        given: dict[str, object] = {
+            "normalize": normalize, "color": color, "chroma": chroma, "align": align,
+            "align_min_confidence": align_min_confidence, "max_pixels": max_pixels, "tile": tile,
+            "max_memory": max_memory, "precision": precision}
+        if options is None:
+            options = FusionOptions(normalize=normalize, color=color, chroma=chroma, align=align,
+                                    align_min_confidence=align_min_confidence, max_pixels=max_pixels, tile=tile,
+                                    max_memory=max_memory, precision=precision)
+        else:
+            if not isinstance(options, FusionOptions):
+                raise UsageError.invalid("options", options, "must be a cddfuse.fusion.FusionOptions")
+            both = [name for name, value in given.items() if value != _OPTION_DEFAULTS[name]]
+            if both:
+                raise UsageError(f"give the fusion options either as options= or as keywords, not both "
+                                 f"({', '.join(both)} given beside options=)")
+            tile, max_memory = options.tile, options.max_memory
         check_choice("method", method, METHODS)
+        if method == "lite":  # named as given (e.g. max_memory='1G'), before any weights are read
+            _check_lite_options(residual, tile, max_memory)
         if task is not None:
             check_choice("task", task, TASKS)
-        check_choice("normalize", normalize, NORMALIZE_MODES)
-        check_choice("color", color, COLOR_MODES)
-        check_choice("chroma", chroma, CHROMA_MODES)
-        check_choice("precision", precision, PRECISIONS)
         check_choice("backend", backend, BACKENDS)
-        check_choice("align", align, ALIGN_CHOICES)
-        from ..align import Alignment, check_min_confidence
-
-        self.align: AlignChoice = align
-        self.align_min_confidence = check_min_confidence(align_min_confidence)
+        self._net = _load_network(weights, task, method, residual, resolve_device(device), backend, options)
+        self.options = self._checked(options, stacklevel=3)
+        #: an event that stops the network between tiles when set (:class:`cddfuse.engine.FusionCancelled`),
+        #: for calls that pass no ``cancel=`` of their own
+        self.cancel: threading.Event | None = None
         self.last_alignment: Alignment | None = None
-        self._uncovered: dict[int, np.ndarray] = {}  # id(second source) -> pixels the aligned first does not cover
-        self.method = method
-        self.normalize = normalize
-        self.color = color
-        self.device = resolve_device(device)
-        self.model: CDDFuse | CDDFuseLite | None = None
-        self.info: WeightsInfo | None = None
-        if method == "lite":
-            _check_lite_options(residual, tile, max_memory)
-        if method in NETWORK_METHODS:
-            path = Path(weights) if weights is not None else pretrained_path(task or "ivf", method)
-            if method == "lite":
-                from ..engine.lite import prepare_lite
+        self._warned_flat = False
 
-                lite, self.info = load_lite_weights(path, device=self.device)
-                self.model = prepare_lite(lite)
-            else:
-                self.model, self.info = load_weights(path, device=self.device)
-        elif weights is not None:
-            raise UsageError(f"weights are only used with method='cddfuse' or 'lite', not {method!r}",
-                             cli=f"--weights is only used with --method cddfuse or lite, not with --method {method}")
-        self.task: Task = task or (self.info.task if self.info and self.info.task else "ivf")  # type: ignore[assignment]
-        self.chroma = resolve_chroma(chroma, self.task)
-        # the residual mode the exact network is run with; None for the rules and for CDDFuse-lite (built in)
-        self.residual: ResidualMode | None = (
-            resolve_residual(residual, self.task, self.info) if isinstance(self.model, CDDFuse) else None)
-        from ..engine.memory import parse_memory
+    # ------------------------------------------------------------------ options
+    def with_options(self, options: FusionOptions | None = None, **changes: Any) -> Fuser:
+        """A Fuser with other fusion options that shares this one's network (nothing is loaded again):
+        ``options``, or this one's options with ``changes`` (:func:`dataclasses.replace`; checked).
 
-        if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < MIN_TILE):
-            raise UsageError.invalid("tile", tile, f"must be a number of pixels, at least {MIN_TILE}")
-        if tile is not None and tile < SMALL_TILE:
-            warnings.warn(CDDFuseWarning(f"tile={tile} is very small: every tile recomputes a border around "
-                                         "itself, so small tiles multiply the work (128 is fastest on CPU)",
-                                         cli=f"--tile {tile} is very small: every tile recomputes a border around "
-                                             "itself, so small tiles multiply the work (128 is fastest on CPU)"),
-                          stacklevel=2)
-        try:
-            self.max_memory = parse_memory(max_memory)
-        except ValueError as e:
-            raise UsageError.invalid("max_memory", max_memory, str(e)) from None
-        if self.max_memory is not None and self.max_memory < MIN_MEMORY_BUDGET:
-            raise UsageError.invalid("max_memory", max_memory, "cannot be met: PyTorch and the model alone take "
-                                     "about half a gigabyte; give at least 512M")
-        if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int)
-                                       or max_pixels < 1):
-            raise UsageError.invalid("max_pixels", max_pixels, "must be a positive number of pixels, or None")
-        self.max_pixels = max_pixels
-        if precision == "tf32" and self.device.type != "cuda":
+        Example:
+            >>> gray = Fuser(method="max").with_options(color="gray", normalize="none")
+            >>> gray.options.color, gray.options.normalize, gray.method
+            ('gray', 'none', 'max')
+        """
+        new = dataclasses.replace(options if options is not None else self.options, **changes)
+        fuser = type(self).__new__(type(self))  # a subclass stays itself
+        fuser._net = self._net
+        fuser.options = fuser._checked(new, stacklevel=3, previous=self.options)
+        fuser.cancel, fuser.last_alignment, fuser._warned_flat = self.cancel, None, False
+        return fuser
+
+    def _checked(self, options: FusionOptions, *, stacklevel: int, previous: FusionOptions | None = None
+                 ) -> FusionOptions:
+        """``options`` if this network can run them (device, method and backend decide), else a UsageError."""
+        net = self._net
+        if net.method == "lite":
+            _check_lite_options("auto", options.tile, options.max_memory)
+        tile = options.tile
+        if tile is not None and tile < SMALL_TILE and (previous is None or previous.tile != tile):
+            text = ("{} is very small: every tile recomputes a border around itself, so small tiles multiply "
+                    "the work (128 is fastest on CPU)")
+            warnings.warn(CDDFuseWarning(text.format(f"tile={tile}"), cli=text.format(f"--tile {tile}")),
+                          stacklevel=stacklevel)
+        precision = options.precision
+        if precision == "tf32" and net.device.type != "cuda":
             raise UsageError.invalid("precision", precision,
                                      "needs a CUDA GPU (TF32 is a tensor-core format); use fp32 or bf16")
-        if precision == "bf16" and self.device.type == "cpu" and method in NETWORK_METHODS \
+        if precision == "bf16" and net.device.type == "cpu" and net.model is not None \
                 and cpu_bf16_feature() is None:
             raise UsageError.invalid("precision", precision, "on CPU needs AMX or AVX512-BF16, which this processor "
                                      "lacks (bfloat16 would be slower than fp32 here); use fp32, or a CUDA GPU")
-        self.tile, self.precision, self.backend = tile, precision, backend
-        #: an event that stops the network between tiles when set (:class:`cddfuse.engine.FusionCancelled`);
-        #: the web server gives each request's copy of the Fuser its own
-        self.cancel: threading.Event | None = None
-        self._onnx: Any = None
-        if backend == "onnx" and self.model is not None:
-            if tile is not None or precision != "fp32":
-                raise UsageError.invalid("backend", backend, "runs whole images in fp32; drop tile/precision, "
-                                         "or use backend='torch'")
-            try:
-                from ..engine.onnx import OnnxFuser
+        if net.onnx is not None and (tile is not None or precision != "fp32"):
+            raise UsageError.invalid("backend", net.backend, "runs whole images in fp32; drop tile/precision, "
+                                     "or use backend='torch'")
+        return options
 
-                self._onnx = OnnxFuser(self.model, residual=self.residual)  # None: lite, residual built in
-            except ImportError as e:
-                raise UsageError.invalid("backend", backend, str(e)) from None
+    # the network's facts, shared with every Fuser made by with_options
+    @property
+    def method(self) -> Method:
+        return self._net.method
+
+    @property
+    def task(self) -> Task:
+        """The task: the one asked for, else the weights', else ``"ivf"``."""
+        return self._net.task
+
+    @property
+    def device(self) -> torch.device:
+        return self._net.device
+
+    @property
+    def model(self) -> CDDFuse | CDDFuseLite | None:
+        """The network (``None`` for the rules)."""
+        return self._net.model
+
+    @property
+    def info(self) -> WeightsInfo | None:
+        """What the weights file says about itself (``None`` for the rules)."""
+        return self._net.info
+
+    @property
+    def residual(self) -> ResidualMode | None:
+        """The residual mode the exact network runs with; ``None`` for the rules and CDDFuse-lite (built in)."""
+        return self._net.residual
+
+    @property
+    def backend(self) -> Backend:
+        return self._net.backend
+
+    # the options, read-only (change them with with_options)
+    @property
+    def normalize(self) -> Normalize:
+        return self.options.normalize
+
+    @property
+    def color(self) -> ColorMode:
+        return self.options.color
+
+    @property
+    def chroma(self) -> ChromaMode:
+        """The colour mode, ``"auto"`` decided for :attr:`task` (``"saturation"`` or ``"ycbcr"``)."""
+        return self.options.resolved_chroma(self.task)
+
+    @property
+    def align(self) -> AlignChoice:
+        return self.options.align
+
+    @property
+    def align_min_confidence(self) -> float:
+        return self.options.align_min_confidence
+
+    @property
+    def max_pixels(self) -> int | None:
+        return self.options.max_pixels
+
+    @property
+    def tile(self) -> int | None:
+        return self.options.tile
+
+    @property
+    def max_memory(self) -> int | None:
+        """The memory budget in bytes (``None``: automatic)."""
+        return self.options.max_memory
+
+    @property
+    def precision(self) -> Precision:
+        return self.options.precision
 
     # ------------------------------------------------------------------ core
     @torch.inference_mode()
-    def fuse_luminance(self, ya: np.ndarray, yb: np.ndarray) -> np.ndarray:
-        """Fuse two luminance images ``(H, W)`` float in [0, 1]; returns the raw ``(H, W)`` output.
+    def fuse_luminance(self, ya: np.ndarray, yb: np.ndarray, *, cancel: threading.Event | None = None
+                       ) -> np.ndarray:
+        """The network stage: fuse two luminance images ``(H, W)`` float in [0, 1]; returns the raw
+        ``(H, W)`` output (float32, before normalisation).
 
         ``(N, H, W)`` stacks of same-size pairs are fused as one batch (``(N, H, W)`` out).
         CDDFuse runs through :func:`cddfuse.engine.fuse_tensors`: on CPU (and whenever tiles
         are asked for or needed) the optimised, exactly tiled engine; on CUDA the whole image
         through the module, and through the tiled engine when it runs out of memory. CDDFuse-lite
-        runs through :func:`cddfuse.engine.lite.run_lite` (the module on the whole image).
+        runs through :func:`cddfuse.engine.lite.run_lite` (the module on the whole image). ``cancel``
+        (default :attr:`cancel`) stops the exact engine between tiles when set.
         """
-        if self.model is None:
-            return fuse_rule(self.method, ya, yb)
+        net, options = self._net, self.options
+        if net.model is None:
+            return fuse_rule(net.method, ya, yb)
         if ya.shape != yb.shape or ya.ndim not in (2, 3):
             raise UsageError(f"expected two (H, W) or (N, H, W) luminance arrays of one shape, got {ya.shape} "
                              f"and {yb.shape}")
-        if self._onnx is not None:
-            return self._onnx.fuse_luminance(np.asarray(ya, np.float32), np.asarray(yb, np.float32))
+        if net.onnx is not None:
+            return net.onnx.fuse_luminance(np.asarray(ya, np.float32), np.asarray(yb, np.float32))
         from ..engine import fuse_tensors
 
         batched = ya.ndim == 3
         ta = torch.from_numpy(np.ascontiguousarray(ya, dtype=np.float32))
         tb = torch.from_numpy(np.ascontiguousarray(yb, dtype=np.float32))
         ta, tb = (ta[:, None], tb[:, None]) if batched else (ta[None, None], tb[None, None])
-        if isinstance(self.model, CDDFuseLite):
+        if isinstance(net.model, CDDFuseLite):
             from ..engine.lite import run_lite
 
-            out = run_lite(self.model, ta, tb, precision=self.precision)
+            out = run_lite(net.model, ta, tb, precision=options.precision)
         else:
-            assert self.residual is not None  # set whenever the exact model is
-            out = fuse_tensors(self.model, ta, tb, self.residual, device=self.device, tile=self.tile,
-                               max_memory=self.max_memory, precision=self.precision, cancel=self.cancel)
+            assert net.residual is not None  # set whenever the exact model is
+            out = fuse_tensors(net.model, ta, tb, net.residual, device=net.device, tile=options.tile,
+                               max_memory=options.max_memory, precision=options.precision,
+                               cancel=cancel if cancel is not None else self.cancel)
         out = out[:, 0] if batched else out[0, 0]
         return out.float().cpu().numpy()
 
-    def _prepare(self, a: ImageLike, b: ImageLike, resize: bool) -> tuple[YCbCrImage, YCbCrImage]:
-        """Load both sources (same size, or ``b`` resampled with ``resize``) and split off their luminance."""
-        if self.align != "none":
-            return self._prepare_aligned(a, b, resize)
-        if _is_path(a) and _is_path(b) and not resize:  # sizes from the headers, before decoding either
-            header_a, header_b = probe_image(a, self.max_pixels), probe_image(b, self.max_pixels)
-            if header_a and header_b and (header_a.width, header_a.height) != (header_b.width, header_b.height):
-                raise _size_error(header_a.size, header_b.size)
-        arr_a = _load_source(a, "first source (infrared/functional)", self.max_pixels)
-        arr_b = _load_source(b, "second source (visible/MRI)", self.max_pixels)
-        if arr_a.shape[:2] != arr_b.shape[:2]:
-            if not resize:
-                raise _size_error(_size(arr_a), _size(arr_b))
-            arr_b = _resize_to(arr_b, arr_a.shape[:2])
-        return split_luminance(arr_a), split_luminance(arr_b)
+    def prepare(self, a: ImageLike, b: ImageLike, *, resize: bool = False) -> PreparedPair:
+        """The first stages with this Fuser's options: :func:`~cddfuse.fusion.stages.prepare`, then
+        :func:`~cddfuse.fusion.stages.align` (which splits off the luminance)."""
+        return stages.align(stages.prepare(a, b, self.options, resize=resize), self.options)
 
-    def _prepare_aligned(self, a: ImageLike, b: ImageLike, resize: bool) -> tuple[YCbCrImage, YCbCrImage]:
-        """Load both sources, warp the first into the second's frame (see ``align``), split the luminance."""
-        from ..align.sources import align_sources
+    def finish(self, raw: np.ndarray, pair: PreparedPair) -> FusionResult:
+        """The last stages for one pair: :func:`~cddfuse.fusion.stages.normalise` (over its whole image;
+        a flat result is kept as computed, with one warning per Fuser), then
+        :func:`~cddfuse.fusion.stages.colour`."""
+        done = stages.normalise(raw, pair, self.options)
+        if done.flat is not None and not self._warned_flat:
+            self._warned_flat = True
+            text = (f"{done.flat}: the result is kept as computed, not stretched to the full range by min-max "
+                    "normalisation (which would show only noise); {} does the same without this warning")
+            warnings.warn(CDDFuseWarning(text.format("normalize='none'"), cli=text.format("--normalize none")),
+                          stacklevel=3)
+        coloured = stages.colour(done.luminance, pair, self.options, self.task)
+        return FusionResult(image=coloured.image, luminance=done.luminance, raw=raw, residual=self.residual,
+                            chroma_from=coloured.chroma_from, alignment=pair.alignment)
 
-        if resize:
-            raise UsageError("resize and align exclude each other: align resamples the first source into the "
-                             "second's frame", cli="--resize and --align exclude each other: --align resamples IR "
-                                                   "into the frame of VIS")
-        arr_a = _load_source(a, "first source (infrared/functional)", self.max_pixels)
-        arr_b = _load_source(b, "second source (visible/MRI)", self.max_pixels)
-        assert self.align != "none"
-        arr_a, self.last_alignment, uncovered = align_sources(arr_a, arr_b, self.align, self.align_min_confidence)
-        sa, sb = split_luminance(arr_a), split_luminance(arr_b)
-        if uncovered.any():
-            self._uncovered[id(sb)] = uncovered
-        return sa, sb
-
-    def _finish(self, raw: np.ndarray, sa: YCbCrImage, sb: YCbCrImage) -> FusionResult:
-        """Normalise one pair's raw output (over its whole image) and put the colour back."""
-        if not np.all(np.isfinite(raw)):
-            raise CDDFuseError("the fusion produced NaN or infinite values (broken weights, or a numeric failure "
-                               f"in {self.precision}); no image is made from it")
-        if self.normalize == "minmax":
-            y, flat = stretch(raw)
-            flat_sources = not flat and is_flat(sa.y) and is_flat(sb.y)
-            if flat_sources:  # nothing to stretch: the output's contrast is only the network's border response
-                y = np.clip(raw, 0.0, 1.0).astype(np.float32)
-            if (flat or flat_sources) and not getattr(self, "_warned_flat", False):
-                self._warned_flat = True
-                what = ("both sources are flat" if flat_sources else
-                        f"the fused image is flat (its values span {float(raw.max() - raw.min()):.2g})")
-                text = (f"{what}: the result is kept as computed, not stretched to the full range by min-max "
-                        "normalisation (which would show only noise); {} does the same without this warning")
-                warnings.warn(CDDFuseWarning(text.format("normalize='none'"), cli=text.format("--normalize none")),
-                              stacklevel=2)
-        else:
-            y = np.clip(raw, 0.0, 1.0).astype(np.float32)
-        uncovered = self._uncovered.pop(id(sb), None)
-        if uncovered is not None:  # align: where the warped first source is missing, the second alone
-            y[uncovered] = sb.y[uncovered]
-        chroma: YCbCrImage | None = None
-        chroma_from: str | None = None
-        if self.color == "auto":
-            if sb.is_color:
-                chroma, chroma_from = sb, "b"
-            elif sa.is_color:
-                chroma, chroma_from = sa, "a"
-        image = merge_luminance(y, chroma, self.chroma) if chroma is not None else y
-        return FusionResult(image=image, luminance=y, raw=raw, residual=self.residual, chroma_from=chroma_from)
-
-    def fuse_detailed(self, a: ImageLike, b: ImageLike, *, resize: bool = False) -> FusionResult:
+    def fuse_detailed(self, a: ImageLike, b: ImageLike, *, resize: bool = False,
+                      cancel: threading.Event | None = None) -> FusionResult:
         """Like :meth:`fuse`, returning the intermediate products too."""
-        sa, sb = self._prepare(a, b, resize)
-        return self._finish(self.fuse_luminance(sa.y, sb.y), sa, sb)
+        pair = self.prepare(a, b, resize=resize)
+        self.last_alignment = pair.alignment
+        return self.finish(self.fuse_luminance(pair.a.y, pair.b.y, cancel=cancel), pair)
 
-    def fuse_batch(self, pairs: Sequence[tuple[ImageLike, ImageLike]], *, resize: bool = False) -> list[np.ndarray]:
+    def fuse_batch(self, pairs: Sequence[tuple[ImageLike, ImageLike]], *, resize: bool = False,
+                   cancel: threading.Event | None = None) -> list[np.ndarray]:
         """Fuse several pairs; pairs of the same size go through the network as one batch.
 
         Same results as :meth:`fuse` on each pair (normalisation and colour stay per pair); faster
@@ -452,19 +433,22 @@ class Fuser:
             CDDFuseError: an unreadable pair (nothing of the batch is returned; fuse pairs one by
                 one to isolate it).
         """
-        prepared = [self._prepare(a, b, resize) for a, b in pairs]
+        prepared = [self.prepare(a, b, resize=resize) for a, b in pairs]
+        if prepared:
+            self.last_alignment = prepared[-1].alignment
         groups: dict[tuple[int, ...], list[int]] = {}
-        for i, (sa, _) in enumerate(prepared):
-            groups.setdefault(sa.y.shape, []).append(i)
+        for i, pair in enumerate(prepared):
+            groups.setdefault(pair.a.y.shape, []).append(i)
         results: dict[int, np.ndarray] = {}
         for idx in groups.values():  # (N, H, W) stacks, N = 1 included
-            raws = self.fuse_luminance(np.stack([prepared[i][0].y for i in idx]),
-                                       np.stack([prepared[i][1].y for i in idx]))
+            raws = self.fuse_luminance(np.stack([prepared[i].a.y for i in idx]),
+                                       np.stack([prepared[i].b.y for i in idx]), cancel=cancel)
             for i, raw in zip(idx, raws):
-                results[i] = self._finish(raw, *prepared[i]).image
+                results[i] = self.finish(raw, prepared[i]).image
         return [results[i] for i in range(len(prepared))]
 
-    def fuse(self, a: ImageLike, b: ImageLike, *, resize: bool = False) -> np.ndarray:
+    def fuse(self, a: ImageLike, b: ImageLike, *, resize: bool = False,
+             cancel: threading.Event | None = None) -> np.ndarray:
         """Fuse ``a`` (infrared/functional) with ``b`` (visible/MRI).
 
         Returns:
@@ -472,9 +456,45 @@ class Fuser:
             ``color="auto"`` (the colour source's colour on the fused luminance, see ``chroma``; the
             visible image's if both are colour).
         Raises:
-            CDDFuseError: unreadable inputs, or sources of different sizes without ``resize=True``.
+            CDDFuseError: unreadable inputs, or sources of different sizes without ``resize=True``
+                (:class:`~cddfuse.errors.SizeMismatch`).
         """
-        return self.fuse_detailed(a, b, resize=resize).image
+        return self.fuse_detailed(a, b, resize=resize, cancel=cancel).image
+
+
+def _load_network(weights: str | os.PathLike[str] | None, task: Task | None, method: Method,
+                  residual: ResidualChoice, device: torch.device, backend: Backend,
+                  options: FusionOptions) -> _Network:
+    """Load the weights of ``method`` (none for the rules) and decide the task and residual mode."""
+    model: CDDFuse | CDDFuseLite | None = None
+    info: WeightsInfo | None = None
+    if method in NETWORK_METHODS:
+        path = Path(weights) if weights is not None else pretrained_path(task or "ivf", method)
+        if method == "lite":
+            from ..engine.lite import prepare_lite
+
+            lite, info = load_lite_weights(path, device=device)
+            model = prepare_lite(lite)
+        else:
+            model, info = load_weights(path, device=device)
+    elif weights is not None:
+        raise UsageError(f"weights are only used with method='cddfuse' or 'lite', not {method!r}",
+                         cli=f"--weights is only used with --method cddfuse or lite, not with --method {method}")
+    chosen: Task = task or (info.task if info is not None and info.task else "ivf")
+    # the residual mode the exact network is run with; None for the rules and for CDDFuse-lite (built in)
+    mode = resolve_residual(residual, chosen, info) if isinstance(model, CDDFuse) else None
+    onnx: Any = None
+    if backend == "onnx" and model is not None:
+        if options.tile is not None or options.precision != "fp32":
+            raise UsageError.invalid("backend", backend, "runs whole images in fp32; drop tile/precision, "
+                                     "or use backend='torch'")
+        try:
+            from ..engine.onnx import OnnxFuser
+
+            onnx = OnnxFuser(model, residual=mode)  # None: lite, residual built in
+        except ImportError as e:
+            raise UsageError.invalid("backend", backend, str(e)) from None
+    return _Network(method, chosen, device, model, info, mode, backend, onnx)
 
 
 def _check_lite_options(residual: str, tile: object, max_memory: object) -> None:
@@ -488,7 +508,32 @@ def _check_lite_options(residual: str, tile: object, max_memory: object) -> None
                                      "and bounds its own memory; drop it, or use the cddfuse method")
 
 
-def fuse(a: ImageLike, b: ImageLike, **kwargs: Any) -> np.ndarray:
-    """One-call fusion: ``Fuser(**kwargs).fuse(a, b)`` (builds the model each call; reuse a Fuser for many pairs)."""
-    resize = kwargs.pop("resize", False)
-    return Fuser(**kwargs).fuse(a, b, resize=resize)
+def fuse(
+    a: ImageLike,
+    b: ImageLike,
+    *,
+    resize: bool = False,
+    weights: str | os.PathLike[str] | None = None,
+    task: Task | None = None,
+    method: Method = "cddfuse",
+    residual: ResidualChoice = "auto",
+    normalize: Normalize = "minmax",
+    color: ColorMode = "auto",
+    device: str | torch.device = "auto",
+    tile: int | None = None,
+    max_memory: str | int | None = None,
+    precision: Precision = "fp32",
+    backend: Backend = "torch",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    chroma: ChromaMode = "auto",
+    align: AlignChoice = "none",
+    align_min_confidence: float = 0.5,
+    options: FusionOptions | None = None,
+) -> np.ndarray:
+    """One-call fusion: ``Fuser(...).fuse(a, b, resize=resize)`` with the keywords of :class:`Fuser` (builds
+    the model each call; reuse a Fuser for many pairs)."""
+    fuser = Fuser(weights=weights, task=task, method=method, residual=residual, normalize=normalize, color=color,
+                  device=device, tile=tile, max_memory=max_memory, precision=precision, backend=backend,
+                  max_pixels=max_pixels, chroma=chroma, align=align, align_min_confidence=align_min_confidence,
+                  options=options)
+    return fuser.fuse(a, b, resize=resize)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import UsageError
-from ..options import CHROMA_MODES, RESIDUAL_CHOICES, ResidualMode, check_choice
+from ..options import CHROMA_MODES, RESIDUAL_CHOICES, ChromaMode, ResidualMode, check_choice
 
 if TYPE_CHECKING:
     from ..models.weights import WeightsInfo
@@ -43,10 +43,10 @@ def resolve_residual(residual: str, task: str, info: WeightsInfo | None,
     made_for_ivf = declared in (None, "ivf")
     if trained == "vis" and task == "mif" and made_for_ivf:
         return "sum"
-    return trained  # type: ignore[return-value]
+    return trained
 
 
-def resolve_chroma(chroma: str, task: str) -> str:
+def resolve_chroma(chroma: str, task: str) -> ChromaMode:
     """The colour mode for ``chroma="auto"``: ``saturation`` for infrared-visible pairs (night scenes keep
     their colour where the infrared brightens them), ``ycbcr`` for medical pairs (a PET/SPECT colour map
     encodes values: its faint low end is not strengthened over bright MRI).
@@ -55,9 +55,9 @@ def resolve_chroma(chroma: str, task: str) -> str:
         >>> resolve_chroma("auto", "ivf"), resolve_chroma("auto", "mif"), resolve_chroma("ycbcr", "ivf")
         ('saturation', 'ycbcr', 'ycbcr')
     """
-    check_choice("chroma", chroma, CHROMA_MODES)
-    if chroma != "auto":
-        return chroma
+    mode = check_choice("chroma", chroma, CHROMA_MODES)
+    if mode != "auto":
+        return mode
     return "ycbcr" if task == "mif" else "saturation"
 
 

@@ -5,7 +5,11 @@ and 1 on CPU), so memory does not grow with the length of the video. A thread de
 and splits their luminance while the network runs, and another puts the colour back and encodes the
 frames behind it, in order (a few frames in flight at most). Each frame goes through the same
 pipeline as an image pair (:class:`~cddfuse.fusion.Fuser`: luminance, network, normalisation, colour),
-except the min-max normalisation, which for video uses a **temporally smoothed range** by default:
+except the min-max normalisation, which for video uses a **temporally smoothed range** by default.
+With the fuser's ``align`` option every frame pair is aligned on its own, as an image pair is (the first
+frame warped into the second's frame; pixels it does not cover take the second frame alone), and a frame
+pair whose alignment confidence is below the threshold stops the video with
+:class:`~cddfuse.align.AlignmentError`.
 
 Per-frame min-max stretches every frame's own minimum and maximum to 0 and 1, so a hot object that
 enters the view, or sensor noise in the extremes, changes the brightness of the whole frame from one
@@ -41,9 +45,9 @@ from typing import Any, Callable, Literal, get_args
 import numpy as np
 
 from ..errors import CDDFuseError, UsageError
-from ..io.color import YCbCrImage, merge_luminance
 from .fuser import Fuser
 from .policy import FLAT_RANGE
+from .stages import PreparedPair, colour, cover
 
 __all__ = ["TemporalNormalizer", "fuse_sequences", "SequenceStats", "TemporalMode", "TEMPORAL_MODES",
            "SyncMode", "SYNC_MODES", "DEFAULT_SMOOTHING", "flicker"]
@@ -97,15 +101,6 @@ class SequenceStats:
     trimmed: bool = False
 
 
-def _colour(fuser: Fuser, y: np.ndarray, sa: YCbCrImage, sb: YCbCrImage) -> np.ndarray:
-    """The fused luminance with the colour of the colour source, as :class:`Fuser` does for images."""
-    if fuser.color == "auto":
-        source = sb if sb.is_color else (sa if sa.is_color else None)
-        if source is not None:
-            return merge_luminance(y, source, fuser.chroma)
-    return y
-
-
 def fuse_sequences(
     fuser: Fuser,
     frames_a: Iterator[np.ndarray],
@@ -147,7 +142,7 @@ def fuse_sequences(
     with _Prepared(fuser, frames_a, frames_b, resize, ahead=READ_AHEAD_FRAMES + batch_size) as source, \
             _Writer(fuser, write) as writer:
         while True:
-            batch: list[tuple[YCbCrImage, YCbCrImage]] = []
+            batch: list[PreparedPair] = []
             while len(batch) < batch_size:
                 item = source.next()
                 if item is None:
@@ -167,16 +162,16 @@ def fuse_sequences(
                 batch.append(item)
             if not batch:
                 return stats
-            sizes = {pa.y.shape for pa, _ in batch}
+            sizes = {pair.a.y.shape for pair in batch}
             if len(sizes) > 1:
                 raise CDDFuseError(f"frame {stats.frames}: the frames change size within the video ({sorted(sizes)})")
-            raws = fuser.fuse_luminance(np.stack([pa.y for pa, _ in batch]), np.stack([pb.y for _, pb in batch]))
-            for raw, (sa, sb) in zip(raws, batch):
+            raws = fuser.fuse_luminance(np.stack([pair.a.y for pair in batch]), np.stack([pair.b.y for pair in batch]))
+            for raw, pair in zip(raws, batch):
                 if not np.all(np.isfinite(raw)):
                     raise CDDFuseError(f"frame {stats.frames}: the fusion produced NaN or infinite values; no video "
                                        "is made from it")
                 y = norm(raw) if fuser.normalize == "minmax" else np.clip(raw, 0.0, 1.0).astype(np.float32)
-                writer.put(y, sa, sb)
+                writer.put(cover(y, pair), pair)
                 stats.frames += 1
             if progress is not None:
                 progress(len(batch))
@@ -228,13 +223,13 @@ class _Prepared:
                 if a is sentinel or b is sentinel:
                     self._put(("ended", "a" if a is sentinel else "b"))
                     return
-                if not self._put(("pair", self.fuser._prepare(a, b, self.resize))):  # the image pipeline's step
+                if not self._put(("pair", self.fuser.prepare(a, b, resize=self.resize))):  # the image stages
                     return
             self._put(("ended", None))
         except BaseException as e:  # handed to the fusing thread, raised there
             self._put(("error", e))
 
-    def next(self) -> tuple[YCbCrImage, YCbCrImage] | str | None:
+    def next(self) -> PreparedPair | str | None:
         kind, value = self.queue.get()
         if kind == "error":
             raise value
@@ -263,11 +258,11 @@ class _Writer:
     def __enter__(self) -> _Writer:
         return self
 
-    def _one(self, y: np.ndarray, sa: YCbCrImage, sb: YCbCrImage) -> None:
-        self.write(_colour(self.fuser, y, sa, sb))
+    def _one(self, y: np.ndarray, pair: PreparedPair) -> None:
+        self.write(colour(y, pair, self.fuser.options, self.fuser.task).image)
 
-    def put(self, y: np.ndarray, sa: YCbCrImage, sb: YCbCrImage) -> None:
-        self.pending.append(self.pool.submit(self._one, y, sa, sb))
+    def put(self, y: np.ndarray, pair: PreparedPair) -> None:
+        self.pending.append(self.pool.submit(self._one, y, pair))
         while len(self.pending) > WRITE_BEHIND_FRAMES or (self.pending and self.pending[0].done()):
             self.pending.popleft().result()
 

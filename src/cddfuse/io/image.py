@@ -28,20 +28,19 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import cv2
 import numpy as np
 
-from .._fileutil import atomic_write_bytes
-from ..errors import CDDFuseError, ImageReadError, UsageError
+from .._fileutil import PathLike, atomic_write_bytes
+from ..errors import CDDFuseError, ImageReadError, InputTooLarge, UsageError
 from ..options import DEFAULT_MAX_PIXELS
 
 __all__ = ["read_image", "write_image", "probe_image", "decode_file", "ImageHeader", "check_output_path",
            "check_extension", "to_float01", "OUTPUT_EXTENSIONS", "DEFAULT_MAX_PIXELS", "ImageWriteError",
-           "is_gray_content"]
+           "is_gray_content", "check_array"]
 
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 # OpenCV prints warnings of its own ("[ WARN:0@...] PNG input buffer is incomplete") before our
@@ -113,7 +112,8 @@ def probe_image(path: PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> 
 
     Raises:
         ImageReadError: not a regular file, not an image whose size can be read, an image format the
-            readers do not decode safely (GIF, AVIF...), an empty image, or more pixels than ``max_pixels``.
+            readers do not decode safely (GIF, AVIF...) or an empty image.
+        InputTooLarge: more pixels than ``max_pixels`` (an :class:`ImageReadError` too).
 
     Example:
         >>> import tempfile, numpy as np
@@ -123,7 +123,7 @@ def probe_image(path: PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> 
         >>> probe_image(path, max_pixels=10)
         Traceback (most recent call last):
         ...
-        cddfuse.errors.ImageReadError: ...x.png: 5x3 pixels is more than the limit of 10; ...
+        cddfuse.errors.InputTooLarge: ...x.png: 5x3 pixels is more than the limit of 10; ...
     """
     p = _regular_file(path)
     header = _pillow_header(p, max_pixels)
@@ -292,7 +292,8 @@ def _orientation(im: Any) -> int:
 def _check_pixels(p: Path, width: int, height: int, max_pixels: int | None) -> None:
     if max_pixels is not None and width * height > max_pixels:
         text = f"{p}: {width}x{height} pixels is more than the limit of {max_pixels}; if the image is genuine, raise "
-        raise ImageReadError(text + "max_pixels", cli=text + "it with --max-pixels")
+        raise InputTooLarge(text + "max_pixels", width=width, height=height, limit=max_pixels, path=str(p),
+                            cli=text + "it with --max-pixels")
     if width * height == 0:
         raise ImageReadError(f"{p}: the image is empty ({width}x{height})")
 
@@ -323,6 +324,42 @@ def to_float01(arr: np.ndarray) -> np.ndarray:
             raise ValueError("image contains NaN or infinite values")
         return np.clip(arr, 0.0, 1.0).astype(np.float32)
     raise ValueError(f"unsupported image dtype {arr.dtype}")
+
+
+def check_array(arr: np.ndarray, name: str) -> np.ndarray:
+    """The one rule for image arrays given from Python (fusion, alignment): ``(H, W)``, ``(H, W, 1)``,
+    ``(H, W, 3)`` or ``(H, W, 4)`` (alpha dropped); uint8, uint16, or float holding values in [0, 1]
+    (float32 out). Floats outside [0, 1], NaN or infinity are refused, never clipped: an image scaled
+    0..255 as float is a mistake to report, not to saturate.
+
+    Returns ``(H, W)`` or ``(H, W, 3)``. Raises :class:`~cddfuse.errors.UsageError` naming ``name``.
+
+    Example:
+        >>> check_array(np.zeros((2, 3, 4), np.uint8), "a").shape
+        (2, 3, 3)
+        >>> check_array(np.full((2, 2), 255.0), "a")
+        Traceback (most recent call last):
+        ...
+        cddfuse.errors.UsageError: a: float images must be in [0, 1] (got 255..255); divide by 255
+    """
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[..., :3]
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
+        raise UsageError(f"{name}: expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {arr.shape}")
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise UsageError(f"{name}: empty image (shape {arr.shape})")
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.all(np.isfinite(arr)):
+            raise UsageError(f"{name}: the array contains NaN or infinite values")
+        if arr.min() < 0 or arr.max() > 1:
+            raise UsageError(f"{name}: float images must be in [0, 1] (got {arr.min():.3g}..{arr.max():.3g}); "
+                             "divide by 255")
+        return arr.astype(np.float32)
+    if arr.dtype not in (np.uint8, np.uint16):
+        raise UsageError(f"{name}: unsupported dtype {arr.dtype}; use uint8, uint16 or float in [0, 1]")
+    return arr
 
 
 def is_gray_content(rgb: np.ndarray) -> bool:

@@ -31,26 +31,24 @@ Example (skipped without the extra):
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
-from .._fileutil import atomic_path
-from ..errors import CDDFuseError, ImageReadError, UsageError
+from .._fileutil import PathLike, atomic_path
+from ..errors import CDDFuseError, InputTooLarge, UsageError, first_line
 from .image import DEFAULT_MAX_PIXELS, read_image
 from .pairs import IMAGE_EXTENSIONS
 
 __all__ = ["VIDEO_EXTENSIONS", "WRITE_FORMATS", "is_video_path", "VideoSource", "VideoFileSource",
            "FrameFolderSource", "open_video_source", "VideoWriter", "video_available", "natural_key"]
 
-PathLike = Union[str, "os.PathLike[str]"]
 
 #: Extensions read as video files (anything PyAV's FFmpeg decodes, recognised by name).
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")
@@ -187,7 +185,8 @@ class VideoFileSource(VideoSource):
             self.close()
             text = (f"{self.name}: frames of {width}x{height} pixels are more than the limit of {self.max_pixels}; "
                     "if the video is genuine, raise ")
-            raise ImageReadError(text + "max_pixels", cli=text + "it with --max-pixels")
+            raise InputTooLarge(text + "max_pixels", width=width, height=height, limit=self.max_pixels,
+                                path=self.name, cli=text + "it with --max-pixels")
 
     def close(self) -> None:
         self._container.close()
@@ -232,7 +231,7 @@ def open_video_source(path: PathLike, max_pixels: int | None = DEFAULT_MAX_PIXEL
 
 
 def _reason(e: BaseException) -> str:
-    return (getattr(e, "strerror", None) or str(e) or type(e).__name__).splitlines()[0]
+    return getattr(e, "strerror", None) or first_line(e)
 
 
 class VideoWriter(AbstractContextManager["VideoWriter"]):

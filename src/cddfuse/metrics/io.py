@@ -1,19 +1,17 @@
 """Reading images and saving fused images exactly as the CDDFuse authors' scripts do."""
 from __future__ import annotations
 
-import os
-from typing import Any, Union
+from typing import Any
 
 import cv2
 import numpy as np
 
+from .._fileutil import PathLike
 from ..io.image import decode_file
 from ..options import DEFAULT_MAX_PIXELS
 from ._validate import MetricInputError
 
 __all__ = ["read_gray", "rgb_to_gray", "quantize_like_authors", "PathLike"]
-
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 def rgb_to_gray(rgb: Any, order: str = "RGB") -> np.ndarray:

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..options import REPORT_FORMATS
 
 __all__ = ["FORMATS", "format_rows", "format_number", "choose_format", "to_json"]
 
-FORMATS = ("table", "md", "csv", "json")
+FORMATS = REPORT_FORMATS
 _SUFFIX_FORMATS = {".md": "md", ".markdown": "md", ".csv": "csv", ".json": "json", ".txt": "table"}
 
 

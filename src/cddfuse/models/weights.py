@@ -28,14 +28,14 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import Tensor
 
-from .._fileutil import atomic_path
-from ..errors import CheckpointError
-from ..options import NORMALIZE_MODES, RESIDUAL_MODES, TASKS
+from .._fileutil import PathLike, atomic_path
+from ..errors import CheckpointError, first_line
+from ..options import NORMALIZE_MODES, RESIDUAL_MODES, TASKS, Normalize, ResidualMode, Task
 from .cddfuse import CDDFuse, CDDFuseConfig
 from .lite import CDDFuseLite, LiteConfig
 
@@ -66,7 +66,8 @@ OFFICIAL_PARTS: dict[str, str] = {
     "DetailFuseLayer": "detail_fuse.",
 }
 
-PathLike = Union[str, "os.PathLike[str]"]
+
+_C = TypeVar("_C", bound=str)
 
 #: Which network a weights file is for.
 Architecture = Literal["cddfuse", "lite"]
@@ -91,9 +92,9 @@ class WeightsInfo:
         architecture: ``"cddfuse"`` (the exact network) or ``"lite"`` (CDDFuse-lite).
     """
 
-    task: str | None
-    residual: str | None
-    normalize: str
+    task: Task | None
+    residual: ResidualMode | None
+    normalize: Normalize
     config: CDDFuseConfig | LiteConfig
     source_format: str
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -239,7 +240,7 @@ def read_official_checkpoint(path: PathLike) -> dict[str, Tensor]:
     try:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = first_line(e)
         if "weights_only" in msg or "Weights only" in msg:
             raise _fail(path, _REFUSED) from None
         msg = msg.split(". ")[0]  # torch's first sentence; the rest is advice about how files get corrupted
@@ -298,7 +299,7 @@ _REFUSED = ("refused to load: the file holds more than tensors (code or other ob
             "loaded, never code -- use the authors' released .pth or a cddfuse .safetensors")
 
 
-def _official_defaults(path: Path) -> tuple[str | None, str | None]:
+def _official_defaults(path: Path) -> tuple[Task, ResidualMode]:
     """(task, residual) for an authors' checkpoint, from its file name.
 
     Their two released files are ``CDDFuse_IVF.pth`` (trained with the visible image as residual)
@@ -589,6 +590,14 @@ def _read_safetensors(p: Path) -> tuple[dict[str, Tensor], WeightsInfo]:
     return state, info
 
 
+def _meta_choice(p: Path, meta: Mapping[str, str], key: str, choices: tuple[_C, ...], what: str) -> _C | None:
+    """``meta[key]`` as one of ``choices`` (``None`` when missing or empty), else a CheckpointError."""
+    value = meta.get(key) or None
+    if value is not None and value not in choices:
+        raise _fail(p, f"bad {what} {value!r} in metadata (one of {', '.join(choices)} expected)")
+    return value
+
+
 def _safetensors_info(p: Path, meta: Mapping[str, str]) -> WeightsInfo:
     """The :class:`WeightsInfo` of a safetensors file's metadata."""
     if meta.get("format") != FORMAT_NAME:
@@ -606,10 +615,10 @@ def _safetensors_info(p: Path, meta: Mapping[str, str]) -> WeightsInfo:
         raise _fail(p, f"bad cddfuse metadata: {' '.join(str(e).split())[:200]}") from None
     if not isinstance(provenance, dict):
         provenance = {}
-    residual = meta.get("residual") or None
-    if residual is not None and residual not in RESIDUAL_MODES:
-        raise _fail(p, f"bad residual mode {residual!r} in metadata")
-    return WeightsInfo(task=meta.get("task") or None, residual=residual, normalize=meta.get("normalize", "minmax"),
+    residual = _meta_choice(p, meta, "residual", RESIDUAL_MODES, "residual mode")
+    task = _meta_choice(p, meta, "task", TASKS, "task")
+    normalize = _meta_choice(p, meta, "normalize", NORMALIZE_MODES, "normalisation") or "minmax"
+    return WeightsInfo(task=task, residual=residual, normalize=normalize,
                        config=config, source_format="cddfuse", provenance=provenance, path=str(p),
                        architecture=architecture)
 

@@ -36,9 +36,7 @@ imported only by ``cddfuse serve``.
 from __future__ import annotations
 
 import asyncio
-import copy
 import hmac
-import re
 import shutil
 import tempfile
 import threading
@@ -47,9 +45,18 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from .. import __version__
-from ..errors import CDDFuseError
-from ..fusion.policy import resolve_chroma
-from ..options import CHROMA_MODES, COLOR_MODES, DEFAULT_MAX_PIXELS, NETWORK_METHODS, NORMALIZE_MODES, TASKS
+from ..errors import CDDFuseError, InputTooLarge, SizeMismatch
+from ..options import (
+    CHROMA_MODES,
+    COLOR_MODES,
+    DEFAULT_MAX_PIXELS,
+    METHODS,
+    NETWORK_METHODS,
+    NORMALIZE_MODES,
+    TASKS,
+    check_choice,
+    parse_size,  # the one size grammar (re-exported: cddfuse.serve.app.parse_size)
+)
 
 if TYPE_CHECKING:  # the serve extra is imported inside create_app (every module imports without extras)
     from starlette.applications import Starlette
@@ -91,33 +98,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-def parse_size(text: str | int) -> int:
-    """``"50M"`` -> 52428800; also ``K``, ``G`` (powers of 1024), optional ``B``, or a plain byte count.
-
-    >>> parse_size("50M"), parse_size("1k"), parse_size(123), parse_size("2GB")
-    (52428800, 1024, 123, 2147483648)
-    """
-    if isinstance(text, int) and not isinstance(text, bool):
-        value = text
-    else:
-        s = str(text).strip().upper()
-        if s.endswith("B"):
-            s = s[:-1]
-        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(s[-1:], 1)
-        if scale != 1:
-            s = s[:-1]
-        try:
-            number = float(s)
-            if number != number or number in (float("inf"), float("-inf")):
-                raise ValueError
-            value = int(number * scale)
-        except (ValueError, OverflowError):
-            raise ValueError(f"not a size: {text!r} (use e.g. 50M, 512K, 1G or a number of bytes)") from None
-    if value < 1:
-        raise ValueError(f"must be at least one byte, got {text!r}")
-    return value
 
 
 def check_token(token: str | None) -> str | None:
@@ -374,10 +354,10 @@ def _lite_beside(main: Fuser, lite_weights: str | Path | None) -> Fuser | None:
             lite_weights = lite_pretrained_path(main.task)
         except CDDFuseError:
             return None
-    lite = Fuser(weights=lite_weights, task=main.task, method="lite", device=main.device,
-                 max_pixels=main.max_pixels)
-    lite.color, lite.normalize, lite.chroma = main.color, main.normalize, main.chroma
-    return lite
+    options = main.options
+    if options.tile is not None or options.max_memory is not None or options.precision != "fp32":
+        options = options.replace(tile=None, max_memory=None, precision="fp32")  # the exact engine's own
+    return Fuser(weights=lite_weights, task=main.task, method="lite", device=main.device, options=options)
 
 
 def _jsonable(value: Any) -> Any:
@@ -388,10 +368,6 @@ def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return str(value)
-
-
-_PIXELS = re.compile(r"(\d+)x(\d+) pixels is more than the limit")
-_SIZES = re.compile(r"differ in size \((\d+x\d+) vs (\d+x\d+)\)")
 
 
 def _size_mismatch(size_a: str, size_b: str) -> ApiError:
@@ -455,8 +431,8 @@ def create_app(
         def fuser_factory() -> Fuser:
             from ..fusion import Fuser
 
-            return Fuser(weights=weights, task=task, method=method, device=device,  # type: ignore[arg-type]
-                         max_pixels=max_pixels)
+            return Fuser(weights=weights, task=check_choice("task", task, TASKS) if task is not None else None,
+                         method=check_choice("method", method, METHODS), device=device, max_pixels=max_pixels)
     limit = parse_size(max_upload)
     if queue_size < 1:
         raise ValueError(f"queue_size must be at least 1, got {queue_size}")
@@ -466,7 +442,8 @@ def create_app(
         raise ValueError(f"min_upload_rate must be a number of bytes per second (0: none), got {min_upload_rate}")
     token = check_token(token)
     fuser = fuser_factory()
-    fuser.max_pixels = max_pixels
+    if fuser.max_pixels != max_pixels:  # the server's limit, whatever the factory chose
+        fuser = fuser.with_options(max_pixels=max_pixels)
     state = ServeState(queue_size)
     fusers: dict[str, Fuser] = {fuser.method: fuser}
     lite = _lite_beside(fuser, lite_weights)
@@ -616,11 +593,11 @@ def create_app(
                            f"{', '.join(fusers)} (no {req_method} weights for task {fuser.task} are loaded); leave "
                            "method out, or send one of those", detail={"field": "method", "server": list(fusers)})
         fmt = _choice("format", options.get("format", "png") or "png", tuple(FORMATS))
-        job = copy.copy(fusers[req_method])  # shares the model; per-request options
-        job.color = _choice("color", options.get("color", fuser.color) or fuser.color, COLOR_MODES)  # type: ignore[assignment]
-        job.chroma = resolve_chroma(_choice("chroma", options.get("chroma") or "auto", CHROMA_MODES), fuser.task)
-        job.normalize = _choice("normalize", options.get("normalize", fuser.normalize) or fuser.normalize,  # type: ignore[assignment]
-                                NORMALIZE_MODES)
+        job = fusers[req_method].with_options(  # shares the model; this request's options
+            color=_choice("color", options.get("color", fuser.color) or fuser.color, COLOR_MODES),
+            chroma=_choice("chroma", options.get("chroma") or "auto", CHROMA_MODES),
+            normalize=_choice("normalize", options.get("normalize", fuser.normalize) or fuser.normalize,
+                              NORMALIZE_MODES))
         return job, _bool("resize", options.get("resize", "false")), fmt
 
     async def _acquire(lock: asyncio.Lock, cancel: threading.Event) -> None:
@@ -646,7 +623,6 @@ def create_app(
     async def _run(job: Fuser, paths: dict[str, Path], names: dict[str, str], resize: bool, fmt: str, tmp: Path,
                    cancel: threading.Event) -> Response:
         ext, bit_depth, content_type = FORMATS[fmt]
-        job.cancel = cancel
 
         def describe(e: CDDFuseError) -> str:
             text = str(e)
@@ -661,17 +637,14 @@ def create_app(
             for field, path in paths.items():  # sizes from the headers, before anything is decoded
                 try:
                     headers[field] = probe_image(path, max_pixels)
-                except CDDFuseError as e:
-                    found = _PIXELS.search(str(e))
-                    if found:
-                        raise _image_too_large(field, names[field], f"{found[1]}x{found[2]}", max_pixels) from None
-                    raise
+                except InputTooLarge as e:
+                    raise _image_too_large(field, names[field], e.size, e.limit) from None
             ha, hb = headers["a"], headers["b"]
             if not resize and ha and hb and (ha.width, ha.height) != (hb.width, hb.height):
                 raise _size_mismatch(ha.size, hb.size)
             if cancel.is_set():
                 raise FusionCancelled("cancelled")
-            image = job.fuse(paths["a"], paths["b"], resize=resize)
+            image = job.fuse(paths["a"], paths["b"], resize=resize, cancel=cancel)
             out = write_image(tmp / ("fused" + ext), image, bit_depth=bit_depth)
             return out.read_bytes()
 
@@ -689,14 +662,12 @@ def create_app(
                 raise
         except FusionCancelled:
             raise _cancelled() from None
+        except SizeMismatch as e:
+            raise _size_mismatch(e.size_a, e.size_b) from None
+        except InputTooLarge as e:
+            field = next((f for f, p in paths.items() if e.path == str(p)), "a")
+            raise _image_too_large(field, names[field], e.size, e.limit) from None
         except CDDFuseError as e:
-            sizes = _SIZES.search(str(e))
-            if sizes and not resize:
-                raise _size_mismatch(sizes[1], sizes[2]) from None
-            found = _PIXELS.search(str(e))
-            if found:
-                field = next((f for f, p in paths.items() if str(p) in str(e)), "a")
-                raise _image_too_large(field, names[field], f"{found[1]}x{found[2]}", max_pixels) from None
             raise ApiError(400, "bad_input", describe(e)) from None
         except MemoryError:
             raise ApiError(413, "out_of_memory", "out of memory fusing this pair; send smaller images") from None

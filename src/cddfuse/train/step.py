@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import Tensor
 
-from .._malloc import set_malloc_options
+from .._malloc import use_malloc_preset
 from ..models.cddfuse import residual_image
 from . import config as C
 from .losses import LossWeights, cc, phase1_loss, phase2_loss
@@ -42,7 +42,7 @@ def tune_glibc_malloc() -> bool:
     gigabytes: 15-40 % of a step on a 2-core machine. With ``M_MMAP_MAX = 0`` and the largest
     ``M_TRIM_THRESHOLD`` the heap is reused instead. No effect (returns False) off glibc.
     """
-    return set_malloc_options(mmap_max=0, trim_threshold=2**31 - 1)
+    return use_malloc_preset("training")
 
 
 def _cc_pair(base: Tensor, detail: Tensor, k: int) -> Tensor:
