@@ -161,6 +161,8 @@ class _VirtualTime:
             return write(*args, **kwargs)
 
         monkeypatch.setattr(ckpt_mod, "atomic_write_bytes", slow_write)
+        # the first-step guard's timer runs in real seconds, which mean nothing on this clock
+        monkeypatch.setattr("cddfuse.train.control.signal", _NoTimerSignal())
 
     def monotonic(self) -> float:
         return self.now
@@ -170,6 +172,48 @@ class _VirtualTime:
 
     def __getattr__(self, name: str):
         return getattr(time, name)
+
+
+class _NoTimerSignal:
+    """The signal module without ``setitimer`` (so the first-step guard stays off)."""
+
+    def __getattr__(self, name: str):
+        if name == "setitimer":
+            raise AttributeError(name)
+        return getattr(signal, name)
+
+
+@pytest.mark.slow
+def test_a_first_step_longer_than_the_budget_is_undone_and_the_run_stops(workdir, monkeypatch, capsys):
+    """Before any step is timed the budget cannot know that the first one will not fit: it runs under a
+    timer, is cut short when only the checkpoint and the exit are left, its changes are undone, and the
+    run stops with a checkpoint of the state before it (resuming then gives the uninterrupted weights)."""
+    from cddfuse.train.step import TrainStep
+
+    reference = workdir["root"] / "run_ref_guard"
+    common = ["--data", str(workdir["cache"]), "--no-tensorboard", "--set", "log.image_every_steps=0",
+              "--set", "checkpoint.every_steps=0"]
+    assert cli(["train", "--config", str(workdir["cfg"]), "--run-dir", str(reference)] + common) == 0
+    step, finished = TrainStep.train_step, []
+
+    def endless_step(self, *args, **kwargs):  # the real step (it changes the weights), then a very long wait
+        out = step(self, *args, **kwargs)
+        time.sleep(60)
+        finished.append(True)
+        return out
+
+    monkeypatch.setattr(TrainStep, "train_step", endless_step)
+    run = workdir["root"] / "run_guard"
+    assert cli(["train", "--config", str(workdir["cfg"]), "--run-dir", str(run), "--max-time", "4"] + common) == 0
+    assert "the first step would not have ended in time" in capsys.readouterr().err
+    assert not finished  # cut short, not waited for
+    st = _state(run)
+    assert st["status"] == "stopped" and st["global_step"] == 0
+    monkeypatch.undo()
+    assert cli(["train", "--resume", str(run)]) == 0
+    assert _state(run)["status"] == "complete"
+    w0, w1 = _weights(reference / "final.safetensors"), _weights(run / "final.safetensors")
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
 
 
 @pytest.mark.slow

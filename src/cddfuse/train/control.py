@@ -95,6 +95,11 @@ class TimeBudget:
         need = 1.25 * (self.step_s or 0.0) + 1.5 * self.checkpoint_s + extra_s + self.exit_s
         return remaining < need
 
+    def guards_step(self, single_process: bool = True) -> bool:
+        """Whether :meth:`first_step_guard` would watch the next step (see there)."""
+        return (self.max_time is not None and self.step_s is None and single_process
+                and threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"))
+
     def first_step_guard(self, single_process: bool = True) -> contextlib.AbstractContextManager[None]:
         """Stop a step whose duration is not known yet before the budget runs out.
 
@@ -106,9 +111,9 @@ class TimeBudget:
         without a budget, off the main thread, without ``setitimer`` or with several processes (every
         rank would have to agree), this does nothing.
         """
-        if (self.max_time is None or self.step_s is not None or not single_process
-                or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer")):
+        if not self.guards_step(single_process):
             return contextlib.nullcontext()
+        assert self.max_time is not None
         return self._guard(self.max_time - self.session_time() - 1.5 * self.checkpoint_s - self.exit_s)
 
     @staticmethod

@@ -48,7 +48,7 @@ from . import checkpoint as ckpt
 from . import config as C
 from . import logs
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint
-from .control import StopFlag, TimeBudget
+from .control import BudgetExceeded, StopFlag, TimeBudget
 from .datasets import ResumableDistributedSampler, build_dataset
 from .distributed import DistContext, init_distributed
 from .export import export_weights, hardware_description
@@ -339,14 +339,27 @@ class Trainer:
         while st.step_in_epoch < st.steps_per_epoch:
             if self._should_stop(extra_s=self._due_after_step()):
                 return self._stop_now("stop requested" if self.stop.requested else "--max-time budget")
+            # while no step has been timed, the budget cannot tell whether this one fits: it runs
+            # under a timer, and a step that would overrun is undone (the state from before it is put
+            # back) and the run stops with a checkpoint
+            single = self.dist.world_size == 1
+            before = copy.deepcopy(self.state_dict("running")) if self.budget.guards_step(single) else None
             try:
-                a, b = next(it)
-            except StopIteration:  # pragma: no cover - steps_per_epoch is computed from the sampler
-                break
-            a = a.to(self.device, non_blocking=True)
-            b = b.to(self.device, non_blocking=True)
-            want_img = bool(img_every) and (st.global_step + 1) % img_every == 0
-            parts, images = self.stepper.train_step(a, b, phase, want_images=want_img)
+                with self.budget.first_step_guard(single):
+                    try:
+                        a, b = next(it)
+                    except StopIteration:  # pragma: no cover - steps_per_epoch is computed from the sampler
+                        break
+                    a = a.to(self.device, non_blocking=True)
+                    b = b.to(self.device, non_blocking=True)
+                    want_img = bool(img_every) and (st.global_step + 1) % img_every == 0
+                    parts, images = self.stepper.train_step(a, b, phase, want_images=want_img)
+            except BudgetExceeded:
+                if before is not None:
+                    kept = st.train_time, st.sessions  # the snapshot counted this session already
+                    ckpt.restore_checkpoint(self.state, before, warn=self.warn)
+                    st.train_time, st.sessions = kept
+                return self._stop_now("--max-time budget (the first step would not have ended in time)")
             if not bool(torch.isfinite(parts["total"])):
                 raise CDDFuseError(
                     f"the loss became {float(parts['total'])} at step {st.global_step + 1} (phase "
