@@ -102,6 +102,7 @@ def test_usage_and_file_errors_are_one_line(args, code, text, tmp_path, capsys, 
     assert not list(tmp_path.iterdir())  # no file, no temporary file, not even the folder of -o
 
 
+@pytest.mark.slow
 def test_readme_onnxruntime_example_runs_as_written(test_data, tiny_weights, tmp_path, monkeypatch):
     """The documentation's 10-line onnxruntime pipeline (README or docs pages, wherever it is) gives
     `cddfuse fuse --chroma ycbcr`'s image (to 8-bit rounding)."""

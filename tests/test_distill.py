@@ -60,6 +60,7 @@ def reference_run(work):
     return run
 
 
+@pytest.mark.slow
 def test_run_writes_lite_weights_with_provenance(work, reference_run):
     from cddfuse.models.weights import load_lite_weights
     from cddfuse.train.distill_cache import file_sha256
@@ -85,6 +86,7 @@ def test_run_writes_lite_weights_with_provenance(work, reference_run):
     assert any(not torch.equal(init[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_cache_targets_are_the_teachers_fused_luminance(work, reference_run):
     """Every cached target is what `Fuser(weights=teacher)` hands to min-max normalisation."""
     from cddfuse.fusion.fuser import Fuser
@@ -108,6 +110,7 @@ def test_second_run_reuses_the_cache(work, reference_run, capsys):
     assert "0 computed, 3 reused" in err and "0 computed, 2 reused" in err
 
 
+@pytest.mark.slow
 def test_damaged_cache_item_is_detected_and_recomputed(work, reference_run, capsys):
     from cddfuse.train.data import find_pairs
     from cddfuse.train.distill_cache import TeacherCache, resolve_teacher
@@ -136,6 +139,7 @@ def _env(**kw: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical(work, reference_run):
     run = work["root"] / "killed"
     cmd = [sys.executable, "-m", "cddfuse.cli.main", *_args(work, run)]

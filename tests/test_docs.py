@@ -48,7 +48,8 @@ def doc_pages() -> list[Path]:
 
 # Pages whose examples run the full-size network several times (tens of seconds on two cores).
 SLOW_PAGES = {"README.md", "fusion.md", "folders.md", "video.md", "alignment.md", "export.md",
-              "performance.md", "training.md", "weights.md", "server.md", "metrics.md", "index.md"}
+              "performance.md", "training.md", "weights.md", "server.md", "metrics.md", "index.md",
+              "metric_protocols.md"}
 
 
 @dataclass

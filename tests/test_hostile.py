@@ -1270,6 +1270,7 @@ def test_formats_whose_size_is_not_read_safely_are_refused(capsys, pair, tmp_pat
             says="not read" if fmt != "unknown-magic" else "not a readable image")
 
 
+@pytest.mark.slow
 def test_hdr_bomb_peak_memory(pair, tmp_path):
     """A 9 MB run-length-encoded 12000x12000 HDR: 3.7 GB peak before its refusal, now the baseline."""
     bomb = tmp_path / "bomb.hdr"
@@ -1315,6 +1316,7 @@ def _corrupt_png(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_libpng_prints_nothing_of_its_own(pair, tmp_path):
     """libpng's own "IDAT: ..." line came before ours: the C library writes to file descriptor 2."""
     bad = _corrupt_png(tmp_path / "bad.png")
@@ -1374,6 +1376,7 @@ def test_video_frames_within_max_pixels_are_fused(capsys, tmp_path):
                  "--max-pixels", "768", "-q"]) == 0
 
 
+@pytest.mark.slow
 def test_video_bomb_peak_memory(tmp_path):
     """Two 4000x4000 H.264 frames (48 KB) with --max-pixels 1000000: exit 0 at a 1.16 GB peak before."""
     video = make_video(tmp_path / "big.mp4", 4000, 4000)
@@ -1509,6 +1512,7 @@ def deflated_pth(path: Path, elements: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_deflated_pth_bomb_is_refused_from_the_zip_directory(pair, tmp_path):
     """A 1.4 MB deflated .pth holding a 1.5 GB tensor inflated to 1.77 GB, then a traceback."""
     bad = deflated_pth(tmp_path / "bomb.pth", 300 * 2**20)
@@ -1518,6 +1522,7 @@ def test_deflated_pth_bomb_is_refused_from_the_zip_directory(pair, tmp_path):
     assert 0 < peak < BOMB_PEAK, f"peak {peak / 2**20:.0f} MiB"
 
 
+@pytest.mark.slow
 def test_weights_bomb_under_an_address_space_limit(pair, tmp_path):
     """Under ``ulimit -v`` the metadata bomb printed a traceback (PyTorch's allocation error)."""
     bad = tmp_path / "bomb.safetensors"
@@ -1554,6 +1559,7 @@ def test_hostile_yaml_configs(capsys, tmp_path, text, says):
     assert "^" not in line and "<unicode string>" not in line
 
 
+@pytest.mark.slow
 def test_billion_laughs_peak_memory(tmp_path):
     cfg = tmp_path / "laughs.yaml"
     cfg.write_text(LAUGHS)
@@ -1576,6 +1582,7 @@ def test_hostile_set_values(capsys, override, says):
     refused(capsys, "train", "--set", override, "--print-config", rc=2, says=says)
 
 
+@pytest.mark.slow
 def test_long_bad_values_are_cut_in_the_message(capsys, tmp_path):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("device: [" + ", ".join(["x"] * 100_000) + "]\n")
@@ -1597,6 +1604,7 @@ def test_resume_from_a_checkpoint_holding_code(capsys, tmp_path):
     assert "weights_only" not in line and not marker.exists()
 
 
+@pytest.mark.slow
 def test_resume_from_a_deflated_checkpoint_bomb(capsys, tmp_path):
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     deflated_pth(tmp_path / "run" / "checkpoints" / "last.pt", 64 * 2**20)

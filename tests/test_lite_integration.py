@@ -272,6 +272,7 @@ def test_fuse_folders_with_a_lite_factory_loads_nothing_when_all_is_done(test_da
     assert report.skipped == ["00", "01", "02"]
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_equal_one_process(test_data, lite_weights, tmp_path, cli, one_thread):
     ir, vi = _folders(tmp_path, test_data)
     common = ["--method", "lite", "--weights", str(lite_weights), "-q"]
@@ -523,6 +524,7 @@ def test_any_size_including_tiny_ones(lite_weights, shape):
     assert out.shape == shape and np.all(np.isfinite(out)) and out.min() >= 0 and out.max() <= 1
 
 
+@pytest.mark.slow
 def test_two_folder_runs_into_one_output_folder_with_lite(test_data, lite_weights, tmp_path):
     """Two runs at once, same output folder: every output complete and equal to a single run's."""
     ir, vi = _folders(tmp_path, test_data)
@@ -539,6 +541,7 @@ def test_two_folder_runs_into_one_output_folder_with_lite(test_data, lite_weight
         assert (tmp_path / "shared" / name).read_bytes() == (tmp_path / "alone" / name).read_bytes()
 
 
+@pytest.mark.slow
 def test_memory_of_a_4096_pair_is_bounded(tmp_path, lite_weights):
     """A 4096 x 4096 gray pair through the whole command in a fresh process stays under 1 GiB peak (RSS)."""
     if not Path("/proc/self/status").exists():

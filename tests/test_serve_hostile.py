@@ -522,6 +522,7 @@ def test_methods_and_paths(server, method, path, status):
     healthy(url)
 
 
+@pytest.mark.slow
 def test_a_flood_of_fusions_gets_only_200_or_503(server, pair):
     url, _ = server
     statuses: list[int] = []
@@ -561,6 +562,7 @@ def test_garbage_request_line(server):
 
 # ------------------------------------------------------------------------------------------- stopping
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.slow
 def test_signal_during_an_upload_and_a_fusion_stops_the_server(tiny_weights, pair, sig):
     proc, url = start_server(tiny_weights, "--upload-timeout", "100", "--min-upload-rate", "0")
     port = int(url.rsplit(":", 1)[1])

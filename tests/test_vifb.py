@@ -64,11 +64,28 @@ def parity(vifb_root):
     return rows
 
 
+def test_parity_on_one_scene(vifb_root):
+    """The fast lane's share of the parity tests: one scene, three methods, all 13 metrics to VIFB's digits."""
+    published = json.loads((vifb_root / "metrics.json").read_text())
+    scene = sorted(published)[0]
+    ir = read_vifb_image(vifb_root / "ir" / f"{scene}.jpg")
+    vi = read_vifb_image(vifb_root / "vi" / f"{scene}.jpg")
+    methods = [m for m in sorted(published[scene]) if m not in REPUBLISHED][:3]
+    assert len(methods) == 3
+    for method in methods:
+        ours = compute_vifb_metrics(ir, vi, read_vifb_image(vifb_root / "fused" / method / f"{scene}.jpg"))
+        bad = {m: (ours[m], published[scene][method][m]) for m in VIFB_NAMES
+               if not _digits_agree(ours[m], published[scene][method][m])}
+        assert not bad, (scene, method, bad)
+
+
+@pytest.mark.slow  # all 275 triplets: about a minute on two cores
 def test_parity_covers_every_case(parity):
     assert len(parity) == 11 * 25 * 13
     assert {r[2] for r in parity} == set(VIFB_NAMES)
 
 
+@pytest.mark.slow  # all 275 triplets: about a minute on two cores
 def test_parity_to_the_published_digits(parity):
     """23 of the 25 methods: every value (3289), rounded to VIFB's 5 significant digits, is the published one."""
     failures = []
@@ -80,6 +97,7 @@ def test_parity_to_the_published_digits(parity):
     assert not failures, "\n".join(failures)
 
 
+@pytest.mark.slow  # all 275 triplets: about a minute on two cores
 def test_parity_republished_methods(parity):
     """SwinFusion and YDTR: within the measured difference per metric (their published values belong to
     other versions of the images, see REPUBLISHED)."""
