@@ -365,8 +365,12 @@ class Fuser:
             out = run_lite(self.model, ta, tb, precision=self.precision)
         else:
             assert self.residual is not None  # set whenever the exact model is
+            from ..engine.tuning import settings
+
+            workers = settings().workers if self.device.type == "cpu" else None  # speed only, never the result
             out = fuse_tensors(self.model, ta, tb, self.residual, device=self.device, tile=self.tile,
-                               max_memory=self.max_memory, precision=self.precision, cancel=self.cancel)
+                               max_memory=self.max_memory, precision=self.precision, workers=workers,
+                               cancel=self.cancel)
         out = out[:, 0] if batched else out[0, 0]
         return out.float().cpu().numpy()
 
