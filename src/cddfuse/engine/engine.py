@@ -49,7 +49,7 @@ from .geometry import Region, RegionTensor, TileGeometry, plan_tiles
 from .memory import MemoryGuard, default_budget, parse_memory, tune_malloc
 from .ops import PRECISIONS, Ops, fused_ops_available, make_ops, precision_context
 from .packing import FastWeights, RestormerBlockWeights
-from .planning import MAX_WORKERS, auto_tile, choose_plan, default_workers, estimate_memory, guard_limit
+from .planning import auto_tile, choose_plan, default_workers, estimate_memory, guard_limit
 from .pointwise import sigmoid_
 from .stores import (
     DiskStore,
@@ -462,7 +462,7 @@ def fuse_tensors(model: CDDFuse, a: Tensor, b: Tensor, residual: str = "vis", *,
                  cancel: threading.Event | None = None) -> Tensor:
     """Fuse ``(N, 1, H, W)`` float tensors in [0, 1] with ``model``, deciding how: the engine's one entry.
 
-    * **Tile and store** (:func:`~cddfuse.engine.planning.choose_tile`): the caller's ``tile``; else
+    * **Tile and store** (:func:`~cddfuse.engine.planning.choose_plan`): the caller's ``tile``; else
       on CPU :data:`~cddfuse.engine.planning.CPU_SPEED_TILE` whenever the budget allows it (feature
       maps on disk if they would not fit, fewer tiles in flight if those would not), so the
       result does not depend on the memory available, the thread count or ``workers``; on CUDA
@@ -514,9 +514,8 @@ def fuse_tensors(model: CDDFuse, a: Tensor, b: Tensor, residual: str = "vis", *,
         if budget is None and cuda:
             budget = torch.cuda.mem_get_info(dev)[0]
         cpu = dev.type == "cpu"
-        n = workers if cpu and workers is not None else default_workers(MAX_WORKERS)
         plan = choose_plan(h, w, device=dev, tile=tile, memory_budget=budget, config=model.config, pairs=pairs,
-                           workers=n)
+                           workers=workers if cpu else None)
         if precision == "bf16" and cpu and fused_ops_available():
             dtype, ops = None, "bf16"  # float32 activations, bfloat16 products (BF16Ops)
         elif precision == "bf16":
