@@ -71,12 +71,17 @@ def test_tune_writes_an_entry_that_is_then_reused(cache, monkeypatch, two_thread
 
 
 def test_one_thread_has_nothing_to_measure(cache, monkeypatch):
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     monkeypatch.setattr(tuning, "tiled_fuse", lambda *a, **k: pytest.fail("measured with one thread"))
     told = []
-    result = tuning.settings(tune_if_missing=True, notify=told.append)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = tuning.settings(tune_if_missing=True, notify=told.append)
+    finally:
+        torch.set_num_threads(before)
     assert (result.workers, result.timings, told) == (1, {}, [])  # and no "tuning ... 20 s" line
-    assert tuning.cached_settings().workers == 1
+    entries = json.loads(cache.read_text())["machines"]
+    assert [entry["workers"] for key, entry in entries.items() if "| 1 threads |" in key] == [1]
 
 
 def test_first_use_tunes_once_when_auto_tuning_is_on(cache, monkeypatch, two_threads):
