@@ -313,3 +313,27 @@ def test_bf16_on_a_real_pair_is_within_one_gray_level_of_fp32():
     diff = np.abs(np.round(bf16 * 255) - np.round(fp32 * 255))
     assert np.all(np.isfinite(bf16)) and diff.max() <= 2
     assert (diff <= 1).mean() >= 0.999
+
+
+def test_tuning_sits_above_the_engine():
+    """One-way dependency: tuning imports the engine (its probe runs it); no engine module imports tuning,
+    not even inside a function."""
+    import ast
+
+    import cddfuse.engine as package
+
+    folder = Path(package.__file__).parent
+    importers = []
+    for path in sorted(folder.glob("*.py")):
+        if path.name == "tuning.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.ImportFrom):
+                names = [f"{node.module or ''}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            if any(name.split(".")[-1] == "tuning" or ".tuning." in f"{name}." for name in names):
+                importers.append(path.name)
+    assert importers == []
+    assert "from .engine import tiled_fuse" in (folder / "tuning.py").read_text(encoding="utf-8")
