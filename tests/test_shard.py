@@ -29,9 +29,18 @@ CROPS = [("a", "01", 120, 160), ("b", "02", 40, 48), ("c", "03", 48, 40), ("d", 
 
 @pytest.fixture
 def one_thread():
-    """Every process of these tests fuses with one thread, so that results are bit-comparable."""
+    """This process fuses with one thread (torchrun's ranks get one each, OMP_NUM_THREADS=1)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def two_threads():
+    """This process fuses with two threads, its shares or ranks with one: the files must still be equal."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
     yield
     torch.set_num_threads(before)
 
@@ -134,10 +143,11 @@ def test_combined_report_names_every_failure():
 
 
 @pytest.mark.slow
-def test_torchrun_two_gloo_ranks_killed_and_restarted(frames, tiny_weights, tmp_path, capsys, one_thread):
-    """2 gloo ranks under torchrun: rank 1 is SIGKILLed after its first output; torchrun restarts the job,
-    which finishes without redoing a finished pair, and the files equal one process's byte for byte. One
-    pair cannot be read: rank 0's combined summary names it and the job exits 1."""
+def test_torchrun_two_gloo_ranks_killed_and_restarted(frames, tiny_weights, tmp_path, capsys, two_threads):
+    """2 gloo ranks under torchrun (one thread each): rank 1 is SIGKILLed after its first output; torchrun
+    restarts the job, which finishes without redoing a finished pair, and the files equal those of one
+    2-thread process byte for byte. One pair cannot be read: rank 0's combined summary names it and the
+    job exits 1."""
     ir, vi = frames
     common = ["--weights", str(tiny_weights), "-q"]
     assert main(["fuse", str(ir), str(vi), "-o", str(tmp_path / "one"), *common]) == 0

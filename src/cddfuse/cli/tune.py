@@ -7,15 +7,18 @@ import sys
 from ..errors import UsageError
 from ._args import whole
 
-HELP = "measure the engine's fastest tile size, tiles in flight and op backend on this CPU, and cache them"
+HELP = "measure how many tiles the engine should compute at once on this CPU, and cache it"
 
 DESCRIPTION = """\
-The engine's speed on a CPU depends on three choices that never change the result: the tile
-side, how many tiles are computed at the same time, and the backend of the matrix products
-(oneDNN with fused post-ops, or PyTorch's BLAS path). `cddfuse fuse` measures them once per
-machine on first use; this command measures them again (about 20 s) and rewrites this machine's
-entry in the cache (CDDFUSE_CACHE, else ~/.cache/cddfuse/tuning.json). Delete the file to forget
-every machine; CDDFUSE_TUNE=0 turns tuning off (the built-in defaults are used)."""
+The engine's speed on a CPU depends on how many tiles it computes at the same time, each on its
+own thread, which never changes the result (the tile side and the op backend, which set the float
+rounding, are fixed, so that results do not depend on the thread count or the process layout).
+`cddfuse fuse` measures it once per machine and thread count on first use (with one thread there
+is nothing to measure); this command measures it again (about 20 s on two cores) and rewrites
+this machine's entry in the cache (CDDFUSE_CACHE, else ~/.cache/cddfuse/tuning.json). Processes
+started together wait for one another's tuning instead of all measuring at once (at most
+CDDFUSE_TUNE_WAIT seconds, default 300). Delete the file to forget every machine; CDDFUSE_TUNE=0
+turns tuning off (the built-in default is used: one tile per thread, up to 4)."""
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -26,12 +29,12 @@ def _size(text: str) -> tuple[int, int]:
     if h < 16 or w < 16:
         raise argparse.ArgumentTypeError(f"the probe must be at least 16x16, got {text!r}")
     if h > MAX_PROBE or w > MAX_PROBE:
-        raise argparse.ArgumentTypeError(f"the probe may be at most {MAX_PROBE}x{MAX_PROBE} (tile sides are "
-                                         f"chosen on a few tiles, not a whole image), got {text!r}")
+        raise argparse.ArgumentTypeError(f"the probe may be at most {MAX_PROBE}x{MAX_PROBE} (a few tiles are "
+                                         f"enough to compare), got {text!r}")
     return h, w
 
 
-#: The largest probe side: a few tiles of the largest tile side the tuner tries are enough.
+#: The largest probe side: a few tiles are enough.
 MAX_PROBE = 2048
 
 
@@ -67,9 +70,9 @@ def run(args: argparse.Namespace) -> int:
         if found is None:
             print("no settings cached for this machine (the built-in defaults apply until it is tuned)")
         else:
-            print(f"cached:  tile={found.tile} workers={found.workers} ops={found.ops}")
+            print(f"cached:  workers={found.workers}")
         return 0
     result = tuning.tune(size=args.size or tuning.PROBE_SIZE, repeats=args.repeats,
                          log=lambda line: print(f"  {line}", file=sys.stderr))
-    print(f"chosen:  tile={result.tile} workers={result.workers} ops={result.ops}")
+    print(f"chosen:  workers={result.workers}" + ("" if result.timings else " (one thread: nothing to measure)"))
     return 0

@@ -50,7 +50,9 @@ Modules: :mod:`~cddfuse.engine.geometry` (regions, tile arrays), :mod:`~cddfuse.
 (the network's blocks on tile arrays), :mod:`~cddfuse.engine.stores` (feature maps between passes
 and the sources of a pass), :mod:`~cddfuse.engine.memory` (available memory, malloc, the guard),
 :mod:`~cddfuse.engine.planning` (tile choice and the memory model), :mod:`~cddfuse.engine.engine`
-(the pass runner and the entry points), :mod:`~cddfuse.engine.onnx` (ONNX export and runtime).
+(the pass runner and the entry points), :mod:`~cddfuse.engine.pointwise` (GELU and the sigmoid
+with thread-independent rounding), :mod:`~cddfuse.engine.tuning` (the cached speed choice, above
+the engine), :mod:`~cddfuse.engine.onnx` (ONNX export and runtime).
 
 Example (tiled equals whole-image, to float rounding):
     >>> import torch
@@ -75,7 +77,16 @@ from .memory import DEFAULT_BUDGET, MemoryGuard, available_memory, default_budge
 from .onnx import OnnxFuser, export_onnx, onnx_available
 from .ops import PRECISIONS, FusedOps, Ops, fused_ops_available, make_ops, precision_context
 from .packing import FastWeights
-from .planning import CPU_SPEED_TILE, MAX_WORKERS, auto_tile, choose_tile, default_workers, estimate_memory
+from .planning import (
+    CPU_SPEED_TILE,
+    MAX_WORKERS,
+    Plan,
+    auto_tile,
+    choose_plan,
+    choose_tile,
+    default_workers,
+    estimate_memory,
+)
 from .stores import DiskStore, FeatureStore, MapPool, MemoryStore
 
 __all__ = [
@@ -89,6 +100,8 @@ __all__ = [
     "plan_tiles",
     "auto_tile",
     "choose_tile",
+    "choose_plan",
+    "Plan",
     "estimate_memory",
     "default_workers",
     "CPU_SPEED_TILE",

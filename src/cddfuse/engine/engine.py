@@ -43,14 +43,14 @@ import torch
 from torch import Tensor
 
 from ..models.cddfuse import CDDFuse
-from . import tuning
 from .attention import AttentionStats, TileSums
 from .blocks import Blocks
 from .geometry import Region, RegionTensor, TileGeometry, plan_tiles
 from .memory import MemoryGuard, default_budget, parse_memory, tune_malloc
 from .ops import PRECISIONS, Ops, fused_ops_available, make_ops, precision_context
 from .packing import FastWeights, RestormerBlockWeights
-from .planning import auto_tile, choose_tile, default_workers, estimate_memory, guard_limit
+from .planning import auto_tile, choose_plan, default_workers, estimate_memory, guard_limit
+from .pointwise import sigmoid_
 from .stores import (
     DiskStore,
     FeatureSource,
@@ -285,7 +285,7 @@ class Engine:
                 out = out + self.residual(tile)
             else:
                 out = out.contiguous()
-            torch.sigmoid_(out)
+            sigmoid_(out)
             self.write_output(tile, out)
 
         self._start_pass()
@@ -458,15 +458,16 @@ def tiled_fuse(
 @torch.inference_mode()
 def fuse_tensors(model: CDDFuse, a: Tensor, b: Tensor, residual: str = "vis", *,
                  device: str | torch.device | None = None, tile: int | None = None,
-                 max_memory: int | str | None = None, precision: str = "fp32",
+                 max_memory: int | str | None = None, precision: str = "fp32", workers: int | None = None,
                  cancel: threading.Event | None = None) -> Tensor:
     """Fuse ``(N, 1, H, W)`` float tensors in [0, 1] with ``model``, deciding how: the engine's one entry.
 
-    * **Tile and store** (:func:`~cddfuse.engine.planning.choose_tile`): the caller's ``tile``, else
-      the largest that fits ``max_memory`` (on CUDA without a budget: the GPU's free memory), on
-      CPU at most the tile side tuned for this machine (:func:`cddfuse.engine.tuning.settings`,
-      which also picks the tiles in flight and the op backend); feature maps go to disk
-      when they would not fit the budget. The result does not depend on the tile (exact tiling).
+    * **Tile and store** (:func:`~cddfuse.engine.planning.choose_plan`): the caller's ``tile``; else
+      on CPU :data:`~cddfuse.engine.planning.CPU_SPEED_TILE` whenever the budget allows it (feature
+      maps on disk if they would not fit, fewer tiles in flight if those would not), so the
+      result does not depend on the memory available, the thread count or ``workers``; on CUDA
+      the largest tile that fits ``max_memory`` (without a budget: the GPU's free memory). The
+      result depends on the tile side only by float rounding (exact tiling).
     * **CUDA**: without ``tile`` and ``max_memory`` the whole image goes through the module first,
       and tile by tile through the engine when that runs out of GPU memory.
     * **Precision**: ``"fp32"``, ``"tf32"`` (CUDA only) or ``"bf16"``: on CPU the mixed-precision
@@ -484,6 +485,9 @@ def fuse_tensors(model: CDDFuse, a: Tensor, b: Tensor, residual: str = "vis", *,
             :func:`~cddfuse.engine.memory.default_budget` (3 GiB, or 80% of the memory available if
             less), on CUDA the GPU's free memory.
         precision: one of :data:`~cddfuse.engine.ops.PRECISIONS`.
+        workers: tiles in flight on CPU (``None``: :func:`~cddfuse.engine.planning.default_workers`;
+            :func:`cddfuse.engine.tuning.settings` has this machine's fastest); fewer when the
+            budget needs it. Does not change the result.
         cancel: an event checked between tiles; once it is set, :class:`FusionCancelled` is raised
             (the server sets it when a client goes away or the server stops).
 
@@ -509,17 +513,17 @@ def fuse_tensors(model: CDDFuse, a: Tensor, b: Tensor, residual: str = "vis", *,
         budget = max_bytes
         if budget is None and cuda:
             budget = torch.cuda.mem_get_info(dev)[0]
-        tuned = tuning.settings() if dev.type == "cpu" else tuning.DEFAULT_SETTINGS
-        chosen, on_disk = choose_tile(h, w, device=dev, tile=tile, memory_budget=budget, config=model.config,
-                                      pairs=pairs, cpu_tile=tuned.tile)
-        if precision == "bf16" and dev.type == "cpu" and fused_ops_available():
+        cpu = dev.type == "cpu"
+        plan = choose_plan(h, w, device=dev, tile=tile, memory_budget=budget, config=model.config, pairs=pairs,
+                           workers=workers if cpu else None)
+        if precision == "bf16" and cpu and fused_ops_available():
             dtype, ops = None, "bf16"  # float32 activations, bfloat16 products (BF16Ops)
         elif precision == "bf16":
             dtype, ops = torch.bfloat16, "plain"
         else:
-            dtype, ops = None, tuned.ops
-        fused = tiled_fuse(model, a, b, residual, tile=chosen, store="disk" if on_disk else "memory", dtype=dtype,
-                           ops=ops, memory_budget=max_bytes, workers=tuned.workers if dev.type == "cpu" else None,
+            dtype, ops = None, "auto"  # oneDNN where available: fixed, never tuned (it sets the rounding)
+        fused = tiled_fuse(model, a, b, residual, tile=plan.tile, store="disk" if plan.on_disk else "memory",
+                           dtype=dtype, ops=ops, memory_budget=max_bytes, workers=plan.workers if cpu else None,
                            cancel=cancel)
     assert isinstance(fused, Tensor)
     return fused if fused.dtype == torch.float32 else fused.float()

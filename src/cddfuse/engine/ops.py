@@ -34,16 +34,12 @@ from torch import Tensor
 
 from ..options import OPS_KINDS, PRECISIONS  # the values fuse_tensors and make_ops accept (re-exported)
 from .geometry import RegionTensor, TileGeometry, intersect, to_nhwc
+from .pointwise import gelu_
 
 __all__ = ["Ops", "FusedOps", "BF16Ops", "fused_ops_available", "make_ops", "OPS_KINDS", "PRECISIONS",
            "precision_context"]
 
 
-
-
-def _flatten_pixels(t: Tensor) -> Tensor:
-    """``(B, h, w, C)`` -> ``(B, h*w, C)`` (copies only if ``t`` is a view of part of an array)."""
-    return t.reshape(t.shape[0], -1, t.shape[-1])
 
 
 class Ops:
@@ -84,14 +80,16 @@ class Ops:
         """``gelu(conv(a)) * conv(b)`` (the gated feed-forward); ``a`` and ``b`` share their array."""
         ta, padding = geometry.nchw(a, "zeros")
         tb, _ = geometry.nchw(b, "zeros")
-        out = F.gelu(F.conv2d(ta, wa, padding=padding, groups=groups))
+        out = gelu_(F.conv2d(ta, wa, padding=padding, groups=groups))
         out.mul_(F.conv2d(tb, wb, padding=padding, groups=groups))
         return a.like(to_nhwc(out), geometry.shrink(intersect(a.valid, b.valid)))
 
     def attend(self, x: Tensor, v: Tensor, m: Tensor) -> Tensor:
         """``x + v @ m[b]`` for each image ``b``; x, v ``(B, h, w, C)``, m ``(B, C, C)``."""
         b, h, w, c = v.shape
-        return torch.baddbmm(_flatten_pixels(x), _flatten_pixels(v), m).view(b, h, w, c)
+        if b > 1:  # image by image: a batched product's rounding depends on the thread count
+            return torch.cat([self.attend(x[i:i + 1], v[i:i + 1], m[i:i + 1]) for i in range(b)])
+        return torch.addmm(x.reshape(-1, c), v.reshape(-1, c), m[0]).view(b, h, w, c)
 
 
 def _post_op(post: str | None) -> tuple[str, list[float]]:
@@ -146,7 +144,7 @@ class FusedOps(Ops):
             out = conv.binary(tb, gelu_a, wb, None, pd, [1, 1], [1, 1], groups, "mul", None, None, [], None)
         else:  # grouped (the Lite Transformer's MLP): oneDNN's fused post-ops are slow there
             out = conv(ta, wa, None, pd, [1, 1], [1, 1], groups, "none", [], "")
-            torch.ops.aten.gelu_(out)
+            gelu_(out)
             out.mul_(conv(tb, wb, None, pd, [1, 1], [1, 1], groups, "none", [], ""))
         return a.like(to_nhwc(out), geometry.shrink(intersect(a.valid, b.valid)))
 
@@ -155,7 +153,8 @@ class FusedOps(Ops):
         if b == 1:
             return self.mkldnn._linear_pointwise.binary(v.reshape(-1, c), x.reshape(-1, c), m[0].t().contiguous(),
                                                         None, "add").view(1, h, w, c)
-        return super().attend(x, v, m)  # one batched product (a C x C matrix per image)
+        # image by image: a batched product would go to BLAS, whose rounding depends on the thread count
+        return torch.cat([self.attend(x[i:i + 1], v[i:i + 1], m[i:i + 1]) for i in range(b)])
 
 
 class BF16Ops(FusedOps):
@@ -237,7 +236,7 @@ class BF16Ops(FusedOps):
         pd = [padding, padding]
         conv = self.mkldnn._convolution_pointwise
         out = conv(self._narrow(ta), self._bf16(wa), None, pd, [1, 1], [1, 1], groups, "none", [], "").float()
-        torch.ops.aten.gelu_(out)
+        gelu_(out)
         out.mul_(conv(self._narrow(tb), self._bf16(wb), None, pd, [1, 1], [1, 1], groups, "none", [], ""))
         return a.like(to_nhwc(out), geometry.shrink(intersect(a.valid, b.valid)))
 

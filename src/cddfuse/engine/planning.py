@@ -4,8 +4,9 @@ The tiled engine's memory is bounded by the tile size plus the full-resolution f
 between passes; those go to unlinked temporary files (:class:`~cddfuse.engine.stores.DiskStore`)
 when they would not fit the budget. :func:`estimate_memory` models a run's peak memory from
 measured constants; :func:`auto_tile` picks the largest tile (and memory or disk) within a budget,
-and :func:`choose_tile` adds the speed choice: cache-sized tiles on CPU even when the whole image
-fits (:data:`CPU_SPEED_TILE`). :func:`guard_limit` sets the
+and :func:`choose_plan` the plan of a run: on CPU cache-sized tiles (:data:`CPU_SPEED_TILE`) even
+when the whole image fits, whatever the budget allows, because the tile side sets the float
+rounding and the files written must not depend on the memory free or the thread count. :func:`guard_limit` sets the
 :class:`~cddfuse.engine.memory.MemoryGuard`'s threshold.
 
 Example:
@@ -20,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -37,6 +39,8 @@ __all__ = [
     "estimate_memory",
     "auto_tile",
     "choose_tile",
+    "choose_plan",
+    "Plan",
     "guard_limit",
 ]
 
@@ -119,22 +123,66 @@ def auto_tile(h: int, w: int, memory_budget_bytes: int | None, config: CDDFuseCo
     return MIN_TILE, True
 
 
+@dataclass(frozen=True)
+class Plan:
+    """How :func:`~cddfuse.engine.engine.fuse_tensors` runs an image: tile side (``None``: one
+    tile), feature maps on disk or in memory, and tiles in flight."""
+
+    tile: int | None
+    on_disk: bool
+    workers: int
+
+
+def choose_plan(h: int, w: int, *, device: str | torch.device = "cpu", tile: int | None = None,
+                memory_budget: int | None = None, config: CDDFuseConfig | None = None, pairs: int = 1,
+                itemsize: int = 4, workers: int | None = None) -> Plan:
+    """The :class:`Plan` for fusing an ``h x w`` pair within ``memory_budget`` bytes (``None``: 80%
+    of the memory available now), with at most ``workers`` tiles in flight (default
+    :func:`default_workers`).
+
+    * The caller's ``tile``: as given, maps on disk when they would not fit.
+    * On CPU: :data:`CPU_SPEED_TILE` (one tile when the image is no larger), because the tile side
+      is what sets the float rounding: maps go to disk and fewer tiles are in flight before the
+      tile shrinks, so the result is the same whatever the memory available or the thread count,
+      unless the budget is below what one tile of that side needs with its maps on disk (about
+      0.9 GB plus 12 bytes per pixel for one pair).
+    * Elsewhere (CUDA): the largest tile that fits (:func:`auto_tile`), ``None`` if the image fits whole.
+    """
+    cfg = config or CDDFuseConfig()
+    budget = memory_budget if memory_budget is not None else int(_AVAILABLE_SHARE * available_memory())
+
+    def fits(t: int | None, on_disk: bool, n: int) -> bool:
+        return estimate_memory(h, w, t, cfg, pairs, itemsize, on_disk, n) <= budget
+
+    def in_flight(t: int | None) -> int:
+        n_tiles = 1 if t is None else len(plan_tiles(h, w, t))
+        return max(1, min(workers if workers is not None else default_workers(n_tiles), n_tiles))
+
+    if tile is not None:
+        n = in_flight(tile)
+        return Plan(tile, memory_budget is not None and not fits(tile, False, n), n)
+    if torch.device(device).type != "cpu":
+        t, on_disk = auto_tile(h, w, memory_budget, cfg, pairs, itemsize)
+        t = None if t is not None and t >= max(h, w) else t
+        return Plan(t, on_disk, in_flight(t))
+    t = None if max(h, w) <= CPU_SPEED_TILE else CPU_SPEED_TILE
+    most = in_flight(t)
+    for n in range(most, 0, -1):  # fewer tiles in flight before a smaller tile: they do not change the result
+        for on_disk in (False, True):
+            if fits(t, on_disk, n):
+                return Plan(t, on_disk, n)
+    t, on_disk = auto_tile(h, w, budget, cfg, pairs, itemsize)  # a budget too small for CPU_SPEED_TILE tiles
+    t = CPU_SPEED_TILE if t is None else min(t, CPU_SPEED_TILE)
+    return Plan(t, on_disk, 1)
+
+
 def choose_tile(h: int, w: int, *, device: str | torch.device = "cpu", tile: int | None = None,
                 memory_budget: int | None = None, config: CDDFuseConfig | None = None, pairs: int = 1,
-                itemsize: int = 4, cpu_tile: int = CPU_SPEED_TILE) -> tuple[int | None, bool]:
-    """``(tile, on_disk)`` for fusing an ``h x w`` pair: the caller's ``tile`` if given, else the
-    largest that fits ``memory_budget`` (:func:`auto_tile`), on CPU at most ``cpu_tile`` (default
-    :data:`CPU_SPEED_TILE`; :mod:`cddfuse.engine.tuning` measures this machine's best)."""
-    cfg = config or CDDFuseConfig()
-    if tile is not None:
-        on_disk = memory_budget is not None and estimate_memory(h, w, tile, cfg, pairs, itemsize) > memory_budget
-        return tile, on_disk
-    t, on_disk = auto_tile(h, w, memory_budget, cfg, pairs, itemsize)
-    if torch.device(device).type == "cpu":
-        t = cpu_tile if t is None else min(t, cpu_tile)
-    if t is not None and t >= max(h, w):
-        t = None
-    return t, on_disk
+                itemsize: int = 4, workers: int | None = None) -> tuple[int | None, bool]:
+    """``(tile, on_disk)`` of :func:`choose_plan`."""
+    plan = choose_plan(h, w, device=device, tile=tile, memory_budget=memory_budget, config=config, pairs=pairs,
+                       itemsize=itemsize, workers=workers)
+    return plan.tile, plan.on_disk
 
 
 def guard_limit(h: int, w: int, tile: int | None, config: CDDFuseConfig, pairs: int, itemsize: int, on_disk: bool,

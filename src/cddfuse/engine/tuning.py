@@ -1,29 +1,36 @@
-"""Per-machine tuning of the engine's speed choices, cached per CPU and PyTorch version.
+"""Per-machine tuning of the engine's speed, cached per CPU, thread count and PyTorch version.
 
-Three choices decide how fast the engine runs on a CPU and none of them changes the result
-(tiling is exact; the two op backends compute the same function to float rounding):
+The engine's results are fixed by the image, the weights and the computation plan: the tile side
+(:data:`~cddfuse.engine.planning.CPU_SPEED_TILE` on CPU, or smaller when a memory budget needs
+it), the op backend (oneDNN with fused post-ops where PyTorch has it) and the compute precision.
+None of those is tuned, so that one process, ``--shard K/N`` jobs and ``torchrun`` ranks with any
+thread counts write byte-identical files. What is tuned is the one choice that changes only the
+speed:
 
-* ``tile``: the tile side used on CPU when the image would fit whole (cache-sized tiles are
-  faster; the best size depends on the cache hierarchy),
-* ``workers``: tiles in flight, each on its own thread with a share of the intra-op threads,
-* ``ops``: the float32 backend of the 1x1 convolutions and convolutions: ``"fused"`` (oneDNN
-  with post-ops, faster on the AMD EPYC this was first tuned on) or ``"plain"`` (PyTorch's BLAS
-  path).
+* ``workers``: tiles in flight, each on its own thread with a share of the intra-op threads
+  (every tile does the same arithmetic whichever thread runs it, and the attention statistics are
+  summed in tile order).
 
-:func:`tune` measures them on a short probe (a random paper-size network on a 256x384 pair, and
-for each other tile side a pair of 2x3 such tiles; about 20 seconds on two cores) and stores the
-winner in a JSON cache, one entry per :func:`machine_key` (processor model and flags, thread
-count, PyTorch version).
-:func:`settings` returns the cached entry, tuning first when there is none and auto-tuning is on
-(``$CDDFUSE_TUNE`` not ``0``); the cache lives in ``$CDDFUSE_CACHE`` (a folder), else
-``$XDG_CACHE_HOME/cddfuse`` or ``~/.cache/cddfuse``. Delete the file to re-tune; a corrupt or
-unreadable cache is ignored with a :class:`~cddfuse.errors.CDDFuseWarning`.
+:func:`tune` times the candidates (1, the thread count, and up to 4) on a short probe (a random
+paper-size network on a 256x384 pair: 6 tiles) and stores the fastest in a JSON cache, one entry
+per :func:`machine_key` (processor model and flags, thread count, PyTorch version). With one
+thread there is nothing to measure. :func:`settings` returns the cached entry, tuning first when
+there is none and auto-tuning is on (``$CDDFUSE_TUNE`` not ``0``); the cache lives in
+``$CDDFUSE_CACHE`` (a folder), else ``$XDG_CACHE_HOME/cddfuse`` or ``~/.cache/cddfuse``. Delete the
+file to re-tune; a corrupt or unreadable cache is ignored with a
+:class:`~cddfuse.errors.CDDFuseWarning`.
+
+Processes that start together (``torchrun`` ranks, a job array on one machine) do not all tune at
+once: tuning holds an exclusive lock on ``tuning.json.lock`` beside the cache, and a process that
+finds it held waits for the entry (at most ``$CDDFUSE_TUNE_WAIT`` seconds, default
+:data:`WAIT_SECONDS`), then reads it; after that wait it goes on with the built-in settings and a
+warning (the files it writes are the same).
 
 Example (with auto-tuning off the built-in defaults are used):
     >>> import os
     >>> os.environ["CDDFUSE_TUNE"] = "0"
     >>> s = settings(tune_if_missing=False)
-    >>> s.tile >= 32 and s.ops in ("fused", "plain", "auto")
+    >>> s.workers is None or s.workers >= 1
     True
 """
 from __future__ import annotations
@@ -43,29 +50,36 @@ from typing import Any
 
 import torch
 
-from .._fileutil import atomic_path
+from .._fileutil import atomic_path, cache_dir
 from ..errors import CDDFuseWarning
-from ..models.cddfuse import CDDFuseConfig
+from ..models.cddfuse import CDDFuse, CDDFuseConfig
 from .cpu import cpu_key
-from .planning import CPU_SPEED_TILE
+from .engine import tiled_fuse
+from .planning import CPU_SPEED_TILE, MAX_WORKERS
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock, each process tunes for itself
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["EngineSettings", "machine_key", "cache_path", "load_cache", "cached_settings", "settings", "tune",
-           "DEFAULT_SETTINGS", "PROBE_SIZE"]
+           "DEFAULT_SETTINGS", "PROBE_SIZE", "WAIT_SECONDS"]
 
-#: Size of the probe pair (rows, columns): larger than every candidate tile, small enough for seconds.
+#: Size of the probe pair (rows, columns): 2x3 tiles of the CPU tile side, a few seconds per candidate.
 PROBE_SIZE = (256, 384)
 #: A candidate must beat the current choice by this fraction to replace it (timing noise).
 _MARGIN = 0.05
-_VERSION = 1
+#: Version 1 caches also chose the tile side and the op backend; they are ignored (and replaced).
+_VERSION = 2
+#: How long a process waits for another one's tuning before going on with the built-in settings.
+WAIT_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """The engine's speed choices on CPU (see the module docstring)."""
+    """The engine's speed choice on CPU (see the module docstring)."""
 
-    tile: int = CPU_SPEED_TILE
     workers: int | None = None  # None: planning.default_workers
-    ops: str = "auto"  # "auto" | "fused" | "plain"
     source: str = "default"  # "default" | "cache" | "tuned"
     timings: dict[str, float] = field(default_factory=dict, compare=False)
 
@@ -82,13 +96,12 @@ def machine_key() -> str:
 def cache_path() -> Path:
     """The tuning cache file: ``$CDDFUSE_CACHE/tuning.json``, else under the user's cache folder
     (:func:`cddfuse._fileutil.cache_dir`)."""
-    from .._fileutil import cache_dir
-
     return cache_dir() / "tuning.json"
 
 
 def load_cache(path: Path | None = None) -> dict[str, Any]:
-    """The cache's entries by machine key; ``{}`` when missing, and (with a warning) when corrupt."""
+    """The cache's entries by machine key; ``{}`` when missing or of an older version, and (with a
+    warning) when corrupt."""
     path = path or cache_path()
     try:
         st = os.stat(path)
@@ -108,6 +121,8 @@ def load_cache(path: Path | None = None) -> dict[str, Any]:
             data = json.loads(text)
         except RecursionError:
             raise ValueError("nested too deeply") from None
+        if isinstance(data, dict) and data.get("version") == 1 and isinstance(data.get("machines"), dict):
+            return {}  # an older cddfuse's cache: tuned choices that are now fixed; replaced on the next tuning
         if not isinstance(data, dict) or data.get("version") != _VERSION or not isinstance(data.get("machines"), dict):
             raise ValueError("not a cddfuse tuning cache")
         return dict(data["machines"])
@@ -119,10 +134,10 @@ def load_cache(path: Path | None = None) -> dict[str, Any]:
 
 def _from_entry(entry: Any) -> EngineSettings | None:
     try:
-        tile, workers, ops = int(entry["tile"]), entry["workers"], str(entry["ops"])
-        if tile < 32 or ops not in ("fused", "plain", "auto") or not (workers is None or int(workers) >= 1):
+        workers = entry["workers"]
+        if isinstance(workers, bool) or not (workers is None or int(workers) >= 1):
             return None
-        return EngineSettings(tile, None if workers is None else int(workers), ops, "cache",
+        return EngineSettings(None if workers is None else int(workers), "cache",
                               {k: float(v) for k, v in dict(entry.get("timings", {})).items()})
     except (KeyError, TypeError, ValueError):
         return None
@@ -162,6 +177,56 @@ def _store(result: EngineSettings, path: Path | None = None) -> None:
                       "writable folder", CDDFuseWarning, stacklevel=2)
 
 
+def _wait_seconds() -> float:
+    text = os.environ.get("CDDFUSE_TUNE_WAIT", "").strip()
+    try:
+        return max(0.0, float(text)) if text else WAIT_SECONDS
+    except ValueError:
+        warnings.warn(f"ignoring CDDFUSE_TUNE_WAIT={text!r}: expected a number of seconds; waiting "
+                      f"{WAIT_SECONDS:.0f} s", CDDFuseWarning, stacklevel=3)
+        return WAIT_SECONDS
+
+
+@contextlib.contextmanager
+def _lock(path: Path, timeout: float, waiting: Callable[[str], None] | None = None) -> Iterator[bool]:
+    """Hold the exclusive tuning lock ``<cache>.lock`` (``flock``: released by the kernel if the
+    holder dies, so a lock is never stale); yields False when it stayed held for ``timeout``
+    seconds. Without ``fcntl``, or where the lock file cannot be created, yields True at once."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        if fcntl is None:
+            raise OSError(errno.ENOSYS, "no fcntl")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield True
+        return
+    try:
+        deadline = time.monotonic() + timeout
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                    raise
+            if not told and waiting is not None:
+                waiting(f"another process is tuning the engine for this CPU; waiting for its result "
+                        f"(at most {timeout:.0f} s, CDDFUSE_TUNE_WAIT)")
+                told = True
+            if time.monotonic() >= deadline:
+                yield False
+                return
+            time.sleep(0.05)
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 def _auto_tune_enabled() -> bool:
     return os.environ.get("CDDFUSE_TUNE", "1").strip().lower() not in ("0", "no", "off", "false")
 
@@ -169,7 +234,7 @@ def _auto_tune_enabled() -> bool:
 def settings(tune_if_missing: bool | None = None, notify: Callable[[str], None] | None = None) -> EngineSettings:
     """The engine's settings on this CPU: cached, else tuned now (``tune_if_missing``, default
     ``$CDDFUSE_TUNE`` != ``0``) and cached, else :data:`DEFAULT_SETTINGS`. ``notify`` is told
-    before a tuning run starts."""
+    before a tuning run starts, and when another process is tuning and this one waits for it."""
     found = cached_settings()
     if found is not None:
         return found
@@ -177,9 +242,23 @@ def settings(tune_if_missing: bool | None = None, notify: Callable[[str], None] 
         tune_if_missing = _auto_tune_enabled()
     if not tune_if_missing:
         return DEFAULT_SETTINGS
-    if notify is not None:
-        notify("tuning the engine for this CPU, once (about 20 s; `cddfuse tune` redoes it)")
-    return tune()
+    path = cache_path()
+    wait = _wait_seconds()
+    with _lock(path, wait, notify) as held:
+        if not held:
+            warnings.warn(f"another process has been tuning the engine for {wait:.0f} s (lock "
+                          f"{path.name}.lock in {path.parent}); going on with the built-in settings, which "
+                          "give the same result, possibly slower (CDDFUSE_TUNE_WAIT=SECONDS waits longer, "
+                          "CDDFUSE_TUNE=0 never tunes)", CDDFuseWarning, stacklevel=2)
+            return DEFAULT_SETTINGS
+        found = cached_settings()  # tuned by the process this one waited for
+        if found is not None:
+            return found
+        if notify is not None and _candidates(torch.get_num_threads())[1]:
+            notify("tuning the engine for this CPU, once (about 20 s; `cddfuse tune` redoes it)")
+        result = tune(store=False)
+        _store(result, path)
+    return result
 
 
 @contextlib.contextmanager
@@ -192,69 +271,63 @@ def _seeded(seed: int) -> Iterator[None]:
         torch.random.set_rng_state(state)
 
 
+def _candidates(threads: int) -> tuple[int, list[int]]:
+    """The starting choice of tiles in flight (one per thread, up to :data:`MAX_WORKERS`) and the others to time."""
+    start = min(threads, MAX_WORKERS)
+    return start, sorted({1, threads, start} - {start})
+
+
 def tune(size: tuple[int, int] = PROBE_SIZE, repeats: int = 1, store: bool = True,
          path: Path | None = None, log: Callable[[str], None] | None = None,
          config: CDDFuseConfig | None = None) -> EngineSettings:
-    """Measure the speed choices on a probe pair and return (and by default cache) the fastest.
+    """Time the numbers of tiles in flight on a probe pair and return (and by default cache) the fastest.
 
-    Coordinate descent from the defaults: the op backend, then tiles in flight, then the tile
-    side; each candidate is timed ``repeats`` times (best kept) after one warm-up run, in seconds
-    per megapixel, and replaces the current choice only when faster by more than 5%. ``config``: the probe network's
-    sizes (default: the paper's; a smaller one only makes sense in tests).
+    Each candidate runs the engine on the probe with :data:`~cddfuse.engine.planning.CPU_SPEED_TILE`
+    tiles ``repeats`` times (best kept) after one warm-up run, in seconds per megapixel, and
+    replaces the current choice (one tile per thread, up to 4) only when faster by more than 5%.
+    With one thread there is nothing to time. ``config``: the probe network's sizes (default: the
+    paper's; a smaller one only makes sense in tests). With ``store``, the tuning lock (see the
+    module docstring) is held while measuring, so that no other process's probe runs at the same time.
     """
-    from ..models.cddfuse import CDDFuse
-    from .engine import tiled_fuse
-    from .ops import fused_ops_available
-    from .planning import default_workers
+    if not store:
+        return _measure(size, repeats, log, config)
+    path = path or cache_path()
+    with _lock(path, _wait_seconds(), log):  # measure anyway after the wait: this run was asked for
+        result = _measure(size, repeats, log, config)
+        _store(result, path)
+    return result
 
+
+def _measure(size: tuple[int, int], repeats: int, log: Callable[[str], None] | None,
+             config: CDDFuseConfig | None) -> EngineSettings:
+    threads = torch.get_num_threads()
+    workers, others = _candidates(threads)
+    if not others:
+        return EngineSettings(workers, "tuned", {})
     with _seeded(0):
         model = CDDFuse(config or CDDFuseConfig()).eval()
         a, b = torch.rand(1, 1, *size), torch.rand(1, 1, *size)
-    threads = torch.get_num_threads()
     timings: dict[str, float] = {}
 
-    def run(tile: int, workers: int, ops: str) -> float:
-        """Seconds per megapixel. Backend and workers are compared on the probe pair; a tile side
-        ``t`` other than the default on a pair of 2x3 tiles of that side (as many tiles, so the same
-        share of halo at the borders), so that sizes are compared per pixel, not per probe."""
-        label = f"tile={tile} workers={workers} ops={ops}"
-        if label not in timings:
-            pa, pb = a, b
-            if tile != CPU_SPEED_TILE:
-                h, w = size[0] * tile // CPU_SPEED_TILE, size[1] * tile // CPU_SPEED_TILE
-                pa, pb = a[..., :h, :w], b[..., :h, :w]
-                if h > size[0] or w > size[1]:
-                    with _seeded(1):
-                        pa, pb = torch.rand(1, 1, h, w), torch.rand(1, 1, h, w)
-            best = float("inf")
-            with torch.inference_mode():
-                for _ in range(repeats):
-                    t = time.perf_counter()
-                    tiled_fuse(model, pa, pb, "vis", tile=tile, workers=workers, ops=ops, store="memory")
-                    best = min(best, time.perf_counter() - t)
-            per_mpix = best / (pa.shape[-2] * pa.shape[-1] / 1e6)
-            timings[label] = round(per_mpix, 4)
-            if log is not None:
-                log(f"{label}: {per_mpix:.2f} s per megapixel ({best:.2f} s)")
-        return timings[label]
+    def run(n: int) -> float:
+        """Seconds per megapixel with ``n`` tiles in flight."""
+        best = float("inf")
+        with torch.inference_mode():
+            for _ in range(repeats):
+                t = time.perf_counter()
+                tiled_fuse(model, a, b, "vis", tile=CPU_SPEED_TILE, workers=n, store="memory")
+                best = min(best, time.perf_counter() - t)
+        per_mpix = best / (size[0] * size[1] / 1e6)
+        timings[f"workers={n}"] = round(per_mpix, 4)
+        if log is not None:
+            log(f"workers={n}: {per_mpix:.2f} s per megapixel ({best:.2f} s)")
+        return per_mpix
 
-    ops = "fused" if fused_ops_available() else "plain"
-    tile, workers = CPU_SPEED_TILE, default_workers(99)
     with torch.inference_mode():  # warm-up: oneDNN primitives, allocator
-        tiled_fuse(model, a, b, "vis", tile=tile, workers=workers, ops=ops, store="memory")
-    best = run(tile, workers, ops)
-    candidates: list[tuple[str, list[Any]]] = [
-        ("ops", ["plain"] if ops == "fused" else []),
-        ("workers", sorted({1, threads, min(threads, 4)} - {workers})),
-        ("tile", [96, 160]),
-    ]
-    for name, values in candidates:
-        for value in values:
-            trial = {"tile": tile, "workers": workers, "ops": ops, name: value}
-            t = run(trial["tile"], trial["workers"], trial["ops"])
-            if t < best * (1 - _MARGIN):
-                best, tile, workers, ops = t, trial["tile"], trial["workers"], trial["ops"]
-    result = EngineSettings(tile, workers, ops, "tuned", timings)
-    if store:
-        _store(result, path)
-    return result
+        tiled_fuse(model, a, b, "vis", tile=CPU_SPEED_TILE, workers=workers, store="memory")
+    best = run(workers)
+    for n in others:
+        t = run(n)
+        if t < best * (1 - _MARGIN):
+            best, workers = t, n
+    return EngineSettings(workers, "tuned", timings)

@@ -388,8 +388,11 @@ class Fuser:
             out = run_lite(net.model, ta, tb, precision=options.precision)
         else:
             assert net.residual is not None  # set whenever the exact model is
+            from ..engine.tuning import settings
+
+            workers = settings().workers if net.device.type == "cpu" else None  # speed only, never the result
             out = fuse_tensors(net.model, ta, tb, net.residual, device=net.device, tile=options.tile,
-                               max_memory=options.max_memory, precision=options.precision,
+                               max_memory=options.max_memory, precision=options.precision, workers=workers,
                                cancel=cancel if cancel is not None else self.cancel)
         out = out[:, 0] if batched else out[0, 0]
         return out.float().cpu().numpy()
