@@ -140,7 +140,8 @@ def run_set(args: argparse.Namespace, name: str, step: int, rng: np.random.Gener
                          "extra": {k2: v for k2, v in al.extra.items() if isinstance(v, (int, float, str))},
                          "self": corner_error(al.matrix, al0.matrix @ t_true, wb, hb),
                          "dataset": corner_error(al.matrix, t_true, wb, hb), "m0_accepted": al0.accepted,
-                         "seconds": seconds, "size": [wb, hb]})
+                         "seconds": seconds, "size": [wb, hb],
+                         "matrix": al.matrix.tolist(), "m0": al0.matrix.tolist(), "truth": t_true.tolist()})
             r = rows[-1]
             print(f"{name:10s} {fa.name:16s} #{k} conf {r['confidence']:.2f} {'acc' if r['accepted'] else 'REF'} "
                   f"self {r['self']:7.2f} dataset {r['dataset']:7.2f} {seconds:.2f}s "
