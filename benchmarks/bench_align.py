@@ -21,6 +21,10 @@ median and p95 against the dataset (information), how many original pairs were t
 (their M0 still serves as the reference), and the seconds per case. Unrelated pairs (the first image of
 pair i with the second image of pair i + n/2 of the same set): the fraction refused.
 
+Each case in ``--json`` also holds the estimate (``matrix``), the estimate on the unwarped pair (``m0``), the
+true map (``truth``) and the confidence's diagnostics (``extra``: block confidence, edge and intensity sharpness,
+restart distance), so that a rule can be re-scored on the same estimates.
+
 Two splits of disjoint pairs and seeds:
 - ``--split held-out`` (the default; the reported numbers): the test sets TNO, RoadScene (together
   "IVF"), MRI_CT, MRI_PET, MRI_SPECT and the VIFB scenes, seed 16;
