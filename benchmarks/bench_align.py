@@ -21,6 +21,10 @@ median and p95 against the dataset (information), how many original pairs were t
 (their M0 still serves as the reference), and the seconds per case. Unrelated pairs (the first image of
 pair i with the second image of pair i + n/2 of the same set): the fraction refused.
 
+Each case in ``--json`` also holds the estimate (``matrix``), the estimate on the unwarped pair (``m0``), the
+true map (``truth``) and the confidence's diagnostics (``extra``: block confidence, edge and intensity sharpness,
+restart distance), so that a rule can be re-scored on the same estimates.
+
 Two splits of disjoint pairs and seeds:
 - ``--split held-out`` (the default; the reported numbers): the test sets TNO, RoadScene (together
   "IVF"), MRI_CT, MRI_PET, MRI_SPECT and the VIFB scenes, seed 16;
@@ -140,7 +144,8 @@ def run_set(args: argparse.Namespace, name: str, step: int, rng: np.random.Gener
                          "extra": {k2: v for k2, v in al.extra.items() if isinstance(v, (int, float, str))},
                          "self": corner_error(al.matrix, al0.matrix @ t_true, wb, hb),
                          "dataset": corner_error(al.matrix, t_true, wb, hb), "m0_accepted": al0.accepted,
-                         "seconds": seconds, "size": [wb, hb]})
+                         "seconds": seconds, "size": [wb, hb],
+                         "matrix": al.matrix.tolist(), "m0": al0.matrix.tolist(), "truth": t_true.tolist()})
             r = rows[-1]
             print(f"{name:10s} {fa.name:16s} #{k} conf {r['confidence']:.2f} {'acc' if r['accepted'] else 'REF'} "
                   f"self {r['self']:7.2f} dataset {r['dataset']:7.2f} {seconds:.2f}s "

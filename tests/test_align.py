@@ -328,3 +328,59 @@ def test_refusal_by_a_flat_dense_optimum_says_so():
     assert "do not coincide sharply" in al.reason() and "0.012" in al.reason()
     with pytest.raises(AlignmentError, match="do not coincide sharply"):
         al.check()
+
+
+@pytest.mark.slow
+def test_mutual_information_sharpness_accepts_a_ct_pair_the_edges_alone_refused():
+    """Harvard MRI_CT (training split) 20005, misaligned as in the calibration run of bench_align.py (seed 29, case
+    #0 of that pair): the block fits and the edge sharpness alone give under 0.5 (refused before), the mutual
+    information of the intensities has a distinct peak at the estimate, so it is accepted -- and it lands within
+    1 px of the estimate on the registered pair carried through the known warp (the self error)."""
+    from cddfuse.align.registration import _final_confidence
+
+    bench = _bench()
+    ct = shared_path("data", "train", "Harvard", "MRI_CT")
+    ya, yb = read_image(ct / "CT" / "20005.png"), read_image(ct / "MRI" / "20005.png")
+    rng = np.random.default_rng(29)
+    t = [bench.random_transform(rng, 256, 256, perspective=False) for _ in range(6)][5]  # pair 1 of ps[::8], case 0
+    a2, t_true = bench.misalign(ya, t, (256, 256), downscale=False)
+    al0, al = estimate(ya, yb, "affine"), estimate(a2, yb, "affine")
+    edges_only = _final_confidence(al.extra["block_confidence"], al.extra["sharpness"])
+    assert edges_only < 0.5 <= al.confidence and al.accepted and al.extra["mi_sharpness"] > 0.004, al.extra
+    assert bench.corner_error(al.matrix, al0.matrix @ t_true, 256, 256) < 1.0
+    assert bench.corner_error(np.eye(3), t_true, 256, 256) > 5
+
+
+@pytest.mark.slow
+def test_an_estimate_that_a_restart_moves_is_refused():
+    """RoadScene FLIR_06995 (a 502x212 street with parked cars close to the camera) misaligned by a known transform
+    (seed 0): block fits and both sharpness terms accept it (confidence 1.0 without the restart term), but the dense
+    refinement restarted 3 px away ends over 4 px away, so the estimate is not reproducible: refused, and the reason
+    says so. The registered pair itself restarts within 3 px and is accepted."""
+    from cddfuse.align.registration import _final_confidence
+
+    bench = _bench()
+    road = shared_path("data", "test", "RoadScene")
+    ya, yb = read_image(road / "ir" / "FLIR_06995.jpg"), read_image(road / "vi" / "FLIR_06995.jpg")
+    hb, wb = yb.shape[:2]
+    t = bench.random_transform(np.random.default_rng(0), wb, hb, perspective=True)
+    a2, _ = bench.misalign(ya, t, (wb, hb), downscale=False)
+    al = estimate(a2, yb, "homography")
+    e = al.extra
+    assert _final_confidence(e["block_confidence"], e["sharpness"], e["mi_sharpness"]) >= 0.5, e
+    assert e["restart"] > 4.0 and not al.accepted
+    assert "not stable" in al.reason() and "parallax" in al.reason()
+    al0 = estimate(ya, yb, "homography")
+    assert al0.accepted and al0.extra["restart"] < 3.0
+
+
+def test_refusal_by_an_unstable_estimate_says_so():
+    """A refusal where the restarted dense refinement did not come back names that (and how far it ended), not the
+    block matches or the sharpness."""
+    from cddfuse.align import Alignment
+
+    al = Alignment(np.eye(3), "homography", 0.3, False, 1.0, (64, 64), (64, 64), matches=40, inliers=36,
+                   extra={"block_confidence": 0.9, "sharpness": 0.05, "restart": 4.6, "slices": False})
+    assert "not stable" in al.reason() and "4.6 px" in al.reason()
+    with pytest.raises(AlignmentError, match="not stable"):
+        al.check()

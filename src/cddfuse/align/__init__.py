@@ -35,7 +35,7 @@ from ..errors import CDDFuseError, UsageError
 from ..io.color import luminance
 from ..io.image import check_array
 from ..options import ALIGN_MODELS, AlignModel, check_choice
-from .registration import estimate_matrix
+from .registration import RESTART_LOW, estimate_matrix
 
 __all__ = ["Alignment", "AlignmentError", "estimate", "warp", "coverage", "DEFAULT_MIN_CONFIDENCE",
            "check_min_confidence"]
@@ -70,16 +70,20 @@ class Alignment:
         model: the model it was fitted with.
         confidence: in [0, 1]; the fraction of the blocks with a distinct match that agree with the
             transform, reduced when few blocks support it, then raised or lowered by up to 0.15 by how sharp
-            the peak of the dense edge correlation is at the final transform.
+            the peak of the dense edge correlation is at the final transform, raised by up to 0.15 by how sharp
+            the peak of the intensities' mutual information is there, and lowered by up to 0.6 when the dense
+            refinement, restarted 3 px away, does not come back to it (within 3 px).
         accepted: ``confidence >= min_confidence``.
         valid_fraction: fraction of the second image's pixels that the warped first image covers.
         size_a, size_b: ``(width, height)`` of the first and second image.
         min_confidence: the threshold ``accepted`` was decided with.
         matches, inliers: blocks with a distinct correlation peak at the finest level, and how many of
             them agree with the transform.
-        extra: diagnostics: ``block_confidence`` (the confidence before the sharpness term), ``correlation`` and
-            ``sharpness`` of the dense optimum, and ``slices`` (both images are medical slices on a black
-            background; a refusal then advises registering the volumes before slicing).
+        extra: diagnostics: ``block_confidence`` (the confidence before the terms measured at the final
+            transform), ``correlation`` and ``sharpness`` of the dense optimum, ``mi_sharpness`` (the same for
+            mutual information), ``restart`` (px: where the restarted dense refinement ends), and ``slices``
+            (both images are medical slices on a black background; a refusal then advises registering the
+            volumes before slicing).
     """
 
     matrix: np.ndarray
@@ -108,6 +112,10 @@ class Alignment:
             return ""
         if self.matches == 0:
             why = "no shared structure found (no region of one image has a distinct match in the other)"
+        elif self.extra.get("restart", 0.0) >= RESTART_LOW:
+            why = (f"the estimate is not stable: refined again from 3 px away it ends {self.extra['restart']:.1f} px "
+                   "away (parallax: near and far parts of the scene want different transforms; or too little "
+                   "structure)")
         elif self.extra.get("block_confidence", 0.0) >= self.min_confidence:
             why = (f"the edges of the two images do not coincide sharply at the estimated transform (sharpness "
                    f"{self.extra.get('sharpness', 0.0):.3f}; a different scene with similar outlines, or too little "
@@ -197,7 +205,8 @@ def estimate(a: np.ndarray, b: np.ndarray, model: AlignModel = "affine", *,
                      valid_fraction=covered, size_a=size_a, size_b=size_b, min_confidence=min_confidence,
                      matches=raw.blocks, inliers=raw.inliers,
                      extra={"slices": slices, "block_confidence": raw.block_confidence, "correlation": raw.correlation,
-                            "sharpness": raw.sharpness})
+                            "sharpness": raw.sharpness, "mi_sharpness": raw.mi_sharpness,
+                            "restart": raw.restart})
 
 
 def _slice_background(y: np.ndarray) -> float:
