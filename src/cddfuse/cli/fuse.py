@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import CDDFuseError, UsageError
 from ..options import (
@@ -19,6 +20,9 @@ from ..options import (
     TASKS,
 )
 from ._args import finite_float
+
+if TYPE_CHECKING:
+    from ..fusion import Fuser
 
 HELP = "fuse an infrared/functional image with a visible/MRI image (files or folders)"
 
@@ -137,7 +141,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _make_fuser(args: argparse.Namespace):  # -> Fuser (import deferred: torch start-up)
+def _make_fuser(args: argparse.Namespace) -> Fuser:  # (imported inside: torch start-up)
     from ..fusion import Fuser
 
     fuser = Fuser(weights=args.weights, task=args.task, method=args.method, residual=args.residual,

@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from ._args import finite_float, whole
+
+T = TypeVar("T")
 
 HELP = "cut two folders of paired images into a training cache (the paper's patches, or images for random crops)"
 
@@ -82,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     def warn(msg: str) -> None:
         print(f"cddfuse prepare: warning: {msg}", file=sys.stderr)
 
-    def progress(it):
+    def progress(it: Iterable[T]) -> Iterable[T]:
         if args.quiet or not sys.stderr.isatty():  # no bar (carriage returns) in a log file
             return it
         from tqdm import tqdm

@@ -5,6 +5,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from ..options import RESIDUAL_MODES, TASKS
 from ._args import finite_float, whole
@@ -80,7 +81,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpar
     return p
 
 
-def _shortcut_overrides(args: argparse.Namespace) -> list:
+def _shortcut_overrides(args: argparse.Namespace) -> list[str]:
     """The explicit flags as ``key=value`` overrides (applied after --set's)."""
     import json
 
@@ -166,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_run_outputs(run_dir: Path, cfg: dict, config: str | None) -> None:
+def _check_run_outputs(run_dir: Path, cfg: dict[str, Any], config: str | None) -> None:
     """The files a run writes (config.yaml, state.json, checkpoints, final.safetensors) may not be its
     sources: the recipe, the initial weights, the data cache or a file of the data folders."""
     from .._fileutil import check_output

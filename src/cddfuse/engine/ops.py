@@ -247,7 +247,8 @@ class BF16Ops(FusedOps):
 def fused_ops_available() -> bool:
     """Whether this PyTorch build has the oneDNN pointwise ops :class:`FusedOps` calls."""
     try:
-        return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_linear_pointwise") \
+        mkldnn = bool(torch.backends.mkldnn.is_available())  # type: ignore[no-untyped-call]
+        return mkldnn and hasattr(torch.ops.mkldnn, "_linear_pointwise") \
             and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
     except Exception:  # pragma: no cover
         return False

@@ -199,7 +199,8 @@ class TorchrunGroup:
             store, rank, world = next(rendezvous("env://", timeout=PROCESS_GROUP_TIMEOUT))
             attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
             try:
-                dist.init_process_group("gloo", store=dist.PrefixStore(f"cddfuse/attempt_{attempt}", store),
+                dist.init_process_group("gloo", store=dist.PrefixStore(  # type: ignore[attr-defined]
+                    f"cddfuse/attempt_{attempt}", store),
                                         rank=rank, world_size=world, timeout=PROCESS_GROUP_TIMEOUT)
             except RuntimeError as e:
                 raise CDDFuseError(f"cannot join the torchrun job's process group: {_first_line(e)}") from None

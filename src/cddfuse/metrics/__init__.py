@@ -32,6 +32,8 @@ Example:
     >>> sorted(m) == sorted(["EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM", "CC", "PSNR", "MSE"])
     True
 """
+from typing import Any
+
 from ._memory import tune_malloc
 from ._validate import MetricInputError
 from .io import quantize_like_authors, read_gray, rgb_to_gray
@@ -61,7 +63,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):  # lazy: folder evaluation pulls in the progress bar and pairing code
+def __getattr__(name: str) -> Any:  # lazy: folder evaluation pulls in the progress bar and pairing code
     if name in ("evaluate_folders", "evaluate_files", "EvaluationResult"):
         from . import evaluate
 

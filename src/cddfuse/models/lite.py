@@ -87,13 +87,18 @@ class LiteConfig:
         return cls(**{k: int(v) for k, v in d.items()})
 
 
+def _tracing() -> bool:
+    """Whether the module is being traced (for ONNX export)."""
+    return bool(torch.jit.is_tracing())  # type: ignore[attr-defined,no-untyped-call]
+
+
 def _lean() -> bool:
     """Whether operations may work in place: no autograd graph to keep, and not tracing for export.
 
     In place, ``relu_`` and ``add_`` give the very same values as their out-of-place forms; they only save
     a full-size temporary each, which bounds the memory of very large images (4096 x 4096 and up).
     """
-    return not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+    return not (torch.is_grad_enabled() or _tracing() or torch.onnx.is_in_onnx_export())
 
 
 class _SepBlock(nn.Module):
@@ -194,7 +199,7 @@ class CDDFuseLite(nn.Module):
         m, s = self.config.multiple, self.config.stem
         h, w = a.shape[-2], a.shape[-1]
         ph, pw = (m - h % m) % m, (m - w % m) % m
-        exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        exporting = _tracing() or torch.onnx.is_in_onnx_export()
         if exporting or h * w <= STRIP_PIXELS:
             x = torch.cat([a, b], dim=1)
             if not (isinstance(ph, int) and isinstance(pw, int) and ph == 0 and pw == 0):
@@ -225,7 +230,7 @@ class CDDFuseLite(nn.Module):
         h, w = a.shape[-2], a.shape[-1]
         s = self.config.stem
         low = self.coefficients(a, b)
-        exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        exporting = _tracing() or torch.onnx.is_in_onnx_export()
         if exporting or h * w <= STRIP_PIXELS:
             up = low if s == 1 else F.interpolate(low, scale_factor=float(s), mode="bilinear", align_corners=False)
             return self._full_res(a, b, up[:, :, :h, :w])

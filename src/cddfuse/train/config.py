@@ -160,7 +160,7 @@ _CHOICES = {
 MAX_CONFIG_BYTES = 1 << 20
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no types
     """SafeLoader that also reads ``1e-4`` / ``2E+3`` (no dot) as floats, as people write learning rates,
     and refuses aliases (``*name``, also in ``<<: *name``): a 700-byte file of nested aliases expands to
     billions of values ("billion laughs"); a recipe never needs them."""
@@ -261,7 +261,7 @@ def merge(base: dict[str, Any], update: Mapping[str, Any], where: str = "config"
     return base
 
 
-def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
+def load_config(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Defaults updated by the YAML file at ``path`` (if given). Relative data paths stay as written."""
     cfg = default_config()
     if path is None:

@@ -56,7 +56,7 @@ CACHE_VERSION = 1
 _LUMA = (0.299, 0.587, 0.114)  # R, G, B
 
 
-def read_luminance(path: os.PathLike | str) -> np.ndarray:
+def read_luminance(path: os.PathLike[str] | str) -> np.ndarray:
     """Read an image file as float32 luminance ``H x W`` in [0, 1].
 
     Gray files are scaled by their type's maximum (255 for 8-bit, 65535 for 16-bit); colour files
@@ -91,7 +91,7 @@ def read_luminance(path: os.PathLike | str) -> np.ndarray:
 
 
 
-def find_pairs(dir_a: os.PathLike | str, dir_b: os.PathLike | str, unmatched: str = "error",
+def find_pairs(dir_a: os.PathLike[str] | str, dir_b: os.PathLike[str] | str, unmatched: str = "error",
                warn: Callable[[str], None] | None = None) -> list[tuple[str, Path, Path]]:
     """Matched ``(stem, path_a, path_b)`` of two folders, with clear errors for bad data.
 
@@ -285,7 +285,7 @@ def describe(data: Any, sources: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-def write_cache(path: os.PathLike | str, data: Any, description: dict[str, Any]) -> Path:
+def write_cache(path: os.PathLike[str] | str, data: Any, description: dict[str, Any]) -> Path:
     """Write a :class:`PatchSet` or :class:`ImageSet` to ``path`` (``.h5``/``.hdf5`` or ``.npz``), atomically."""
     dest = Path(path)
     ext = dest.suffix.lower()
@@ -327,7 +327,7 @@ def write_cache(path: os.PathLike | str, data: Any, description: dict[str, Any])
     return dest
 
 
-def read_cache(path: os.PathLike | str) -> tuple[Any, dict[str, Any]]:
+def read_cache(path: os.PathLike[str] | str) -> tuple[Any, dict[str, Any]]:
     """Load a cache written by :func:`write_cache` -> (:class:`PatchSet` or :class:`ImageSet`, description)."""
     p = Path(path)
     if not p.is_file():
@@ -366,7 +366,7 @@ def read_cache(path: os.PathLike | str) -> tuple[Any, dict[str, Any]]:
     return data, meta
 
 
-def read_cache_meta(path: os.PathLike | str) -> dict[str, Any]:
+def read_cache_meta(path: os.PathLike[str] | str) -> dict[str, Any]:
     """The JSON description of a cache, without loading its data."""
     p = Path(path)
     if not p.is_file():

@@ -13,6 +13,7 @@ from typing import Any, Union
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import Dataset, DistributedSampler
 
 from ..errors import CDDFuseError, UsageError
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 
-class PatchDataset(Dataset):
+class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
     """Fixed patches: item ``i`` is ``(a_i, b_i)``, each a ``(1, S, S)`` float32 tensor."""
 
     def __init__(self, data: PatchSet) -> None:
@@ -59,13 +60,13 @@ class PatchDataset(Dataset):
         return torch.from_numpy(self.a[i]), torch.from_numpy(self.b[i])
 
 
-class LazyH5PatchDataset(Dataset):
+class LazyH5PatchDataset(Dataset[tuple[Tensor, Tensor]]):
     """Patches read from an HDF5 cache item by item (for caches larger than memory).
 
     Each process (DataLoader worker, rank) opens the file itself on first use.
     """
 
-    def __init__(self, path: os.PathLike | str, length: int) -> None:
+    def __init__(self, path: os.PathLike[str] | str, length: int) -> None:
         self.path, self.length = str(path), int(length)
         self._file = None
         self._pid: int | None = None
@@ -97,7 +98,7 @@ class LazyH5PatchDataset(Dataset):
 LAZY_H5_BYTES = 2 * 1024 ** 3
 
 
-class RandomCropDataset(Dataset):
+class RandomCropDataset(Dataset[tuple[Tensor, Tensor]]):
     """``crops_per_image`` random ``crop x crop`` windows (and flips) per pair and epoch.
 
     Item ``i`` of epoch ``e`` comes from pair ``i // crops_per_image``; its position and flips are
@@ -145,7 +146,7 @@ class RandomCropDataset(Dataset):
                 torch.from_numpy(np.ascontiguousarray(pb)[None]))
 
 
-class ResumableDistributedSampler(DistributedSampler):
+class ResumableDistributedSampler(DistributedSampler[int]):
     """:class:`~torch.utils.data.DistributedSampler` (shuffled, permutation seeded by ``seed + epoch``,
     rank ``r`` of ``W`` takes positions ``r, r + W, ...``) that can start inside an epoch.
 
@@ -154,7 +155,7 @@ class ResumableDistributedSampler(DistributedSampler):
     as a single process. ``start`` skips the first ``start`` indices of this rank (resumption).
     """
 
-    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
+    def __init__(self, dataset: Dataset[Any], num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
         self.start = 0
 

@@ -463,7 +463,7 @@ class Distiller:
         if fb:
             parts["fusion_only"] = fusion_loss(fa, fbb, fs.float(), gradient_weight=w["fusion_gradient"])[0]
             parts["total"] = parts["total"] + w["fusion_only"] * parts["fusion_only"]
-        parts["total"].backward()
+        parts["total"].backward()  # type: ignore[no-untyped-call]
         params = list(self.model.parameters())
         self.dist.average_gradients(params)
         if cfg["optim"]["grad_clip"]:

@@ -181,7 +181,7 @@ class TrainStep:
             else:
                 losses = phase2_loss(ca, cb, fa, fbb, out, self.weights, cc_reduce=cc_reduce)
             share = k / n
-            (losses["total"] * share if several else losses["total"]).backward()
+            (losses["total"] * share if several else losses["total"]).backward()  # type: ignore[no-untyped-call]
             for key, v in losses.items():
                 totals[key] = totals.get(key, 0.0) + v.detach() * share
             if want_images and s == 0:

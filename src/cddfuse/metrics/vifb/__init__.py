@@ -44,6 +44,8 @@ Example:
     >>> sorted(vifb.compute_vifb_metrics(ir, vi, vi)) == sorted(vifb.VIFB_NAMES)
     True
 """
+from typing import Any
+
 from .io import read_vifb_image
 from .registry import (
     VIFB_METRICS,
@@ -74,7 +76,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):  # lazy: folder evaluation pulls in the pairing code and the progress bar
+def __getattr__(name: str) -> Any:  # lazy: folder evaluation pulls in the pairing code and the progress bar
     if name in ("evaluate_vifb_folders", "vifb_table", "VifbTable"):
         from . import evaluate
 
