@@ -15,7 +15,7 @@ from cddfuse.cli.main import main
 from cddfuse.metrics import compute_metrics, read_gray
 from cddfuse.metrics.paper import BASELINE_ROWS, COLUMNS
 
-from .conftest import shared_path
+from .helpers import shared_path
 
 ALL = ["EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM", "CC", "PSNR", "MSE"]
 
