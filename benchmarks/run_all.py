@@ -37,9 +37,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+import _harness as H
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -51,14 +52,6 @@ MIB = 2 ** 20
 
 
 # ============================================================================ helpers (child side)
-def _vmhwm() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def _vmrss() -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -203,7 +196,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         raise ValueError(variant)
     res["times"] = ts
-    res["peak_rss"] = _vmhwm()
+    res["peak_rss"] = H.peak_rss_bytes()
     res["minor_faults_per_run"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt / max(1, len(ts))
     if spec.get("save"):
         np.save(spec["save"], out[0, 0].float().numpy())
@@ -293,7 +286,7 @@ def _child_profile(spec, res, model, ta, tb):
     total = sum(c["s"] for c in cats.values())
     res["wall"] = wall
     res["categories"] = {k: {"s": v["s"] * wall / total, "flop": v["flop"]} for k, v in cats.items()}
-    res["peak_rss"] = _vmhwm()
+    res["peak_rss"] = H.peak_rss_bytes()
     return res
 
 
@@ -343,7 +336,7 @@ def _child_throughput(spec, res):
         t3 = time.perf_counter()
         dec, fus, enc = dec + t1 - t0, fus + t2 - t1, enc + t3 - t2
     res.update(pairs=len(names), decode_s=dec, fuse_s=fus, encode_s=enc, times=[res["folder_s"]])
-    res["peak_rss"] = _vmhwm()
+    res["peak_rss"] = H.peak_rss_bytes()
     return res
 
 
@@ -367,46 +360,24 @@ def _child_train(spec, res):
     step()
     _, ts = _timeit(step, int(spec.get("reps", 2)))
     res["times"] = ts
-    res["peak_rss"] = _vmhwm()
+    res["peak_rss"] = H.peak_rss_bytes()
     return res
 
 
 # ============================================================================ parent side
-def _cpu_total() -> tuple[int, int]:
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return sum(v), v[3] + v[4]
-
-
-def busy_now(interval: float = 1.0) -> float:
-    t0, i0 = _cpu_total()
-    time.sleep(interval)
-    t1, i1 = _cpu_total()
-    return 1.0 - (i1 - i0) / max(1, t1 - t0)
-
-
-def wait_quiet(max_wait: float, limit: float = 0.1) -> float:
-    """Wait until the CPU is (nearly) idle, at most ``max_wait`` seconds; returns seconds waited."""
-    t0 = time.time()
-    while time.time() - t0 < max_wait:
-        if busy_now(2.0) < limit:
-            break
-    return time.time() - t0
-
-
 def run_child(spec: dict[str, Any], args) -> dict[str, Any]:
-    waited = wait_quiet(args.max_wait) if args.max_wait > 0 else 0.0
+    waited = H.wait_quiet(args.max_wait) if args.max_wait > 0 else 0.0
     ticks = os.sysconf("SC_CLK_TCK")
     ncpu = os.cpu_count() or 1
     c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0, i0 = _cpu_total()
+    t0, i0 = H.cpu_totals()
     w0 = time.perf_counter()
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(spec.get("threads", 2))
     proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
                           env=env, timeout=args.child_timeout)
     wall = time.perf_counter() - w0
-    t1, i1 = _cpu_total()
+    t1, i1 = H.cpu_totals()
     c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark child failed ({spec}):\n{proc.stderr[-3000:]}")
@@ -444,23 +415,8 @@ def macs_per_pixel(cfg, optimised: bool) -> float:
 def machine() -> dict[str, str]:
     import torch
 
-    cpu = platform.processor() or ""
-    flags = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and not cpu.strip():
-                    cpu = line.split(":", 1)[1].strip()
-                if line.startswith("flags"):
-                    flags = line
-                    break
-    except OSError:
-        pass
-    try:
-        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
-    except (ValueError, OSError):
-        mem = float("nan")
-    isa = "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "?")
+    cpu, features, mem = H.cpu_model(), H.cpu_features(), H.memory_gib()
+    isa = "AVX-512" if "avx512f" in features else ("AVX2" if "avx2" in features else "?")
     cache = ""
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -519,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     macs_opt = macs_per_pixel(cfg, optimised=True)
     tmp = tempfile.mkdtemp(prefix="cddfuse-bench-")
     th = args.threads
-    R: dict[str, Any] = {"machine": machine(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    R: dict[str, Any] = {"machine": machine(), "date": H.utc_now(),
                          "threads": th, "macs_ref": macs_ref, "macs_opt": macs_opt}
     started = time.time()
     raw_path = Path(args.out).with_suffix(".json")
