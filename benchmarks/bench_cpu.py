@@ -17,7 +17,6 @@ Usage: python benchmarks/bench_cpu.py [--shared DIR] [--repeats 3] [--no-tune]
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import sys
 import time
@@ -30,20 +29,16 @@ import torch
 from cddfuse.engine import CPU_SPEED_TILE, tuning
 from cddfuse.engine.cpu import bf16_feature, cpu_flags, cpu_model
 
+import _harness as H
+
 FLOP_640 = 1.10e12
 
 
 def mm_rate(dtype: torch.dtype, n: int = 4096) -> float:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
-    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(3))
+    best = H.time_calls(lambda: torch.mm(a, b), 3, warmup=0).best
     return 2 * n ** 3 / best / 1e9
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def main() -> int:
@@ -66,14 +61,9 @@ def main() -> int:
 
     def fuse_time(**kw) -> tuple[float, np.ndarray]:
         fuser = Fuser(task="ivf", device="cpu", **kw)
-        fuser.fuse(a, b)
-        times, out = [], None
-        for _ in range(args.repeats):
-            t = time.perf_counter()
-            out = fuser.fuse(a, b)
-            times.append(time.perf_counter() - t)
-        assert out is not None
-        return min(times), out
+        outs: list[np.ndarray] = []
+        timing = H.time_calls(lambda: outs.append(fuser.fuse(a, b)), args.repeats, warmup=1)
+        return timing.best, outs[-1]
 
     # built-in settings: an empty private cache
     real_cache = os.environ.get("CDDFUSE_CACHE")
@@ -94,12 +84,12 @@ def main() -> int:
     t_bf16 = None
     if bf16_feature():
         t_bf16, _ = fuse_time(precision="bf16")
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load = H.loadavg()[0]
     flags = " ".join(sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma", "sve", "asimd"))))
     lines = [
         f"### {cpu_model()} ({os.cpu_count()} cpus, {torch.get_num_threads()} threads)",
         "",
-        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, "
+        f"{H.utc_now()}, torch {torch.__version__}, "
         f"`python benchmarks/bench_cpu.py` ({(time.time() - started) / 60:.1f} min; load average after: {load:.2f}). "
         f"Flags: {flags}.",
         "",

@@ -2,7 +2,7 @@
 
 Each backend runs in a fresh process (so that its peak resident memory is its own): build the ``Fuser``
 with the bundled IVF weights, fuse once to warm up, then ``--repeats`` times; the best time, the peak RSS
-of the whole process (``ru_maxrss``, model and warm-up included) and the CPU time that *other*
+of the whole process (``VmHWM``, model and warm-up included) and the CPU time that *other*
 processes used meanwhile (the machine may be shared) are printed as one JSON line per backend, then a
 Markdown table. The pair is TNO 01 resized to the requested size with ``cv2.INTER_AREA``.
 
@@ -12,26 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CDDFUSE_SHARED", ROOT.parent / "shared"))
-
-
-def _busy_jiffies() -> int:
-    """CPU time of the whole machine, not idle, in clock ticks (/proc/stat)."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    return sum(fields) - fields[3] - fields[4]  # minus idle and iowait
+from _harness import SHARED, Load, peak_rss_bytes, run_command, src_env
 
 
 def child(backend: str, size: tuple[int, int], threads: int, repeats: int) -> dict:
-    import resource
-
     import cv2
     import numpy as np
     import torch
@@ -52,18 +39,15 @@ def child(backend: str, size: tuple[int, int], threads: int, repeats: int) -> di
     out = fuser.fuse_luminance(ya, yb)
     first_s = time.perf_counter() - t0
     times, others = [], []
-    tick = os.sysconf("SC_CLK_TCK")
     for _ in range(repeats):
-        busy0, own0, t0 = _busy_jiffies(), time.process_time(), time.perf_counter()
-        out = fuser.fuse_luminance(ya, yb)
-        wall = time.perf_counter() - t0
-        other_s = (_busy_jiffies() - busy0) / tick - (time.process_time() - own0)
-        times.append(wall)
-        others.append(max(0.0, 100.0 * other_s / wall))
+        with Load() as load:
+            out = fuser.fuse_luminance(ya, yb)
+        times.append(load.wall)
+        others.append(load.others)
     np.save(f"/tmp/bench_export_{backend}.npy", out)
     return {"backend": backend, "size": f"{w}x{h}", "threads": threads, "setup_s": setup_s, "first_s": first_s,
             "times_s": times, "best_s": min(times), "others_percent": others,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mib": peak_rss_bytes() / 2 ** 20}
 
 
 def main() -> None:
@@ -81,10 +65,9 @@ def main() -> None:
 
     rows = []
     for backend in ("torch", "onnx"):
-        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-        done = subprocess.run([sys.executable, __file__, "--child", backend, "--size", args.size,
-                               "--threads", str(args.threads), "--repeats", str(args.repeats)],
-                              env=env, check=True, capture_output=True, text=True)
+        done = run_command([sys.executable, __file__, "--child", backend, "--size", args.size,
+                            "--threads", str(args.threads), "--repeats", str(args.repeats)],
+                           src_env(OMP_NUM_THREADS=str(args.threads)))
         row = json.loads(done.stdout.strip().splitlines()[-1])
         print(json.dumps(row), flush=True)
         rows.append(row)

@@ -34,12 +34,10 @@ run takes about 3-4 minutes on a quiet 2-core machine, ``--full`` about 6 more.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,8 +49,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CDDFUSE_SHARED", ROOT.parent / "shared"))
+from _harness import ROOT, SHARED, Load, cpu_name, loadavg, median_ms, run_cddfuse, src_env, utc_now
+
 sys.path.insert(0, str(ROOT / "src"))
 
 import torch  # noqa: E402
@@ -64,57 +62,7 @@ ROAD = SHARED / "data" / "test" / "RoadScene"
 SIZE = (480, 640)  # h, w
 
 
-# ----------------------------------------------------------------------------- the machine's load
-
-def _busy_jiffies() -> int:
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    return sum(fields) - fields[3] - fields[4]
-
-
-def _own_cpu_s() -> float:
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
-class Load:
-    """CPU time used by other processes while a measurement runs, in percent of one core."""
-
-    def __enter__(self) -> Load:
-        self.busy, self.own, self.t0 = _busy_jiffies(), _own_cpu_s(), time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.wall = time.perf_counter() - self.t0
-        others = (_busy_jiffies() - self.busy) / os.sysconf("SC_CLK_TCK") - (_own_cpu_s() - self.own)
-        self.others = max(0.0, 100.0 * others / max(self.wall, 1e-9))
-
-
 # ----------------------------------------------------------------------------- helpers
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        name = re.search(r"Model name:\s*(.+)", out)
-        flags = re.search(r"Flags:\s*(.+)", out)
-        feats = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if flags and f in flags.group(1).split()]
-        return f"{name.group(1).strip() if name else platform.processor()} ({', '.join(feats)})"
-    except OSError:
-        return platform.processor()
-
-
-def median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> tuple[float, float]:
-    """(median ms, others %) of ``repeats`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    with Load() as load:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times)), load.others
-
 
 def real_pair(size: tuple[int, int], name: str = "FLIR_00977") -> tuple[np.ndarray, np.ndarray]:
     """A RoadScene pair resized to ``size`` (h, w): infrared gray uint8, visible RGB uint8."""
@@ -132,21 +80,6 @@ def flops(model: torch.nn.Module, call: Callable[[], Any]) -> int:
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         call()
     return int(counter.get_total_flops())
-
-
-def run_child(args: list[str], env: dict[str, str]) -> tuple[float, float, float, str]:
-    """A fresh ``cddfuse`` process: (wall s, peak RSS MiB, others %, stderr)."""
-    # VmHWM: the peak RSS of this process's own memory (getrusage's ru_maxrss would carry the parent's peak
-    # across fork and exec)
-    code = ("import re, sys; from cddfuse.cli.main import main; rc = main(sys.argv[1:]); "
-            "print(re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read()).group(1), file=sys.stderr); "
-            "sys.exit(rc)")
-    with Load() as load:
-        done = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"cddfuse {' '.join(args)} failed:\n{done.stderr[-2000:]}")
-    peak = int(done.stderr.split()[-1]) / 1024
-    return load.wall, peak, load.others, done.stderr
 
 
 # ----------------------------------------------------------------------------- main
@@ -170,7 +103,7 @@ def main() -> int:
     results: dict[str, Any] = {}
     rows: list[tuple[str, str, str, str]] = []  # (measure, exact, lite, others %)
     started = time.perf_counter()
-    load0 = os.getloadavg()
+    load0 = loadavg()
     tmp = Path(tempfile.mkdtemp(prefix="bench-lite-"))
 
     lite_weights = args.lite_weights
@@ -291,9 +224,8 @@ def main() -> int:
         results["folder_pairs_per_s"]["in_process_onnx"] = n_pairs / load.wall
         rows.append(("folder, in-process, `backend=\"onnx\"`", "", f"**{n_pairs / load.wall:.1f} pairs/s**",
                      f"{load.others:.0f}"))
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
-               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
-    wall, peak, oth, _ = run_child(["fuse", str(tmp / "ir"), str(tmp / "vi"), "-o", str(tmp / "out_cmd"),
+    env = src_env(OMP_NUM_THREADS=str(args.threads))
+    wall, peak, oth, _, _ = run_cddfuse(["fuse", str(tmp / "ir"), str(tmp / "vi"), "-o", str(tmp / "out_cmd"),
                                     "--method", "lite", "--weights", lite_weights, "-q"], env)
     results["folder_pairs_per_s"]["command"] = n_pairs / wall
     rows.append((f"folder, `cddfuse fuse DIR DIR -o OUT --method lite` (start to exit, {n_pairs} pairs)", "",
@@ -309,7 +241,7 @@ def main() -> int:
                 for i in range(n_frames):
                     y, x = (i % 60) * 2, (i % 80) * 2
                     out.write(np.ascontiguousarray(img[y:y + SIZE[0], x:x + SIZE[1]]))
-        wall, peak_v, oth, err = run_child(["fuse", str(tmp / "ir.mp4"), str(tmp / "vi.mp4"), "-o",
+        wall, peak_v, oth, err, _ = run_cddfuse(["fuse", str(tmp / "ir.mp4"), str(tmp / "vi.mp4"), "-o",
                                             str(tmp / "fused.mp4"), "--method", "lite", "--weights", lite_weights],
                                            env)
         reported = re.search(r"\(([\d.]+) frames/s\)", err)
@@ -319,7 +251,7 @@ def main() -> int:
                      "H.264 in and out)", "", f"**{fps:.1f} frames/s** (whole command: {n_frames / wall:.1f})",
                      f"{oth:.0f}"))
         if lite_onnx is not None:
-            wall, _, oth, err = run_child(["fuse", str(tmp / "ir.mp4"), str(tmp / "vi.mp4"), "-o",
+            wall, _, oth, err, _ = run_cddfuse(["fuse", str(tmp / "ir.mp4"), str(tmp / "vi.mp4"), "-o",
                                            str(tmp / "fused_onnx.mp4"), "--method", "lite", "--weights",
                                            lite_weights, "--backend", "onnx"], env)
             reported = re.search(r"\(([\d.]+) frames/s\)", err)
@@ -337,14 +269,14 @@ def main() -> int:
         a, b = real_pair((hh, ww), "FLIR_00211")
         cv2.imwrite(str(tmp / f"m_ir_{hh}.png"), a)
         cv2.imwrite(str(tmp / f"m_vi_{hh}.png"), cv2.cvtColor(b, cv2.COLOR_RGB2GRAY))
-    wall, peak, oth, _ = run_child(["fuse", str(tmp / "m_ir_480.png"), str(tmp / "m_vi_480.png"), "-o",
+    wall, peak, oth, _, _ = run_cddfuse(["fuse", str(tmp / "m_ir_480.png"), str(tmp / "m_vi_480.png"), "-o",
                                     str(tmp / "m_exact.png"), "-q"] +
                                    (["--weights", args.exact_weights] if args.exact_weights else []), env)
     peaks["exact_640x480"] = peak
     rows.append(("peak RSS, `cddfuse fuse` a 640x480 gray pair (fresh process; wall start to exit)",
                  f"{peak:.0f} MiB ({wall:.1f} s)", "", f"{oth:.0f}"))
     for hh, ww in sizes:
-        wall, peak, oth, _ = run_child(["fuse", str(tmp / f"m_ir_{hh}.png"), str(tmp / f"m_vi_{hh}.png"), "-o",
+        wall, peak, oth, _, _ = run_cddfuse(["fuse", str(tmp / f"m_ir_{hh}.png"), str(tmp / f"m_vi_{hh}.png"), "-o",
                                         str(tmp / f"m_{hh}.png"), "--method", "lite", "--weights", lite_weights,
                                         "-q"], env)
         peaks[f"lite_{ww}x{hh}"] = peak
@@ -353,8 +285,8 @@ def main() -> int:
     results["peak_rss_mib"] = peaks
 
     # ---- report
-    load1 = os.getloadavg()
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load1 = loadavg()
+    when = utc_now()
     results["machine"] = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads,
                           "loadavg_before": load0, "loadavg_after": load1, "date": when,
                           "torch": torch.__version__, "python": platform.python_version()}

@@ -22,7 +22,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,8 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 from scipy.signal import convolve2d
+
+import _harness as H
 
 NAMES = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM", "CC", "PSNR", "MSE")
 
@@ -199,17 +200,8 @@ def direct_metrics(a, b, f) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- timing
-def _times(fn: Callable[[], object], repeat: int, clock: Callable[[], float] = time.perf_counter) -> list[float]:
-    out = []
-    for _ in range(repeat):
-        t = clock()
-        fn()
-        out.append(clock() - t)
-    return out
-
-
 def _per_metric(fn: Callable[[str], object], repeat: int) -> dict[str, float]:
-    return {n: statistics.median(_times(lambda n=n: fn(n), repeat)) for n in NAMES}
+    return {n: H.time_calls(lambda n=n: fn(n), repeat, warmup=0).median for n in NAMES}
 
 
 def main(argv=None) -> int:
@@ -234,11 +226,11 @@ def main(argv=None) -> int:
     arrays = np.load(ref_dir / "metrics_set1.npz")
     cases = json.loads((ref_dir / "metrics_set1.json").read_text())
 
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    load = H.loadavg()
     print(f"python {platform.python_version()}, numpy {np.__version__}, opencv {cv2.__version__}, "
           f"{os.cpu_count()} CPUs, OpenCV threads {cv2.getNumThreads()}, "
           f"malloc {'tuned' if tuned else 'default'}"
-          + (f", load average {load[0]:.2f}" if load else ""))
+          + f", load average {load[0]:.2f}")
     print(f"fast: median of {args.repeat} runs after one warm-up (wall; 'fast cpu s': CPU time of all "
           f"threads); direct: median of {args.direct_repeat}\n")
     print(f"{'pair':34s} {'size':>9s} {'direct s':>9s} {'fast s':>8s} {'speed-up':>9s} {'fast cpu s':>11s} "
@@ -252,10 +244,9 @@ def main(argv=None) -> int:
         if first is None:
             cold = time.perf_counter() - t0
         direct_vals = direct_metrics(a, b, f)
-        t_fast = statistics.median(_times(lambda a=a, b=b, f=f: compute_metrics(a, b, f), args.repeat))
-        t_cpu = statistics.median(_times(lambda a=a, b=b, f=f: compute_metrics(a, b, f), args.repeat,
-                                         time.process_time))
-        t_direct = statistics.median(_times(lambda a=a, b=b, f=f: direct_metrics(a, b, f), args.direct_repeat))
+        fast = H.time_calls(lambda a=a, b=b, f=f: compute_metrics(a, b, f), args.repeat, warmup=0)
+        t_fast, t_cpu = fast.median, fast.cpu_median
+        t_direct = H.time_calls(lambda a=a, b=b, f=f: direct_metrics(a, b, f), args.direct_repeat, warmup=0).median
         diff = max(abs(fast_vals[n] - direct_vals[n]) / abs(direct_vals[n]) for n in NAMES)
         vs_ref = max(abs(fast_vals[n] - case["metrics"][n]) / abs(case["metrics"][n]) for n in NAMES)
         label = f"{case['a'].split('/')[0]} {Path(case['a']).stem} ({case['rule']})"

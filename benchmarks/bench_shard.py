@@ -15,37 +15,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CDDFUSE_SHARED", ROOT.parent / "shared"))
-
-
-def _busy_jiffies() -> int:
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    return sum(fields) - fields[3] - fields[4]
-
-
-def _children_cpu_s() -> float:
-    t = os.times()
-    return t.children_user + t.children_system
+from _harness import SHARED, run_command, src_env
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
     """(wall seconds, others' CPU in % of one core, the command's last stderr line)."""
-    busy0, own0, t0 = _busy_jiffies(), _children_cpu_s(), time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
-    others = (_busy_jiffies() - busy0) / os.sysconf("SC_CLK_TCK") - (_children_cpu_s() - own0)
-    summary = [line for line in done.stderr.splitlines() if "fused" in line]
-    return wall, max(0.0, 100.0 * others / wall), summary[-1] if summary else ""
+    run = run_command(cmd, env)
+    summary = [line for line in run.stderr.splitlines() if "fused" in line]
+    return run.wall, run.others, summary[-1] if summary else ""
 
 
 def main() -> None:
@@ -60,7 +41,7 @@ def main() -> None:
         (work / side).mkdir()
         for stem in stems:
             (work / side / f"{stem}.jpg").symlink_to(src / side / f"{stem}.jpg")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    env = src_env()
     fuse = ["fuse", str(work / "ir"), str(work / "vi"), "-q"]
     runs = []
     for threads in args.threads:

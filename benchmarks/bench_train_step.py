@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -40,6 +39,8 @@ import torch.nn.functional as F
 
 from cddfuse.models import CDDFuse, CDDFuseConfig
 from cddfuse.train import losses as L
+
+import _harness as H
 
 
 def _authors_model(seed: int):
@@ -143,29 +144,14 @@ def main(argv=None) -> int:
 
             def run(trainer=trainer, a=a, b=b):
                 trainer.train_step(a, b, phase=1)
-        run()  # warm-up
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        times, cpu = [], []
-        for _ in range(args.steps):
-            t0, c0 = time.perf_counter(), time.process_time()
-            run()
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-            cpu.append(time.process_time() - c0)
-        _report(results, variant, what, times, cpu)
-    try:
-        with open("/proc/meminfo") as f:
-            mem_gb = round(int(f.readline().split()[1]) / 1024 ** 2, 1)
-    except OSError:
-        mem_gb = None
+        timing = H.time_calls(run, args.steps, warmup=1,
+                              sync=torch.cuda.synchronize if dev.type == "cuda" else None)
+        _report(results, variant, what, timing.walls, timing.cpus)
+    m = H.machine()
     info = {
-        "machine": platform.processor() or platform.machine(), "memory_gb": mem_gb, "cpus": os.cpu_count(),
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "batch": args.batch, "size": args.size,
-        "device": str(dev), "date": time.strftime("%Y-%m-%d %H:%M"),
-        "loadavg_after": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "results": results,
+        "machine": H.cpu_name(), "memory_gb": m["memory_gib"], "cpus": m["cores"], "threads": m["threads"],
+        "torch": m["torch"], "python": m["python"], "batch": args.batch, "size": args.size, "device": str(dev),
+        "date": m["date"], "loadavg_after": m["loadavg"], "results": results,
     }
     if args.json:
         with open(args.json, "w") as f:

@@ -19,19 +19,17 @@ Usage: python benchmarks/bench_video.py [--frames 24] [--size 256x192] [--thread
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from fractions import Fraction
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CDDFUSE_SHARED", ROOT.parent / "shared"))
+import _harness as H
+from _harness import ROOT, SHARED
+
 sys.path.insert(0, str(ROOT / "src"))
 
 from cddfuse.fusion.video import flicker  # noqa: E402
@@ -80,8 +78,7 @@ def main() -> None:
 
     size = tuple(int(x) for x in args.size.split("x"))
     work = Path(tempfile.mkdtemp(prefix="bench-video-"))
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
-               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    env = H.src_env(OMP_NUM_THREADS=str(args.threads))
     print(f"static-camera clips from TNO 01, {args.size}, {args.frames} frames at 25 frames/s, hot object in "
           f"frames {args.frames // 4}-{3 * args.frames // 4 - 1}; bundled IVF weights, {args.threads} threads\n")
     print("| window | normalisation | flicker: mean change (gray levels / frame) | largest change | wall | frames/s |"
@@ -90,10 +87,8 @@ def main() -> None:
         ir, vi, note = make_clip(work / where, args.frames, size, where)  # type: ignore[arg-type]
         for mode in ("frame", "ema"):
             out = work / where / f"fused-{mode}.mp4"
-            t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "cddfuse.cli.main", "fuse", str(ir), str(vi), "-o", str(out),
-                            "--temporal", mode, "-q"], env=env, check=True)
-            wall = time.perf_counter() - t0
+            wall = H.run_command([sys.executable, "-m", "cddfuse.cli.main", "fuse", str(ir), str(vi), "-o",
+                                  str(out), "--temporal", mode, "-q"], env).wall
             with av.open(str(out)) as c:
                 frames = [f.to_ndarray(format="gray").astype(np.float64) for f in c.decode(video=0)]
             jump = float(np.abs(np.diff([f.mean() for f in frames])).max())

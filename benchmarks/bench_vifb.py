@@ -17,32 +17,20 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from _harness import ROOT, SHARED, append_section, cores, cpu_model, loadavg, time_calls
+
 sys.path.insert(0, str(ROOT / "src"))
 
 from cddfuse.metrics.vifb import VIFB_METRICS, VIFB_NAMES, compute_vifb_metrics, read_vifb_image  # noqa: E402
 from cddfuse.metrics.vifb._common import prepare  # noqa: E402
 from cddfuse.metrics.vifb.registry import _run_single_threaded  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_triplet(shared: Path, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
@@ -59,26 +47,20 @@ def load_triplet(shared: Path, method: str) -> tuple[np.ndarray, np.ndarray, np.
 def timed(fn, repeat: int) -> tuple[float, float, float, float]:
     """Median and minimum wall seconds, median and minimum CPU seconds of ``fn()`` over ``repeat`` runs
     (after one warm-up run). On a shared machine the minimum is the run least disturbed by the others."""
-    fn()
-    walls, cpus = [], []
-    for _ in range(repeat):
-        w, c = time.perf_counter(), time.process_time()
-        fn()
-        walls.append(time.perf_counter() - w)
-        cpus.append(time.process_time() - c)
-    return statistics.median(walls), min(walls), statistics.median(cpus), min(cpus)
+    t = time_calls(fn, repeat, warmup=1)
+    return t.median, t.best, t.cpu_median, t.cpu_best
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=15)
-    ap.add_argument("--shared", type=Path, default=Path(os.environ.get("CDDFUSE_SHARED", ROOT.parent / "shared")))
+    ap.add_argument("--shared", type=Path, default=SHARED)
     ap.add_argument("--method", default="SeAFusion", help="which published fused result of labMan")
     ap.add_argument("--write", action="store_true", help="append the result to benchmarks/METRICS_RESULTS.md")
     args = ap.parse_args()
 
     ir, vi, fused, what = load_triplet(args.shared, args.method)
-    load_before = os.getloadavg()
+    load_before = loadavg()
     runs = {}
     cv_threads = cv2.getNumThreads()
     for threads in (2, 1):  # threads=1: one thread in all (OpenCV's pool off too)
@@ -91,14 +73,13 @@ def main() -> None:
         per_metric[name] = timed(lambda f=impl: _run_single_threaded(f, prepare(ir, vi, fused)),
                                  max(3, args.repeat // 3))
     cv2.setNumThreads(cv_threads)
-    load_after = os.getloadavg()
+    load_after = loadavg()
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     lines = [
         f"## VIFB protocol: 13 metrics of one 640x480 colour triplet ({dt.date.today().isoformat()})",
         "",
         f"Command: `.venv/bin/python benchmarks/bench_vifb.py --repeat {args.repeat}`  ",
-        f"CPU: {cpu_name()}, {cores} cores available; Python {platform.python_version()}, numpy {np.__version__}  ",
+        f"CPU: {cpu_model()}, {cores()} cores available; Python {platform.python_version()}, numpy {np.__version__}  ",
         f"Load average (1/5/15 min) before: {load_before[0]:.1f} / {load_before[1]:.1f} / {load_before[2]:.1f}, "
         f"after: {load_after[0]:.1f} / {load_after[1]:.1f} / {load_after[2]:.1f}  ",
         f"Images: {what}; ir {ir.shape}, vi {vi.shape}, fused {fused.shape}",
@@ -120,8 +101,7 @@ def main() -> None:
     print(text)
     if args.write:
         out = ROOT / "benchmarks" / "METRICS_RESULTS.md"
-        with out.open("a", encoding="utf-8") as fh:
-            fh.write("\n" + text)
+        append_section(out, text)
         print(f"appended to {out}")
 
 

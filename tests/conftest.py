@@ -1,4 +1,4 @@
-"""Shared test fixtures.
+"""Shared test fixtures; the helper functions and constants are in :mod:`tests.helpers`.
 
 Reference vectors and real images live in ``../shared`` (next to the repository; override with
 the environment variable ``CDDFUSE_SHARED``). Without them, tests that need them are skipped
@@ -15,11 +15,21 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CDDFUSE_SHARED", ROOT.parent / "shared"))
-REFERENCE = SHARED / "reference"
-DATA = SHARED / "data"
-TEST_DATA = DATA / "test"
+# re-exported for test modules that still import them from here; new code imports tests.helpers
+from .helpers import (  # noqa: F401
+    DATA,
+    REFERENCE,
+    ROOT,
+    SHARED,
+    TEST_DATA,
+    TINY_SIZES,
+    Cli,
+    make_random_model,
+    need,
+    perturb_parameters,
+    shared_path,
+    snapshot,
+)
 
 # The engine's per-machine tuning (cddfuse.engine.tuning) would otherwise run a ~10 s probe at the
 # first fusion and write to the user's cache: tests use the built-in settings and a private cache
@@ -29,23 +39,6 @@ if "CDDFUSE_CACHE" not in os.environ:
     import tempfile
 
     os.environ["CDDFUSE_CACHE"] = tempfile.mkdtemp(prefix="cddfuse-test-cache-")
-
-TINY_SIZES = dict(dim=8, num_heads=2, encoder_blocks=1, decoder_blocks=1, encoder_inn_layers=1)
-
-
-def need(path: Path) -> Path:
-    """Return ``path`` if it exists; otherwise skip (fail under CI) with a reason."""
-    if not path.exists():
-        msg = f"shared test data not found: {path} (set CDDFUSE_SHARED to the shared/ folder)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
-
-
-def shared_path(*parts: str) -> Path:
-    """A path under the shared folder; skipped (failed under CI) when it is not there."""
-    return need(SHARED.joinpath(*parts))
 
 
 @pytest.fixture(scope="session")
@@ -89,26 +82,6 @@ def device(request: pytest.FixtureRequest) -> torch.device:
     return torch.device(request.param)
 
 
-def perturb_parameters(module: torch.nn.Module) -> torch.nn.Module:
-    """Perturb (in place, from the global RNG) the parameters that start at constants -- LayerNorm
-    weights and biases, attention temperatures and scales -- so that every parameter matters."""
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if name.endswith(("body.weight", "temperature", "scale")):
-                p.add_(0.2 * torch.randn_like(p))
-            elif name.endswith("body.bias"):
-                p.add_(0.1 * torch.randn_like(p))
-    return module
-
-
-def make_random_model(seed: int = 0, **sizes):
-    """A CDDFuse with reproducible non-trivial random weights (LayerNorm and temperatures perturbed)."""
-    from cddfuse.models import CDDFuse, CDDFuseConfig
-
-    torch.manual_seed(seed)
-    return perturb_parameters(CDDFuse(CDDFuseConfig(**sizes))).eval()
-
-
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
     """A tiny random model saved as cddfuse safetensors (task ivf, residual vis)."""
@@ -118,3 +91,33 @@ def tiny_weights(tmp_path_factory) -> Path:
     save_weights(make_random_model(0, **TINY_SIZES), path, task="ivf", residual="vis",
                  provenance={"purpose": "test fixture: random weights"})
     return path
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Fuse with one thread, so that results compare bit for bit with other processes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
+    """``cddfuse`` in-process, checking the user-visible contract (:class:`tests.helpers.Cli`)."""
+    return Cli(capsys)
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """Two small 8-bit sources (gray 20x24 and colour 20x24x3) in ``tmp_path/src``; the test fails if
+    either is changed."""
+    from cddfuse.io.image import write_image
+
+    rng = np.random.default_rng(7)
+    src = tmp_path / "src"
+    ir = write_image(src / "ir.png", rng.random((20, 24)))
+    vi = write_image(src / "vi.png", rng.random((20, 24, 3)))
+    before = snapshot(src)
+    yield ir, vi
+    assert {k: v for k, v in snapshot(src).items() if k in before} == before, "a source was changed"

@@ -32,7 +32,7 @@ from cddfuse.models.cddfuse import (
     RestormerBlock,
 )
 
-from .conftest import perturb_parameters
+from .helpers import perturb_parameters
 
 DTYPES = [torch.float32, torch.float64]
 CASES = ["case0_", "case1_"]  # a 67x93 TNO crop and a 64x64 MRI_PET crop

@@ -15,7 +15,7 @@ from cddfuse.cli.main import main
 from cddfuse.metrics import compute_metrics, read_gray
 from cddfuse.metrics.paper import BASELINE_ROWS, COLUMNS
 
-from .conftest import shared_path
+from .helpers import shared_path
 
 ALL = ["EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM", "CC", "PSNR", "MSE"]
 
@@ -213,5 +213,5 @@ def test_cli_choices_match_the_library():
     from cddfuse.metrics import report
 
     assert cli_eval.FORMATS is report.FORMATS is options.REPORT_FORMATS  # one source (cddfuse.options)
-    assert (cli_bench.METHODS, cli_bench.TASKS, cli_bench.BENCH_NORMALIZE_MODES) == (
-        paper.METHODS, paper.TASKS, tuple(paper.NORMALIZE))
+    assert (paper.METHODS, paper.TASKS, tuple(paper.NORMALIZE)) == (
+        cli_bench.METHODS, cli_bench.TASKS, cli_bench.BENCH_NORMALIZE_MODES)

@@ -14,7 +14,7 @@ from cddfuse.cli.main import main
 from cddfuse.errors import CDDFuseError, UsageError
 from cddfuse.io.image import read_image
 
-from .conftest import ROOT, shared_path
+from .helpers import ROOT, shared_path
 
 # where each sample comes from, in the official test sets (see src/cddfuse/data/README.txt)
 ORIGINS = {

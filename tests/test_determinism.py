@@ -97,7 +97,9 @@ def test_fused_pixels_do_not_depend_on_the_thread_count(pairs, threads, monkeypa
 
 @pytest.mark.parametrize("size", [(1448, 1448), (2048, 2048), (4096, 4096)])
 def test_the_cpu_tile_does_not_depend_on_the_budget_or_the_threads(size, threads):
-    """The tile side sets the rounding: on CPU it stays CPU_SPEED_TILE whatever the memory available,
+    """The tile side sets the rounding; on CPU it does not depend on the budget or the threads.
+
+    It stays CPU_SPEED_TILE whatever the memory available,
     the thread count or the tiles in flight (maps go to disk, fewer tiles in flight); each plan fits
     its budget. (Before, a 1448x1448 pair got 128-px tiles with 1 thread and 64 with 2, at 3 GB.)"""
     cfg = CDDFuseConfig()

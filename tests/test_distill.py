@@ -4,7 +4,6 @@ SIGKILL + --resume reaches bit-identical weights, --max-time stops cleanly, bad 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,27 +14,16 @@ import torch
 
 from cddfuse.cli.main import main as cli
 
-from .conftest import shared_path as _shared
+from .helpers import link_pairs, patched_cli, subprocess_env
 
 STEPS = 8
-
-
-def _link_pairs(dest: Path, start: int, count: int) -> tuple[Path, Path]:
-    src = _shared("data", "train", "RoadScene")
-    a, b = dest / "ir", dest / "vi"
-    a.mkdir(parents=True)
-    b.mkdir(parents=True)
-    for f in sorted((src / "ir").iterdir())[start:start + count]:
-        (a / f.name).symlink_to(f)
-        (b / f.name).symlink_to(src / "vi" / f.name)
-    return a, b
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory, tiny_weights):
     root = tmp_path_factory.mktemp("distill")
-    a, b = _link_pairs(root / "train", 0, 3)
-    va, vb = _link_pairs(root / "val", 100, 2)
+    a, b = link_pairs(root / "train", 0, 3)
+    va, vb = link_pairs(root / "val", 100, 2)
     return {"root": root, "a": a, "b": b, "va": va, "vb": vb, "teacher": tiny_weights, "cache": root / "cache"}
 
 
@@ -131,25 +119,34 @@ def test_damaged_cache_item_is_detected_and_recomputed(work, reference_run, caps
     assert again is not None and np.array_equal(again.t, good.t)
 
 
-def _env(**kw: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("CDDFUSE_DISTILL_KILL_AFTER_STEP", None)
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src") + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(kw)
-    return env
+# `cddfuse distill` in a subprocess that SIGKILLs itself as it is about to start step 6 (step 5 done, the
+# last checkpoint after step 3): the kill lands at a known step, however busy the machine.
+_KILL_AFTER_STEP_5 = """
+import os, signal
+from cddfuse.train.distill import Distiller
+
+step = Distiller._train_step
+
+def killed(self, *args, **kwargs):
+    if self.step == 5:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return step(self, *args, **kwargs)
+
+Distiller._train_step = killed
+"""
 
 
 @pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical(work, reference_run):
     run = work["root"] / "killed"
-    cmd = [sys.executable, "-m", "cddfuse.cli.main", *_args(work, run)]
-    proc = subprocess.run(cmd, env=_env(CDDFUSE_DISTILL_KILL_AFTER_STEP="5"), capture_output=True, timeout=600)
+    proc = subprocess.run(patched_cli(_KILL_AFTER_STEP_5, *_args(work, run)), env=subprocess_env(),
+                          capture_output=True, timeout=600)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     st = json.loads((run / "state.json").read_text())
     assert st["status"] == "running" and st["step"] == 3  # the checkpoint before the kill
     assert not (run / "final.safetensors").exists()
-    proc = subprocess.run([sys.executable, "-m", "cddfuse.cli.main", "distill", "--resume", str(run)], env=_env(),
-                          capture_output=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "cddfuse.cli.main", "distill", "--resume", str(run)],
+                          env=subprocess_env(), capture_output=True, timeout=600)
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     ref, got = _weights(reference_run / "final.safetensors"), _weights(run / "final.safetensors")
     assert ref.keys() == got.keys()

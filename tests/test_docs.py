@@ -96,11 +96,10 @@ def shell_commands(block: Block) -> list[list[str]]:
     pending = ""
     for raw in block.code.splitlines():
         line = raw.rstrip()
-        if block.lang == "console":
-            if not pending:
-                if not line.startswith("$ "):
-                    continue  # output
-                line = line[2:]
+        if block.lang == "console" and not pending:
+            if not line.startswith("$ "):
+                continue  # output
+            line = line[2:]
         if line.endswith("\\"):
             pending += line[:-1] + " "
             continue

@@ -8,15 +8,15 @@ import torch
 from cddfuse.engine import FastWeights, fused_ops_available, tiled_fuse
 from cddfuse.models.reference import ReferenceCDDFuse, reference_from
 
-from .conftest import SHARED, make_random_model
-from .conftest import need as _need
+from .helpers import SHARED, make_random_model
+from .helpers import need as _need
 
 TINY = dict(dim=8, num_heads=2, encoder_blocks=1, decoder_blocks=1, encoder_inn_layers=1)
 OPS = ["plain"] + (["fused"] if fused_ops_available() else [])
 
 
 
-_random_model = make_random_model  # reproducible random weights (tests/conftest.py)
+_random_model = make_random_model  # reproducible random weights (tests/helpers.py)
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, SHARED
-from .conftest import shared_path as _shared
+from .helpers import ROOT, SHARED
+from .helpers import shared_path as _shared
 
 SCRIPTS = ROOT / "scripts"
 BUDGET_S = 600  # generous: the run is bounded by MAX_STEPS, the budget only has to suffice
@@ -171,7 +171,6 @@ def test_whole_script_on_cpu(tmp_path):
     env = dict(os.environ, OUT=str(out), GPU_TRAIN_BUNDLE=str(bundle), GPU_TRAIN_WORK=str(work),
                GPU_TRAIN_PYTHON=sys.executable, GPU_TRAIN_DEVICE="cpu", GPU_TRAIN_TINY="1",
                GPU_TRAIN_BUDGET_S=str(BUDGET_S), GPU_TRAIN_MAX_STEPS=str(MAX_STEPS))
-    env.pop("CDDFUSE_TRAIN_STEP_SLEEP", None)
     r = subprocess.run(["bash", str(SCRIPTS / "gpu_train.sh")], env=env, capture_output=True, text=True,
                        timeout=BUDGET_S + 60)
     logs = {p.name: p.read_text() for p in out.glob("*.log")}

@@ -8,12 +8,10 @@ is what a traceback would be); cases that need a real process (a FIFO, concurren
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -26,16 +24,10 @@ from cddfuse.errors import CDDFuseError, UsageError
 from cddfuse.fusion import Fuser
 from cddfuse.io.image import ImageReadError, probe_image, read_image, write_image
 
+from .helpers import png_header_only, snapshot
+
 # ----------------------------------------------------------------------------- helpers
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims ``width x height`` gray pixels, with almost no data (a decompression bomb)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-            + chunk(b"IEND", b""))
+# (the ``cli`` and ``pair`` fixtures are in conftest.py, png_header_only and snapshot in helpers.py)
 
 
 def float_tiff(path: Path, values: np.ndarray) -> Path:
@@ -43,56 +35,6 @@ def float_tiff(path: Path, values: np.ndarray) -> Path:
 
     assert cv2.imwrite(str(path), values.astype(np.float32))
     return path
-
-
-def snapshot(*roots: Path) -> dict[str, str]:
-    """Content hash of every file under ``roots`` (hidden files included)."""
-    out = {}
-    for root in roots:
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-        for p in files:
-            out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
-class Cli:
-    """Runs ``cddfuse`` in-process and checks the user-visible contract."""
-
-    def __init__(self, capsys: pytest.CaptureFixture) -> None:
-        self.capsys = capsys
-
-    def __call__(self, *args: object, rc: int, says: str | None = None) -> str:
-        self.capsys.readouterr()
-        code = main([str(a) for a in args])
-        err = self.capsys.readouterr().err
-        assert "Traceback" not in err
-        assert code == rc, err
-        if rc != 0:
-            lines = [line for line in err.splitlines() if line.strip()]
-            assert lines, "an error must be reported"
-            assert lines[-1].startswith(f"cddfuse {args[0]}: error: ") or lines[-1].startswith("failed pairs:") \
-                or " fused, " in lines[-1], lines
-            assert "[ WARN" not in err  # OpenCV's own warnings do not leak before ours
-        if says is not None:
-            assert says in err, err
-        return err
-
-
-@pytest.fixture
-def cli(capsys):
-    return Cli(capsys)
-
-
-@pytest.fixture
-def pair(tmp_path):
-    """Two small 8-bit sources in their own folder, and a snapshot to prove they are never touched."""
-    rng = np.random.default_rng(7)
-    src = tmp_path / "src"
-    ir = write_image(src / "ir.png", rng.random((20, 24)))
-    vi = write_image(src / "vi.png", rng.random((20, 24, 3)))
-    before = snapshot(src)
-    yield ir, vi
-    assert {k: v for k, v in snapshot(src).items() if k in before} == before, "a source was changed"
 
 
 @pytest.fixture
@@ -562,7 +504,7 @@ def test_api_rejects_bad_arrays_with_one_clear_error(array, says):
     (dict(max_pixels=0), "max_pixels"), (dict(max_memory="1K"), "max_memory"), (dict(normalize="zscore"), "normalize"),
 ])
 def test_api_option_errors_are_value_errors_naming_the_parameter(tiny_weights, kwargs, parameter):
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(ValueError, match=parameter) as e:
         Fuser(weights=tiny_weights, **kwargs)
     assert isinstance(e.value, UsageError) and e.value.parameter == parameter
 
@@ -1707,8 +1649,8 @@ def test_a_flat_result_of_textured_sources_is_kept_and_warned_once(tmp_path):
 
     rng = np.random.default_rng(0)
     a = rng.random((16, 16)).astype(np.float32)
-    with pytest.warns(CDDFuseWarning, match="flat") as record:
-        fuser = Fuser(method="mean")
+    fuser = Fuser(method="mean")
+    with pytest.warns(CDDFuseWarning, match="flat") as record:  # noqa: PT031 - the second call must not warn again
         first = fuser.fuse(a, 1 - a)  # (a + 1 - a) / 2 = 0.5 everywhere
         fuser.fuse(a, 1 - a)
     assert len(record) == 1 and np.abs(first - 0.5).max() < 1e-6

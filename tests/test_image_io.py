@@ -9,7 +9,7 @@ from cddfuse.errors import ImageReadError, UsageError
 from cddfuse.io.image import read_image, write_image
 
 
-@pytest.fixture()
+@pytest.fixture
 def rgb8():
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, (13, 17, 3), dtype=np.uint8)

@@ -26,7 +26,7 @@ from cddfuse.fusion import Fuser, fuse_folders, minmax_normalize
 from cddfuse.io.color import split_luminance
 from cddfuse.io.image import read_image, write_image
 
-from .test_hostile import Cli, png_header_only, snapshot
+from .helpers import png_header_only
 
 ROOT = Path(__file__).resolve().parents[1]
 TNO = [("TNO/ir/07.png", "TNO/vi/07.png"), ("TNO/ir/19.png", "TNO/vi/19.png"), ("TNO/ir/20.png", "TNO/vi/20.png")]
@@ -54,32 +54,6 @@ def lite_weights(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("lite") / "lite_ivf.safetensors"
     return save_lite_weights(make_lite(0), path, task="ivf", residual="vis",
                              provenance={"purpose": "test fixture: seeded random weights"})
-
-
-@pytest.fixture
-def one_thread():
-    """Fuse with one thread, so that results compare bit for bit with other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def cli(capsys):
-    return Cli(capsys)
-
-
-@pytest.fixture
-def pair(tmp_path):
-    """Two small 8-bit sources, never to be changed."""
-    rng = np.random.default_rng(7)
-    src = tmp_path / "src"
-    ir = write_image(src / "ir.png", rng.random((20, 24)))
-    vi = write_image(src / "vi.png", rng.random((20, 24, 3)))
-    before = snapshot(src)
-    yield ir, vi
-    assert {k: v for k, v in snapshot(src).items() if k in before} == before, "a source was changed"
 
 
 def _module(weights: Path, ya: np.ndarray, yb: np.ndarray) -> np.ndarray:

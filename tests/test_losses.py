@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from cddfuse.train import losses as L
 
-from .conftest import shared_path as _shared
+from .helpers import shared_path as _shared
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_cc_properties():
     # a constant channel: numerator 0, eps keeps it finite
     z = torch.zeros(1, 1, 4, 4)
     assert float(L.cc(z, z)) == 0.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="same"):
         L.cc(x, y[:, :2])
 
 

@@ -11,7 +11,7 @@ from cddfuse.errors import CDDFuseError, UsageError
 from cddfuse.metrics import compute_metrics
 from cddfuse.metrics.paper import BASELINE_ROWS, COLUMNS, PAPER_ROWS, reference_rows
 
-from .conftest import shared_path
+from .helpers import shared_path
 
 NAMES = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM", "CC", "PSNR", "MSE")
 REL_TOL = 1e-6  # every reference value is matched to this relative tolerance (see docs/metrics.md)

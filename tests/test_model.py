@@ -9,7 +9,7 @@ import torch
 
 from cddfuse.models import CDDFuse, CDDFuseConfig, count_parameters, residual_image
 
-from .conftest import TINY_SIZES, make_random_model
+from .helpers import TINY_SIZES, make_random_model
 
 PARITY_KEYS = ("vi_base", "vi_detail", "vi_shallow", "ir_base", "ir_detail", "fused_base", "fused_detail",
                "out_vi_residual", "out_sum_residual", "out_no_residual", "out_vi_residual_minmax")

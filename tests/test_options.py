@@ -33,12 +33,11 @@ def test_cli_choices_come_from_the_options_module():
 def test_usage_errors_are_value_errors_naming_the_parameter():
     with pytest.raises(ValueError, match=r"^method='x': unknown method; choose one of cddfuse, lite, mean, max$"):
         Fuser(method="x")
-    try:
+    with pytest.raises(ValueError, match="sepia") as e:
         Fuser(method="max", color="sepia")
-    except ValueError as e:
-        assert isinstance(e, UsageError) and isinstance(e, CDDFuseError)
-        assert (e.parameter, e.value) == ("color", "sepia")
-        assert e.cli_message() == "--color sepia: unknown color; choose one of auto, gray"
+    assert isinstance(e.value, UsageError) and isinstance(e.value, CDDFuseError)
+    assert (e.value.parameter, e.value.value) == ("color", "sepia")
+    assert e.value.cli_message() == "--color sepia: unknown color; choose one of auto, gray"
 
 
 @pytest.mark.parametrize("device, reason", [("tpu9", "not a device"), ("meta", "unsupported device type")])

@@ -6,7 +6,7 @@ import pytest
 
 from cddfuse.models.pretrained import PRETRAINED, WEIGHTS_DIR, pretrained_path
 
-from .conftest import shared_path
+from .helpers import shared_path
 
 SHIPPED = [t for t, spec in PRETRAINED.items() if (WEIGHTS_DIR / spec.filename).is_file()]
 RESIDUALS = ("vis", "sum", "none")
@@ -66,6 +66,6 @@ def test_bundled_weights_default_pipeline(task, testset, colour):
     fused = Fuser(task=task, device="cpu").fuse(pa, pb)
     b = read_gray(pb)
     assert fused.shape == (b.shape + (3,) if colour else b.shape)
-    assert np.isfinite(fused).all() and 0.0 <= fused.min() and fused.max() <= 1.0
+    assert np.isfinite(fused).all() and fused.min() >= 0.0 and fused.max() <= 1.0
     y = fused if fused.ndim == 2 else fused @ np.array([0.299, 0.587, 0.114], np.float32)
     assert float(np.corrcoef(y.ravel(), b.ravel())[0, 1]) > 0.5

@@ -14,7 +14,7 @@ from cddfuse.train import config as C
 from cddfuse.train import data as D
 from cddfuse.train import datasets as DS
 
-from .conftest import shared_path as _shared
+from .helpers import link_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -179,13 +179,7 @@ def test_cache_errors(tmp_path):
 
 
 def test_prepare_cli_on_real_pairs(tmp_path, capsys):
-    src = _shared("data", "train", "Harvard", "MRI_CT")
-    a, b = tmp_path / "CT", tmp_path / "MRI"
-    a.mkdir()
-    b.mkdir()
-    for f in sorted((src / "CT").iterdir())[:3]:
-        (a / f.name).symlink_to(f)
-        (b / f.name).symlink_to(src / "MRI" / f.name)
+    a, b = link_pairs(tmp_path, 0, 3, "Harvard/MRI_CT", ("CT", "MRI"))
     out = tmp_path / "ct.h5"
     assert cli(["prepare", str(a), str(b), "-o", str(out), "--patch-size", "64", "--stride", "64", "-q"]) == 0
     assert "patches of 64x64 from 3 pairs" in capsys.readouterr().out

@@ -23,7 +23,7 @@ from cddfuse.train.losses import LossWeights, phase2_loss
 from cddfuse.train.state import TrainState
 from cddfuse.train.validation import Validator, _fuse
 
-from .conftest import TINY_SIZES
+from .helpers import TINY_SIZES
 
 #: The keys of a checkpoint as written since version 1; older checkpoints hold exactly these.
 CHECKPOINT_KEYS = {

@@ -3,7 +3,6 @@ resume rules, --max-time, SIGKILL + --resume bit-identity, and 2-rank data paral
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import yaml
 
 from cddfuse.cli.main import main as cli
 
-from .conftest import shared_path as _shared
+from .helpers import link_pairs, patched_cli, subprocess_env
 
 TINY_CONFIG = {
     "task": "ivf",
@@ -36,23 +35,11 @@ TOTAL_STEPS = 12
 
 
 
-def _link_pairs(dest: Path, start: int, count: int):
-    """Symlink ``count`` RoadScene training pairs (ir, vi) into ``dest`` (the shared data stay where they are)."""
-    src = _shared("data", "train", "RoadScene")
-    a, b = dest / "ir", dest / "vi"
-    a.mkdir(parents=True)
-    b.mkdir(parents=True)
-    for f in sorted((src / "ir").iterdir())[start:start + count]:
-        (a / f.name).symlink_to(f)
-        (b / f.name).symlink_to(src / "vi" / f.name)
-    return a, b
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
-    a, b = _link_pairs(root / "train", 0, 4)
-    va, vb = _link_pairs(root / "val", 100, 2)
+    a, b = link_pairs(root / "train", 0, 4)
+    va, vb = link_pairs(root / "val", 100, 2)
     cfg = root / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(TINY_CONFIG))
     assert cli(["prepare", str(a), str(b), "-o", str(root / "cache.h5"), "--patch-size", "32", "--stride", "100",
@@ -143,24 +130,30 @@ def test_existing_run_and_resume_rules(workdir, capsys, monkeypatch):
 
 
 class _VirtualTime:
-    """The training modules' clock, made deterministic: a step takes ``CDDFUSE_TRAIN_STEP_SLEEP`` seconds
-    (the trainer's per-step sleep advances it), every checkpoint file ``write_s``; nothing else takes time,
-    however busy the machine."""
+    """The training modules' clock, made deterministic: an optimisation step takes ``step_s`` seconds,
+    every checkpoint file ``write_s``; nothing else takes time, however busy the machine."""
 
-    def __init__(self, monkeypatch, write_s: float) -> None:
+    def __init__(self, monkeypatch, *, step_s: float, write_s: float) -> None:
         import cddfuse.train.checkpoint as ckpt_mod
+        from cddfuse.train.step import TrainStep
 
         self.now = 1000.0
         for mod in ("cddfuse.cli.main", "cddfuse.cli.train", "cddfuse.train.trainer", "cddfuse.train.control",
                     "cddfuse.train.checkpoint", "cddfuse.train.export"):
             monkeypatch.setattr(f"{mod}.time", self)
-        write = ckpt_mod.atomic_write_bytes
+        write, step = ckpt_mod.atomic_write_bytes, TrainStep.train_step
 
         def slow_write(*args, **kwargs):
             self.now += write_s
             return write(*args, **kwargs)
 
+        def slow_step(*args, **kwargs):
+            out = step(*args, **kwargs)
+            self.now += step_s
+            return out
+
         monkeypatch.setattr(ckpt_mod, "atomic_write_bytes", slow_write)
+        monkeypatch.setattr(TrainStep, "train_step", slow_step)
         # the first-step guard's timer runs in real seconds, which mean nothing on this clock
         monkeypatch.setattr("cddfuse.train.control.signal", _NoTimerSignal())
 
@@ -225,8 +218,7 @@ def test_max_time_stops_before_the_limit_and_resumes(workdir, monkeypatch, capsy
               "--set", "checkpoint.every_steps=0"]
     assert cli(["train", "--config", str(workdir["cfg"]), "--run-dir", str(reference)] + common) == 0
     run = workdir["root"] / "run_maxtime"
-    monkeypatch.setenv("CDDFUSE_TRAIN_STEP_SLEEP", "0.5")
-    clock = _VirtualTime(monkeypatch, write_s=1.0)
+    clock = _VirtualTime(monkeypatch, step_s=0.5, write_s=1.0)
     assert cli(["train", "--config", str(workdir["cfg"]), "--run-dir", str(run), "--max-time", "6"] + common) == 0
     assert clock.now - 1000.0 <= 6.0, (clock.now, _state(run))
     assert "--max-time budget" in capsys.readouterr().err
@@ -251,8 +243,7 @@ def test_checkpoint_weights_follow_the_run(workdir, monkeypatch, capsys):
     run, latest = workdir["root"] / "run_weights", workdir["root"] / "out" / "latest.safetensors"
     common = ["--data", str(workdir["cache"]), "--no-tensorboard", "--set", "log.image_every_steps=0",
               "--set", f"checkpoint.weights={latest}"]
-    monkeypatch.setenv("CDDFUSE_TRAIN_STEP_SLEEP", "0.4")
-    _VirtualTime(monkeypatch, write_s=0.0)  # (steps of 0.4 s whatever the machine's load)
+    _VirtualTime(monkeypatch, step_s=0.4, write_s=0.0)  # (steps of 0.4 s whatever the machine's load)
     assert cli(["train", "--config", str(workdir["cfg"]), "--run-dir", str(run), "--max-time", "5"] + common) == 0
     assert "--max-time budget" in capsys.readouterr().err
     st = _state(run)
@@ -280,18 +271,10 @@ def _train_cmd(cfg: Path, cache: Path, run: Path, *extra: str):
             "--run-dir", str(run), "--no-tensorboard", "--set", "log.image_every_steps=0", *extra]
 
 
-def _env(**kw):
-    env = dict(os.environ)
-    env.pop("CDDFUSE_TRAIN_STEP_SLEEP", None)
-    env.update(kw)
-    return env
-
-
 # `cddfuse train` in a subprocess that, once the checkpoint after step 4 is written, says so on stdout and
 # waits there (inside Phase I): the SIGKILL lands at a known step, however busy the machine.
 _PAUSE_AFTER_STEP_4 = """
-import sys, time
-from cddfuse.cli.main import main
+import time
 from cddfuse.train.trainer import Trainer
 
 save = Trainer.save_checkpoint
@@ -304,7 +287,6 @@ def paused(self, *args, **kwargs):
     return path
 
 Trainer.save_checkpoint = paused
-sys.exit(main(sys.argv[1:]))
 """
 
 
@@ -312,10 +294,10 @@ sys.exit(main(sys.argv[1:]))
 def test_sigkill_mid_phase_then_resume_is_bit_identical(workdir):
     cfg, cache, root = workdir["cfg"], workdir["cache"], workdir["root"]
     ref = root / "run_kill_ref"
-    subprocess.run(_train_cmd(cfg, cache, ref), check=True, env=_env(), capture_output=True, timeout=300)
+    subprocess.run(_train_cmd(cfg, cache, ref), check=True, env=subprocess_env(), capture_output=True, timeout=300)
     run = root / "run_killed"
-    proc = subprocess.Popen([sys.executable, "-c", _PAUSE_AFTER_STEP_4, *_train_cmd(cfg, cache, run)[3:]],
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(patched_cli(_PAUSE_AFTER_STEP_4, *_train_cmd(cfg, cache, run)[3:]),
+                            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "checkpoint after step 4 written", "the run ended early"
@@ -328,7 +310,7 @@ def test_sigkill_mid_phase_then_resume_is_bit_identical(workdir):
     assert st["status"] == "running" and st["global_step"] == 4 and st["phase"] == 1
     assert not (run / "final.safetensors").exists()
     subprocess.run([sys.executable, "-m", "cddfuse.cli.main", "train", "--resume", str(run)], check=True,
-                   env=_env(), capture_output=True, timeout=300)
+                   env=subprocess_env(), capture_output=True, timeout=300)
     w_ref, w_run = _weights(ref / "final.safetensors"), _weights(run / "final.safetensors")
     assert w_ref.keys() == w_run.keys()
     assert all(torch.equal(w_ref[k], w_run[k]) for k in w_ref), "resumed weights differ from the uninterrupted run"
@@ -347,12 +329,12 @@ def test_two_ranks_follow_the_single_process_trajectory(workdir):
     common = ["--batch-size", "8", "--set", "train.threads=1", "--set", "checkpoint.every_steps=0",
               "--set", "train.micro_batch=2"]  # 4 chunks vs 2 chunks per rank, with the pre-pass
     one = root / "run_1x8"
-    p1 = subprocess.run(_train_cmd(cfg, cache, one, *common), env=_env(), capture_output=True, text=True,
+    p1 = subprocess.run(_train_cmd(cfg, cache, one, *common), env=subprocess_env(), capture_output=True, text=True,
                         timeout=300, check=True)
     two = root / "run_2x4"
     cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "cddfuse.cli.main"]
     cmd += _train_cmd(cfg, cache, two, *common)[3:]
-    p2 = subprocess.run(cmd, env=_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    p2 = subprocess.run(cmd, env=subprocess_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
     assert p2.returncode == 0, p2.stderr[-3000:]
     assert "global batch 8 on 2 process(es)" in p2.stderr
     l1, l2 = _losses_from_log(p1.stderr), _losses_from_log(p2.stderr)
@@ -409,13 +391,7 @@ def test_random_crop_mode_medical_run(tmp_path, capsys):
     """Random-crop mode from a cache of whole images, medical task, residual `sum`."""
     from cddfuse.models.weights import load_weights
 
-    src = _shared("data", "train", "Harvard", "MRI_PET")
-    a, b = tmp_path / "PET", tmp_path / "MRI"
-    a.mkdir()
-    b.mkdir()
-    for f in sorted((src / "PET").iterdir())[:3]:
-        (a / f.name).symlink_to(f)
-        (b / f.name).symlink_to(src / "MRI" / f.name)
+    a, b = link_pairs(tmp_path, 0, 3, "Harvard/MRI_PET", ("PET", "MRI"))
     cache = tmp_path / "crops.npz"
     assert cli(["prepare", str(a), str(b), "-o", str(cache), "--mode", "random-crop", "--crop-size", "48", "-q"]) == 0
     cfg = tmp_path / "tiny.yaml"

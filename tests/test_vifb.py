@@ -17,7 +17,7 @@ from cddfuse.metrics import METRICS, MetricInputError, UnknownMetricError, resol
 from cddfuse.metrics.vifb import VIFB_METRICS, VIFB_NAMES, compute_vifb_metrics, read_vifb_image
 from cddfuse.metrics.vifb._common import freq_radius, rgb2gray_matlab, round_half_away
 
-from .conftest import shared_path
+from .helpers import shared_path
 
 # ------------------------------------------------------------------------------------------------ parity
 #: Methods whose published values were not computed from the published images: added to VIFB later,

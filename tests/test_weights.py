@@ -11,7 +11,7 @@ from cddfuse.fusion import resolve_residual
 from cddfuse.models import CDDFuse, CDDFuseConfig
 from cddfuse.models.weights import load_weights, save_weights, state_dict_to_official
 
-from .conftest import TINY_SIZES, make_random_model
+from .helpers import TINY_SIZES, make_random_model
 
 
 def _same(m1, m2):

@@ -82,9 +82,9 @@ class SizeMismatch(CDDFuseError):
 
 
 def first_line(e: BaseException) -> str:
-    """The first line of an error's message, or its type's name when it has none (for one-line reports).
+    r"""The first line of an error's message, or its type's name when it has none (for one-line reports).
 
-    >>> first_line(ValueError("bad value\\nmore detail")), first_line(KeyError())
+    >>> first_line(ValueError("bad value\nmore detail")), first_line(KeyError())
     ('bad value', 'KeyError')
     """
     text = str(e).strip()

@@ -667,8 +667,9 @@ def mi_sharpness(a: np.ndarray, va: np.ndarray, b: np.ndarray, vb: np.ndarray, m
 
 
 def _final_confidence(block_confidence: float, sharpness: float, mi_sharp: float = 0.0, restart: float = 0.0) -> float:
-    """The confidence of an estimate: its block fits' confidence, then three terms measured at the final transform,
-    clipped to [0, 1]:
+    """The confidence of an estimate, clipped to [0, 1].
+
+    Its block fits' confidence, then three terms measured at the final transform:
 
     - edge sharpness: up to ``+-_SHARP_BONUS``: ``+0.15`` at ``sharpness`` >= ``_SHARP_HIGH``, ``-0.15`` at
       ``2 * _SHARP_MID - _SHARP_HIGH`` or less, linear in between;

@@ -43,6 +43,8 @@ __all__ = [
 
 @dataclass
 class LayerNormWeights:
+    """A channel LayerNorm: ``weight`` and ``bias`` of shape (C,), and its epsilon."""
+
     weight: Tensor
     bias: Tensor
     eps: float
@@ -50,6 +52,8 @@ class LayerNormWeights:
 
 @dataclass
 class AttentionWeights:
+    """Channel attention: the number of heads, the per-head temperature and the output projection."""
+
     heads: int
     temperature: Tensor  # (heads,)
     proj: Tensor  # (C, C): project_out / proj weight
@@ -70,6 +74,8 @@ class FeedForwardWeights:
 
 @dataclass
 class RestormerBlockWeights:
+    """A Restormer block: LayerNorm, q/k and v projections (1x1 then depthwise 3x3), attention, feed-forward."""
+
     ln1: LayerNormWeights
     w_qk: Tensor  # (2C, C)
     w_v: Tensor  # (C, C)
@@ -81,6 +87,8 @@ class RestormerBlockWeights:
 
 @dataclass
 class LiteTransformerWeights:
+    """A lite transformer block: LayerNorm, q/k and v as merged 3x3 convolutions, attention, feed-forward."""
+
     ln1: LayerNormWeights
     wc_qk: Tensor  # (2C, C, 3, 3): qkv2 o qkv1, q and k rows
     wc_v: Tensor  # (C, C, 3, 3)
@@ -99,6 +107,8 @@ class InvertedResidualWeights:
 
 @dataclass
 class INNNodeWeights:
+    """One invertible node: the 1x1 shuffle convolution (``ws``, ``bs``), phi, and rho and eta merged."""
+
     ws: Tensor  # (C, C) shuffle conv
     bs: Tensor  # (C,)
     phi: InvertedResidualWeights

@@ -77,7 +77,7 @@ class FolderReport:
         return not self.failed and self.stopped is None
 
     def summary(self) -> str:
-        """``3 fused, 1 already done (skipped), 0 failed, 2 unmatched -> out``"""
+        """One line for the user, e.g. ``3 fused, 1 already done (skipped), 0 failed, 2 unmatched -> out``."""
         text = (f"{len(self.done)} fused, {len(self.skipped)} already done (skipped), {len(self.failed)} failed, "
                 f"{len(self.only_a) + len(self.only_b)} unmatched -> {self.out_dir}")
         return text + (f"; stopped early: {self.stopped}" if self.stopped else "")

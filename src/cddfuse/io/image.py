@@ -387,9 +387,7 @@ def read_image(path: PathLike, *, keep_integer: bool = False,
     p = Path(path)
     img = decode_file(p, _DECODE_FLAGS, max_pixels)
     if img.ndim == 3:
-        if img.shape[2] == 1:
-            img = img[..., 0]
-        elif img.shape[2] == 2:  # gray + alpha
+        if img.shape[2] in (1, 2):  # gray, or gray + alpha
             img = img[..., 0]
         elif img.shape[2] >= 3:
             img = img[..., 2::-1] if img.shape[2] == 3 else img[..., [2, 1, 0]]  # BGR(A) -> RGB

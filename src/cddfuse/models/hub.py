@@ -1,4 +1,4 @@
-"""The authors' published weights by name: ``authors-ivf`` and ``authors-mif``.
+r"""The authors' published weights by name: ``authors-ivf`` and ``authors-mif``.
 
 Wherever weights are accepted (``--weights`` of every command, ``model.init`` in training,
 ``Fuser(weights=...)``, :func:`cddfuse.models.weights.load_weights`), these two names stand for
@@ -8,7 +8,7 @@ the file (Python's ``urllib``; a progress bar on a terminal, one line otherwise)
 ``<cache>/weights/`` (the cache folder is ``$CDDFUSE_CACHE``, else ``~/.cache/cddfuse``); later uses
 read it from there, without network.
 
-Verification: a file is used only if its git blob id (SHA-1 of ``b"blob <size>\\0" + content``, the
+Verification: a file is used only if its git blob id (SHA-1 of ``b"blob <size>\0" + content``, the
 id under which the repository stores it) is the published one. A download is checked before it
 is kept (it is written to a temporary file and renamed into the cache only when it is complete
 and right), and the cached file is checked again at every use: hashing the ~5 MB file takes a
@@ -96,7 +96,7 @@ def cached_path(entry: HubWeights) -> Path:
 
 
 def git_blob_id(data: bytes) -> str:
-    """Git's id of a file with this content: SHA-1 of ``b"blob <size>\\0" + data``."""
+    r"""Git's id of a file with this content: SHA-1 of ``b"blob <size>\0" + data``."""
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 

@@ -21,6 +21,8 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 @dataclass(frozen=True)
 class PretrainedSpec:
+    """A shipped model: its task (``ivf`` or ``mif``), its file under the package's weights, a description."""
+
     task: str
     filename: str
     description: str

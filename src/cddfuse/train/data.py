@@ -296,20 +296,19 @@ def write_cache(path: os.PathLike[str] | str, data: Any, description: dict[str, 
     if ext in (".h5", ".hdf5"):
         import h5py
 
-        with atomic_path(dest) as tmp:
-            with h5py.File(tmp, "w") as f:
-                f.attrs["meta"] = meta_json
-                f.attrs["stems"] = stems_json
-                if isinstance(data, PatchSet):
-                    s = data.a.shape[-1]
-                    f.create_dataset("a", data=data.a, chunks=(1, 1, s, s))
-                    f.create_dataset("b", data=data.b, chunks=(1, 1, s, s))
-                    f.create_dataset("origin", data=data.origin)
-                else:
-                    ga, gb = f.create_group("images_a"), f.create_group("images_b")
-                    for i, (ia, ib) in enumerate(zip(data.a, data.b)):
-                        ga.create_dataset(str(i), data=ia)
-                        gb.create_dataset(str(i), data=ib)
+        with atomic_path(dest) as tmp, h5py.File(tmp, "w") as f:
+            f.attrs["meta"] = meta_json
+            f.attrs["stems"] = stems_json
+            if isinstance(data, PatchSet):
+                s = data.a.shape[-1]
+                f.create_dataset("a", data=data.a, chunks=(1, 1, s, s))
+                f.create_dataset("b", data=data.b, chunks=(1, 1, s, s))
+                f.create_dataset("origin", data=data.origin)
+            else:
+                ga, gb = f.create_group("images_a"), f.create_group("images_b")
+                for i, (ia, ib) in enumerate(zip(data.a, data.b)):
+                    ga.create_dataset(str(i), data=ia)
+                    gb.create_dataset(str(i), data=ib)
     elif ext == ".npz":
         arrays: dict[str, np.ndarray] = {"meta": np.array(meta_json), "stems": np.array(stems_json)}
         if isinstance(data, PatchSet):
@@ -318,10 +317,9 @@ def write_cache(path: os.PathLike[str] | str, data: Any, description: dict[str, 
             for i, (ia, ib) in enumerate(zip(data.a, data.b)):
                 arrays[f"image_a_{i}"] = ia
                 arrays[f"image_b_{i}"] = ib
-        with atomic_path(dest) as tmp:
-            with open(tmp, "wb") as fh:
-                # cast: mypy would also match **arrays against savez's `allow_pickle: bool` (no key here is so named)
-                np.savez(fh, **cast("dict[str, Any]", arrays))
+        with atomic_path(dest) as tmp, open(tmp, "wb") as fh:
+            # cast: mypy would also match **arrays against savez's `allow_pickle: bool` (no key here is so named)
+            np.savez(fh, **cast("dict[str, Any]", arrays))
     else:
         raise UsageError(f"{dest}: cache file must end in .h5, .hdf5 or .npz")
     return dest

@@ -30,7 +30,6 @@ import io
 import json
 import math
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -61,13 +60,14 @@ __all__ = ["DistillResult", "Distiller", "distill", "load_distill_checkpoint", "
            "fill_teacher_cache", "DISTILL_CHECKPOINT_FORMAT"]
 
 DISTILL_CHECKPOINT_FORMAT = "cddfuse-distill-checkpoint"
-_KILL_ENV = "CDDFUSE_DISTILL_KILL_AFTER_STEP"  # test hook: SIGKILL this process right after that step
 
 Echo = Callable[[str], None]
 
 
 @dataclass
 class DistillResult:
+    """What a distillation run ended with: its folder, status, step count, weights and last checkpoint."""
+
     run_dir: Path
     status: str  # "complete" | "stopped"
     step: int
@@ -398,7 +398,6 @@ class Distiller:
                   f"{cfg['train']['batch_size']} crops of {cfg['data']['crop_size']}, {self.dist.world_size} "
                   f"process(es), device {self.device}" + (f"; resuming at step {self.step}" if self.step else ""))
         bar = logs.progress_bar(total, self.step, cfg["log"]["progress"] and self.dist.is_main)
-        kill_after = int(os.environ.get(_KILL_ENV, "0") or 0)
         w = cfg["loss"]
         t_prev = time.monotonic()
         try:
@@ -423,8 +422,6 @@ class Distiller:
                     self.validate()
                 if every and self.step % every == 0 and self.step < total:
                     self.save_checkpoint()
-                if kill_after and self.step == kill_after:
-                    os.kill(os.getpid(), signal.SIGKILL)
         finally:
             bar.close()
         if self.val_set:

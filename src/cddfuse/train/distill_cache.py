@@ -179,9 +179,8 @@ class TeacherCache:
         if not np.all(np.isfinite(t)):
             raise CDDFuseError(f"{stem}: the teacher produced NaN or infinite values; check its weights")
         self.folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(item) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, stem=np.array(stem), a=a, b=b, t=t, sha256=np.array(_digest(a, b, t)))
+        with atomic_path(item) as tmp, open(tmp, "wb") as f:
+            np.savez(f, stem=np.array(stem), a=a, b=b, t=t, sha256=np.array(_digest(a, b, t)))
         self._write_manifest()
         self.computed += 1
         return Triplet(stem, a, b, t)

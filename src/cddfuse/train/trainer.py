@@ -63,11 +63,11 @@ if TYPE_CHECKING:
 __all__ = ["Trainer", "TrainResult", "train", "load_checkpoint", "CHECKPOINT_FORMAT", "hardware_description",
            "tune_glibc_malloc"]
 
-_STEP_SLEEP_ENV = "CDDFUSE_TRAIN_STEP_SLEEP"  # test hook: seconds to sleep after every step
-
 
 @dataclass
 class TrainResult:
+    """What a training run ended with: its folder, status, position, weights and last checkpoint."""
+
     run_dir: Path
     status: str  # "complete" | "stopped"
     global_step: int
@@ -116,7 +116,6 @@ class Trainer:
         self._echo = echo or (lambda s: print(s, file=sys.stderr, flush=True))
         self.stop = StopFlag()
         self._warned: set[str] = set()
-        self._step_sleep = float(os.environ.get(_STEP_SLEEP_ENV, "0") or 0)
         self._bar: Any = None  # the progress bar (tqdm) while running
 
         tr = self.cfg["train"]
@@ -368,8 +367,6 @@ class Trainer:
                 )
             st.step_in_epoch += 1
             st.global_step += 1
-            if self._step_sleep:
-                time.sleep(self._step_sleep)
             now = time.monotonic()
             dt, t_prev = now - t_prev, now
             self.budget.note_step(dt)
@@ -406,7 +403,7 @@ class Trainer:
         if st.epoch >= st.total_epochs:
             return None
         every_ckpt = self.cfg["checkpoint"]["every_steps"]
-        if st.epoch == st.phase1_epochs and 0 < st.phase1_epochs:  # the phase boundary
+        if st.epoch == st.phase1_epochs and st.phase1_epochs > 0:  # the phase boundary
             self.save_checkpoint(also="phase1.pt")
         elif every_ckpt and st.global_step % every_ckpt == 0:
             self.save_checkpoint()

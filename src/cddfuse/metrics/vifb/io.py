@@ -28,9 +28,7 @@ def read_vifb_image(path: PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS)
         raise ImageReadError(f"{path}: a {img.dtype} image; the VIFB metrics take 8-bit images (0-255), "
                              "convert it to 8 bits first")
     if img.ndim == 3:
-        if img.shape[2] == 1:
-            img = img[..., 0]
-        elif img.shape[2] == 2:  # gray + alpha
+        if img.shape[2] in (1, 2):  # gray, or gray + alpha
             img = img[..., 0]
         else:
             img = img[..., 2::-1]  # BGR(A) -> RGB
