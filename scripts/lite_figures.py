@@ -26,7 +26,7 @@ OUT = ROOT / "docs/lite"
 TASK = {"TNO": "ivf", "RoadScene": "ivf", "MRI_CT": "mif", "MRI_PET": "mif", "MRI_SPECT": "mif"}
 
 
-def curves(runs: list[Path]) -> Path:
+def curves(runs: list[Path], name: str = "curves.png") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,7 +53,7 @@ def curves(runs: list[Path]) -> Path:
         ax.legend()
     fig.tight_layout()
     OUT.mkdir(parents=True, exist_ok=True)
-    dest = OUT / "curves.png"
+    dest = OUT / name
     fig.savefig(dest, dpi=110)
     return dest
 
@@ -115,10 +115,11 @@ def main() -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("curves")
     c.add_argument("--runs", nargs="+", type=Path, required=True)
+    c.add_argument("--name", default="curves.png", help="file name under docs/lite (default curves.png)")
     s = sub.add_parser("samples")
     s.add_argument("items", nargs="+", help="SET:STEM of the shared test data")
     args = ap.parse_args()
-    print(curves(args.runs) if args.cmd == "curves" else samples(args.items))
+    print(curves(args.runs, args.name) if args.cmd == "curves" else samples(args.items))
     return 0
 
 
