@@ -143,7 +143,7 @@ def test_weights_with_non_finite_tensors(cli, pair, tmp_path, tiny_weights, valu
 
 def test_non_finite_network_output_is_an_error_not_an_image(pair, tmp_path, tiny_weights, monkeypatch):
     fuser = Fuser(weights=tiny_weights, device="cpu")
-    monkeypatch.setattr(fuser, "fuse_luminance", lambda a, b: np.full(a.shape, np.nan, np.float32))
+    monkeypatch.setattr(fuser, "fuse_luminance", lambda a, b, **_: np.full(a.shape, np.nan, np.float32))
     with pytest.raises(CDDFuseError, match="NaN or infinite"):
         fuser.fuse(*pair)
 
