@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -49,6 +48,14 @@ import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (benchmarks/_harness.py, beside this script; it is also imported as a module)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _harness import cpu_name
+
+    return cpu_name()
 # name: (first folder, second folder, task, where under the shared data folder)
 SETS = {"TNO": ("ir", "vi", "ivf", "test/TNO"), "RoadScene": ("ir", "vi", "ivf", "test/RoadScene"),
         "VIFB": ("ir", "vi", "ivf", "../vifb"),
@@ -226,7 +233,7 @@ def main() -> int:
         if sel and (label in members or len({r["set"] for r in sel}) > 1):
             table[label] = summary(sel)
     print(f"\nalign benchmark ({args.split}: seed {seed}, sets {', '.join(f'{n}:{k}' for n, k in specs)}), "
-          f"{platform.processor() or platform.machine()}, threads=1, threshold {DEFAULT_MIN_CONFIDENCE}")
+          f"{_cpu_name()}, threads=1, threshold {DEFAULT_MIN_CONFIDENCE}")
     print("| set | cases | accepted | self median px | self p95 px | self max px | accepted > 5 px "
           "| vs dataset median / p95 px (info) | pairs refused unwarped | s/case |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -261,7 +268,7 @@ def timing(args: argparse.Namespace) -> int:
     yb = cv2.resize(luminance(read_rgb(fb)), (640, 480), interpolation=cv2.INTER_AREA)
     t = random_transform(np.random.default_rng(0), 640, 480, True)
     a2, _ = misalign(ya, t, (640, 480), downscale=False)
-    print(f"estimate on a 640x480 pair, {args.timing} runs, 1 thread ({platform.processor() or platform.machine()})")
+    print(f"estimate on a 640x480 pair, {args.timing} runs, 1 thread ({_cpu_name()})")
     for model in ("translation", "similarity", "affine", "homography"):
         times, cpu = [], []
         for _ in range(args.timing):

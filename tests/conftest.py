@@ -7,6 +7,7 @@ with a reason, except under CI (environment variable ``CI`` set), where that is 
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,19 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-# re-exported for test modules that still import them from here; new code imports tests.helpers
-from .helpers import (  # noqa: F401
-    DATA,
+from .helpers import (
     REFERENCE,
-    ROOT,
-    SHARED,
     TEST_DATA,
     TINY_SIZES,
     Cli,
     make_random_model,
     need,
-    perturb_parameters,
-    shared_path,
     snapshot,
 )
 
@@ -39,6 +34,12 @@ if "CDDFUSE_CACHE" not in os.environ:
     import tempfile
 
     os.environ["CDDFUSE_CACHE"] = tempfile.mkdtemp(prefix="cddfuse-test-cache-")
+
+# pytest-xdist's worker processes ignore SIGINT, and a child process that starts with SIGINT ignored keeps
+# ignoring it (Python then installs no KeyboardInterrupt handler): the tests that stop a child with SIGINT
+# would wait for it forever. With the default handler here, children start with SIGINT's default action.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from cddfuse.cli.main import main
 from cddfuse.errors import UsageError
 from cddfuse.io.image import read_image, write_image
 
-from .conftest import shared_path
+from .helpers import shared_path
 
 
 def scene(seed: int, h: int = 150, w: int = 200) -> np.ndarray:

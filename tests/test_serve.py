@@ -60,7 +60,7 @@ def _decoded(content: bytes, tmp_path: Path, name: str = "r.png") -> np.ndarray:
 
 def test_parse_size():
     assert parse_size("50M") == 50 * 2**20 and parse_size("10") == 10
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="as a size"):
         parse_size("lots")
 
 

@@ -19,8 +19,8 @@ from cddfuse.engine import engine as engine_module
 from cddfuse.errors import CDDFuseWarning
 from cddfuse.models import CDDFuseConfig
 
-from .conftest import SHARED, make_random_model
-from .conftest import need as _need
+from .helpers import SHARED, make_random_model
+from .helpers import need as _need
 
 TINY = dict(dim=8, num_heads=2, encoder_blocks=1, decoder_blocks=1, encoder_inn_layers=1)
 
@@ -142,7 +142,7 @@ def test_plan_tiles_partitions_the_image():
             cover[y0:y1, x0:x1] += 1
         assert (cover == 1).all()
     assert plan_tiles(10, 20, None) == [(0, 10, 0, 20)]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="tile must be >= 1"):
         plan_tiles(10, 10, 0)
 
 
@@ -162,7 +162,7 @@ def test_parse_memory():
     assert parse_memory("1.5GB") == int(1.5 * 2**30)
     assert parse_memory(1234) == 1234
     assert parse_memory(None) is None
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="as a size"):
         parse_memory("lots")
 
 

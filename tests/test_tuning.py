@@ -17,7 +17,7 @@ from cddfuse.engine import cpu, tiled_fuse, tuning
 from cddfuse.engine.engine import fuse_tensors
 from cddfuse.errors import CDDFuseWarning
 
-from .conftest import TINY_SIZES, make_random_model, shared_path
+from .helpers import TINY_SIZES, make_random_model, shared_path
 
 PROBE = (48, 64)
 ROOT = Path(__file__).resolve().parents[1]

@@ -150,11 +150,10 @@ def _umask() -> int:
 
 def atomic_write_bytes(dest: PathLike, data: bytes) -> Path:
     """Write ``data`` to ``dest`` atomically (see :func:`atomic_path`)."""
-    with atomic_path(dest) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+    with atomic_path(dest) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     return Path(dest)
 
 

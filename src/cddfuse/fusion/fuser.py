@@ -180,7 +180,9 @@ class Fuser:
         align_min_confidence: float = 0.5,
         options: FusionOptions | None = None,
     ) -> None:
-        """See the class docstring for the first arguments. Performance options (same results):
+        """Load the network once; see the class docstring for the first arguments.
+
+        Performance options (same results):
 
         Args:
             tile: run the network tile by tile with tiles of at most ``tile x tile`` pixels (exact to
@@ -458,6 +460,7 @@ class Fuser:
             float32 in [0, 1]: ``(H, W)`` gray, or ``(H, W, 3)`` RGB when a source is colour and
             ``color="auto"`` (the colour source's colour on the fused luminance, see ``chroma``; the
             visible image's if both are colour).
+
         Raises:
             CDDFuseError: unreadable inputs, or sources of different sizes without ``resize=True``
                 (:class:`~cddfuse.errors.SizeMismatch`).

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..errors import CDDFuseError, UsageError
+from ..errors import CDDFuseError, UsageError, first_line
 from ..io.image import DEFAULT_MAX_PIXELS, probe_image
 from .folder import FolderReport
 
@@ -203,7 +203,7 @@ class TorchrunGroup:
                     f"cddfuse/attempt_{attempt}", store),
                                         rank=rank, world_size=world, timeout=PROCESS_GROUP_TIMEOUT)
             except RuntimeError as e:
-                raise CDDFuseError(f"cannot join the torchrun job's process group: {_first_line(e)}") from None
+                raise CDDFuseError(f"cannot join the torchrun job's process group: {first_line(e)}") from None
         self._joined = True
 
     def gather(self, report: FolderReport) -> list[FolderReport]:
@@ -217,7 +217,7 @@ class TorchrunGroup:
         try:
             dist.all_gather_object(reports, report)
         except RuntimeError as e:  # a rank died (torchrun then stops or restarts the job)
-            raise CDDFuseError(f"another rank of the job stopped before the end ({_first_line(e)}); the outputs "
+            raise CDDFuseError(f"another rank of the job stopped before the end ({first_line(e)}); the outputs "
                                "written are kept: rerun the job, or let torchrun --max-restarts do it") from None
         return [r for r in reports if isinstance(r, FolderReport)]
 
@@ -228,7 +228,3 @@ class TorchrunGroup:
             if dist.is_initialized():
                 dist.destroy_process_group()
             self._joined = False
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]

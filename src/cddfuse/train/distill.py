@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._fileutil import atomic_write_bytes, remove_stale_temporaries
-from ..errors import CDDFuseError, CheckpointError, UsageError
+from ..errors import CDDFuseError, CheckpointError, UsageError, first_line
 from ..models.lite import CDDFuseLite
 from . import distill_config as DC
 from . import logs
@@ -86,7 +86,7 @@ def load_distill_checkpoint(path: os.PathLike[str] | str) -> dict[str, Any]:
     try:
         ck = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file
-        raise CheckpointError(f"{p}: not a readable checkpoint ({str(e).splitlines()[0] if str(e) else e})") from None
+        raise CheckpointError(f"{p}: not a readable checkpoint ({first_line(e)})") from None
     if not isinstance(ck, dict) or ck.get("format") != DISTILL_CHECKPOINT_FORMAT:
         raise CheckpointError(f"{p}: not a cddfuse distillation checkpoint (a `cddfuse train` run? resume it "
                               "with cddfuse train --resume)")
