@@ -74,6 +74,7 @@ _DENSE_BLUR = 1.0  # Gaussian smoothing of both fields before the dense refineme
 _NULL_SHIFT = 3  # px (finest dense level): the shift of the null transforms that the optimum is compared with
 _SHARP_MID, _SHARP_HIGH, _SHARP_BONUS = 0.025, 0.040, 0.15  # see _final_confidence
 _RESTART = 3.0  # px of the finest dense level: how far restart_shift moves the corners before restarting
+_BLOCK_TOL = 0.1  # a level's block fits stop early once one moves the corners by less (px of the level)
 _RESTART_ITER = 15  # the restarts stop after this many iterations of the dense refinement ...
 _RESTART_TOL = 0.1  # ... or when one moves the frame's edge by less than this (px of the level)
 # the directions the corners are moved in (top-left, top-right, bottom-right, bottom-left): no model's null direction
@@ -570,6 +571,8 @@ def _block_level(a: np.ndarray, va: np.ndarray, b: np.ndarray, vb: np.ndarray, m
         if fitted is None:
             break
         matrix = _normalised(np.linalg.inv(sb) @ fitted @ sa)
+        if _corner_shift(fitted, h_level, bs.shape[1], bs.shape[0]) < _BLOCK_TOL:
+            break  # converged: another fit from here would land in the same place
     return matrix, blocks, inliers
 
 
