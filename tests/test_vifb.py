@@ -344,3 +344,18 @@ def test_eval_vifb_missing_fused_image(vifb_folder, capsys):
     os.remove(v / "fused" / "A" / "s3.png")
     assert main(["eval", str(v / "ir"), str(v / "vi"), str(v / "fused" / "A"), "--protocol", "vifb"]) == 1
     assert "1 of 3 fused images missing" in capsys.readouterr().err
+
+
+def test_vifb_bench_keeps_the_images_it_scored(vifb_folder, tmp_path):
+    """``out_dir`` keeps the 8-bit fused images that were evaluated, not images saturated to 0/255."""
+    from cddfuse.bench.vifb import fuse_vifb_pairs
+    from cddfuse.fusion import Fuser
+
+    out = tmp_path / "kept"
+    fuse_vifb_pairs(vifb_folder, method="mean", out_dir=out, names="EN", progress=False)
+    fuser = Fuser(method="mean", color="auto", chroma="ycbcr")
+    for s in ("s1", "s2", "s3"):
+        want = np.rint(np.clip(fuser.fuse(vifb_folder / "ir" / f"{s}.png", vifb_folder / "vi" / f"{s}.png"),
+                               0.0, 1.0) * 255).astype(np.uint8)
+        kept = cv2.cvtColor(cv2.imread(str(out / f"{s}.png"), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        assert np.array_equal(kept, want), s

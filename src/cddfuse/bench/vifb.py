@@ -65,7 +65,7 @@ def fuse_vifb_pairs(root: PathLike, method: str = "cddfuse", weights: PathLike |
             fused = fuser.fuse(p_ir, p_vi)
             fused8 = np.rint(np.clip(fused, 0.0, 1.0) * 255).astype(np.uint8)
             if out is not None:
-                write_image(out / f"{stem}.png", fused8)
+                write_image(out / f"{stem}.png", fused8 / np.float32(255))  # write_image takes [0, 1]
             try:
                 values = compute_vifb_metrics(ir, vi, fused8, chosen)
             except CDDFuseError as e:
