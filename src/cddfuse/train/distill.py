@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._fileutil import atomic_write_bytes, remove_stale_temporaries
+from .._fileutil import atomic_write_bytes
 from ..errors import CDDFuseError, CheckpointError, UsageError, first_line
 from ..models.lite import CDDFuseLite
 from . import distill_config as DC
@@ -374,12 +374,9 @@ class Distiller:
     # ---------------------------------------------------------------------------- the loop
     def run(self) -> DistillResult:
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            for folder in (self.run_dir, self.run_dir / "checkpoints"):
-                remove_stale_temporaries(folder)
-            atomic_write_bytes(self.run_dir / "config.yaml", DC.dump_config(self.cfg).encode())
-            if self.cfg["log"]["tensorboard"]:
-                self.writer = logs.open_writer(self.run_dir, self.step, lambda m: self.echo(f"warning: {m}"))
+            self.writer = logs.start_run_dir(self.run_dir, DC.dump_config(self.cfg),
+                                             tensorboard=self.cfg["log"]["tensorboard"], global_step=self.step,
+                                             warn=lambda m: self.echo(f"warning: {m}"))
         self.stop.install()
         try:
             return self._run()

@@ -13,13 +13,27 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import Tensor
 
+from .._fileutil import atomic_write_bytes, remove_stale_temporaries
+
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
     from .losses import LossWeights
 
-__all__ = ["open_writer", "log_scalars", "log_images", "progress_bar", "show_progress"]
+__all__ = ["start_run_dir", "open_writer", "log_scalars", "log_images", "progress_bar", "show_progress"]
+
+
+def start_run_dir(run_dir: Path, config_text: str, *, tensorboard: bool, global_step: int,
+                  warn: Callable[[str], None]) -> SummaryWriter | None:
+    """Ready the run folder for a session (main process only): create it, remove the temporary files a
+    killed earlier session left in it and in ``checkpoints/``, write ``config.yaml``, and open the
+    TensorBoard writer when ``tensorboard`` (see :func:`open_writer`)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (run_dir, run_dir / "checkpoints"):
+        remove_stale_temporaries(folder)
+    atomic_write_bytes(run_dir / "config.yaml", config_text.encode())
+    return open_writer(run_dir, global_step, warn) if tensorboard else None
 
 
 def open_writer(run_dir: Path, global_step: int, warn: Callable[[str], None]) -> SummaryWriter | None:

@@ -41,7 +41,6 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from .._fileutil import atomic_write_bytes, remove_stale_temporaries
 from ..errors import CDDFuseError, UsageError
 from ..models import CDDFuse, CDDFuseConfig
 from . import checkpoint as ckpt
@@ -273,12 +272,9 @@ class Trainer:
     def run(self) -> TrainResult:
         """Train to the end (or to a stop request / the time budget); returns what happened."""
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            for folder in (self.run_dir, self.run_dir / "checkpoints"):  # left by a killed earlier run
-                remove_stale_temporaries(folder)
-            atomic_write_bytes(self.run_dir / "config.yaml", C.dump_config(self.cfg).encode())
-            if self.cfg["log"]["tensorboard"]:
-                self.writer = logs.open_writer(self.run_dir, self.state.global_step, self.warn)
+            self.writer = logs.start_run_dir(self.run_dir, C.dump_config(self.cfg),
+                                             tensorboard=self.cfg["log"]["tensorboard"],
+                                             global_step=self.state.global_step, warn=self.warn)
         self.stop.install()
         try:
             return self._run()
